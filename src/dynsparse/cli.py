@@ -1,0 +1,183 @@
+"""The ``dynsparse`` command line: parses, calls the API, prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from typing import Sequence
+
+from dynsparse import errors
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: an integer > 0") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: an integer > 0")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: an integer >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: an integer >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; allowed: a finite number > 0") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: a finite number > 0")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dynsparse", description="How sparse are the true dynamics of MuJoCo Playground environments?")
+    p.add_argument("--jax-cache", default=None, help="JAX compilation cache directory, or 'off' (default: $DYNSPARSE_JAX_CACHE or ~/.cache/dynsparse/jax)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("envs", help="list the environments with their state and action sizes")
+
+    c = sub.add_parser("collect", help="roll out a policy and store Jacobians along the trajectories")
+    c.add_argument("env", help="Playground registry name, e.g. CheetahRun")
+    c.add_argument("--episodes", type=_positive_int, default=2)
+    c.add_argument("--steps", type=_positive_int, default=300, help="control steps per episode")
+    c.add_argument("--policy", default="random", help="random | colored")
+    c.add_argument("--beta", type=float, default=1.0, help="colored-noise exponent in [0, 2] (0 white, 1 pink, 2 red)")
+    c.add_argument("--noise-scale", type=float, default=1.0, help="colored noise std as a fraction of the action half-range")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--backend", default="autodiff", help="autodiff | finite_diff")
+    c.add_argument("--dtype", default="float64", help="float64 | float32")
+    c.add_argument("--check-every", type=_nonneg_int, default=0, metavar="K",
+                   help="also compute finite-difference Jacobians at every K-th step and store the disagreement")
+    c.add_argument("--batch-size", type=_positive_int, default=16, help="episodes simulated together")
+    c.add_argument("--chunk-steps", type=_positive_int, default=100, help="steps per compiled chunk and per stored chunk")
+    c.add_argument("--out", required=True, help="output Zarr store; rerun the same command to resume")
+
+    s = sub.add_parser("structure", help="print the global-structure (Q1) table of a dataset")
+    s.add_argument("path")
+    s.add_argument("--threshold", type=_positive_float, default=1e-12, help="zero threshold (default 1e-12)")
+    s.add_argument("--relative", action="store_true", help="scale the threshold by each row's L2 norm")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    v = sub.add_parser("validate", help="check a dataset and say exactly what is wrong")
+    v.add_argument("path")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except errors.UserError as exc:
+        print(f"dynsparse: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("dynsparse: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _cmd_envs(args: argparse.Namespace) -> int:
+    from dynsparse import envs
+
+    print(f"{'environment':<24}{'nq':>4}{'nv':>4}{'state':>7}{'action':>8}{'substeps':>10}{'dt':>8}  note")
+    for name in envs.dm_control_names():
+        info = envs.static_info(name)
+        note = "" if info["nq"] == info["nv"] else "free/ball joints: not supported yet"
+        print(f"{name:<24}{info['nq']:>4}{info['nv']:>4}{info['nq'] + info['nv']:>7}{info['nu']:>8}{info['n_substeps']:>10}{info['dt']:>8.4g}  {note}")
+    others = envs.other_names()
+    if others:
+        print(f"\nlocomotion/manipulation ({len(others)}): need mujoco_menagerie at {envs.menagerie_path()}: {', '.join(others)}")
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from dynsparse import collect, jaxcache
+
+    if args.policy == "colored":
+        policy = {"name": "colored", "beta": args.beta, "scale": args.noise_scale}
+    else:
+        policy = {"name": args.policy}
+    config = collect.CollectConfig(
+        env=args.env, episodes=args.episodes, steps=args.steps, policy=policy, seed=args.seed,
+        backend=args.backend, dtype=args.dtype, check_every=args.check_every,
+        batch_size=args.batch_size, chunk_steps=args.chunk_steps,
+    ).validated()
+    jaxcache.enable(args.jax_cache)
+    bar = _ProgressBar(f"collect {args.env}")
+    try:
+        path = collect.collect(config, args.out, on_progress=bar.update)
+    finally:
+        bar.close()
+    print(f"wrote {path} ({config.episodes} episodes x {config.steps} steps, backend {config.backend})")
+    return 0
+
+
+class _ProgressBar:
+    """tqdm bar over steps, created at the first progress report (it knows where a resume starts)."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar = None
+
+    def update(self, progress: object) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=progress.steps_total, initial=progress.steps_done, desc=self.desc, unit="step", file=sys.stderr)
+        else:
+            self.bar.update(progress.steps_done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _cmd_structure(args: argparse.Namespace) -> int:
+    from dynsparse import dataset
+    from dynsparse.metrics import structure
+
+    ds = dataset.open_dataset(args.path)
+    result = structure.global_structure(ds, args.threshold, "relative" if args.relative else "absolute")
+    result["path"] = str(args.path)
+    print(json.dumps(result, indent=2) if args.json else structure.format_table(result))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from dynsparse import dataset
+
+    problems, notes = dataset.validate(args.path)
+    for note in notes:
+        print(f"note: {note}")
+    if problems:
+        for problem in problems:
+            print(f"problem: {problem}")
+        print(f"{args.path}: {len(problems)} problem(s)")
+        return 1
+    print(f"{args.path}: ok")
+    return 0
+
+
+_COMMANDS = {"envs": _cmd_envs, "collect": _cmd_collect, "structure": _cmd_structure, "validate": _cmd_validate}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Collection: roll out a policy, take Jacobians at every step, write a resumable dataset.
+
+``collect(config, out)`` is the API behind ``dynsparse collect``. Work proceeds in units of
+(episode batch, step chunk); after each unit the store holds its arrays and an atomic
+checkpoint, so an interrupted run (Ctrl-C, kill -9) continues where it stopped when the same
+command is run again, and the result is identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dynsparse import dataset, envs, errors
+from dynsparse.jacobians import compare as compare_lib
+from dynsparse.jacobians import finite_diff
+from dynsparse.policies import base as policies_base
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("autodiff", "finite_diff")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectConfig:
+    """Everything that defines a collection run (stored in the dataset's attrs).
+
+    Attributes:
+      env: Playground registry name.
+      episodes, steps: dataset size (episodes x control steps per episode).
+      policy: policy configuration, e.g. ``{"name": "colored", "beta": 1.0, "scale": 1.0}``.
+      seed: seeds initial states (``fold_in(PRNGKey(seed), episode)``) and policy noise.
+      backend: ``autodiff`` (MJX jacfwd) or ``finite_diff`` (native mjd_transitionFD).
+      dtype: ``float64`` or ``float32`` (simulation and Jacobians).
+      check_every: with autodiff, also take finite-difference Jacobians at every K-th step of
+        each episode (steps 0, K, 2K, ...) and store the disagreement; 0 = never.
+      batch_size: episodes simulated together (one compiled batch shape).
+      chunk_steps: steps per compiled chunk and per Zarr chunk.
+      fd_eps: centred finite-difference step.
+      check_floor: magnitude below which entries are not compared relatively (see compare).
+    """
+
+    env: str
+    episodes: int
+    steps: int
+    policy: dict[str, Any]
+    seed: int = 0
+    backend: str = "autodiff"
+    dtype: str = "float64"
+    check_every: int = 0
+    batch_size: int = 16
+    chunk_steps: int = 100
+    fd_eps: float = finite_diff.DEFAULT_EPS
+    check_floor: float = compare_lib.DEFAULT_FLOOR
+
+    def validated(self) -> "CollectConfig":
+        """Check every field; return a copy with batch/chunk sizes clipped to the run size.
+
+        Raises:
+          UserError: the first bad value, named, with what is allowed.
+        """
+        for name in ("episodes", "steps", "batch_size", "chunk_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise errors.UserError(f"{name.replace('_', '-')} must be an integer > 0, got {value!r}")
+        if isinstance(self.check_every, bool) or not isinstance(self.check_every, (int, np.integer)) or self.check_every < 0:
+            raise errors.UserError(f"check-every must be an integer >= 0, got {self.check_every!r}")
+        if self.backend not in BACKENDS:
+            raise errors.UserError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
+        if self.dtype not in ("float64", "float32"):
+            raise errors.UserError(f"unknown dtype {self.dtype!r}; allowed: float64, float32")
+        if self.check_every and self.backend != "autodiff":
+            raise errors.UserError("check-every compares autodiff with finite_diff: it needs --backend autodiff")
+        for name in ("fd_eps", "check_floor"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise errors.UserError(f"{name.replace('_', '-')} must be a finite number > 0, got {value!r}")
+        policies_base.from_config(self.policy)  # raises on a bad policy
+        return dataclasses.replace(
+            self, batch_size=min(self.batch_size, self.episodes), chunk_steps=min(self.chunk_steps, self.steps)
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must match to resume (JSON-normalised)."""
+        return json.loads(json.dumps({k: getattr(self, k) for k in dataset.IDENTITY_KEYS}))
+
+
+@dataclasses.dataclass
+class Progress:
+    """What a progress callback receives after each unit."""
+
+    unit: int
+    n_units: int
+    steps_done: int
+    steps_total: int
+
+
+def collect(
+    config: CollectConfig,
+    out: str | Path,
+    on_progress: Callable[[Progress], None] | None = None,
+    spec: envs.EnvSpec | None = None,
+) -> Path:
+    """Run (or resume) a collection into the store ``out``.
+
+    Args:
+      config: the run; validated here before anything is touched.
+      out: store path. Missing: created. A store of the same configuration: resumed (or left as it
+        is when complete). Anything else: refused, untouched.
+      on_progress: called after every written unit (and once at start).
+      spec: an explicit environment (e.g. ``envs.from_mjcf``) instead of loading ``config.env``
+        from the Playground registry; ``config.env`` must equal ``spec.name``.
+
+    Returns:
+      The store path.
+
+    Raises:
+      UserError: bad configuration, unknown environment, or an ``out`` that holds something else.
+    """
+    config = config.validated()
+    out = Path(out)
+    if spec is None:
+        envs.check_name(config.env)
+    elif spec.name != config.env:
+        raise errors.UserError(f"config.env {config.env!r} does not name the given spec {spec.name!r}")
+    existing = _existing_checkpoint(out, config)
+    if spec is None:
+        spec = envs.load(config.env, config.dtype)
+    envs.require_nq_equals_nv(spec.name, spec.mj_model)
+    policy = policies_base.from_config(config.policy)
+    if config.policy["name"] == "random" and not (np.isfinite(spec.action_low).all() and np.isfinite(spec.action_high).all()):
+        raise errors.UserError(f"policy 'random' needs finite action bounds; {config.env} has unlimited actuators: use --policy colored")
+    layout = dataset.Layout(
+        config.episodes, config.steps, spec.state_names, spec.action_names, config.batch_size,
+        config.chunk_steps, config.dtype,
+    )
+    if existing is None:
+        dataset.create(out, layout, _attrs(config, spec))
+        checkpoint = dataset.Checkpoint(0, layout.n_units, None)
+    else:
+        checkpoint = existing
+        removed = dataset.remove_partial_files(out)
+        if removed:
+            log.info("removed %d partial chunk file(s) left by an interrupted write", removed)
+    total = config.episodes * config.steps
+    if on_progress:
+        on_progress(Progress(checkpoint.next_unit, layout.n_units, _steps_done(layout, checkpoint.next_unit), total))
+    if checkpoint.complete:
+        return out
+    _Runner(config, spec, policy, layout, out).run(checkpoint, on_progress)
+    return out
+
+
+def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint | None:
+    """``None`` if ``out`` is free; the checkpoint if it is a resumable store of this config."""
+    if not out.exists():
+        return None
+    if not out.is_dir() or not (out / ".zmetadata").exists():
+        raise errors.UserError(
+            f"output path {str(out)!r} exists and is not a dynsparse dataset; choose another --out"
+        )
+    ds = dataset.open_dataset(out)
+    try:
+        stored = json.loads(ds.attrs["config"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise errors.UserError(f"dataset {str(out)!r} has no readable run configuration in its attrs") from exc
+    wanted = config.identity()
+    diffs = [f"{k}: stored {stored.get(k)!r}, requested {wanted[k]!r}" for k in dataset.IDENTITY_KEYS if stored.get(k) != wanted[k]]
+    if diffs:
+        raise errors.UserError(
+            f"{str(out)!r} holds a run with a different configuration ({'; '.join(diffs)}); "
+            "choose another --out or repeat the original command to resume"
+        )
+    checkpoint = dataset.read_checkpoint(out)
+    if checkpoint.n_units != dataset.layout_of(stored, tuple(ds.state_in.values), tuple(ds.action_in.values)).n_units:
+        raise errors.UserError(f"checkpoint of {str(out)!r} does not match its layout; run `dynsparse validate {out}`")
+    return checkpoint
+
+
+def _steps_done(layout: dataset.Layout, next_unit: int) -> int:
+    done = 0
+    for unit in range(min(next_unit, layout.n_units)):
+        es, ts = layout.unit_slices(unit)
+        done += (es.stop - es.start) * (ts.stop - ts.start)
+    return done
+
+
+def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
+    versions = dataset.package_versions()
+    return {
+        "format": dataset.FORMAT,
+        "format_version": dataset.FORMAT_VERSION,
+        "env": config.env,
+        "backend": config.backend,
+        "dtype": config.dtype,
+        "seed": config.seed,
+        "policy": json.dumps(config.policy),
+        "episodes": config.episodes,
+        "steps": config.steps,
+        "n_substeps": spec.n_substeps,
+        "dt": spec.dt,
+        "sim_dt": spec.sim_dt,
+        "nq": spec.nq,
+        "nv": spec.nv,
+        "nu": spec.nu,
+        "solver_iterations": int(spec.mj_model.opt.iterations),
+        "solver_tolerance": float(spec.mj_model.opt.tolerance),
+        "jacobian_definition": dataset.JACOBIAN_DEFINITION,
+        "contact_definition": envs.CONTACT_DEFINITION,
+        "finite_diff": (
+            f"native mujoco.mjd_transitionFD, centred, eps={config.fd_eps}, opt.tolerance=0, chained "
+            "over substeps: A = A_n...A_1, B = sum_k A_n...A_(k+1) B_k"
+        ),
+        "check_definition": (
+            f"over the entries of [J_s | J_a] at steps 0, K, 2K, ... (K = check_every = "
+            f"{config.check_every}): fd_max_rel_err = max |AD - FD| / max(|AD|, |FD|) over entries "
+            f"with max(|AD|, |FD|) > {config.check_floor}; fd_max_abs_err = max |AD - FD|; "
+            f"fd_disagree = entries with |AD - FD| > {compare_lib.DEFAULT_RTOL} max(|AD|, |FD|) + "
+            f"{compare_lib.DEFAULT_ATOL}; fd_pattern_mismatch = entries one backend calls zero "
+            f"(|x| < {compare_lib.DEFAULT_THRESHOLD}) while the other is >= {config.check_floor}"
+        ),
+        "versions": json.dumps(versions),
+        "config": json.dumps(dataclasses.asdict(config)),
+    }
+
+
+class _Runner:
+    """Computes units in order, writing each and checkpointing after it."""
+
+    def __init__(self, config: CollectConfig, spec: envs.EnvSpec, policy: policies_base.Policy, layout: dataset.Layout, out: Path):
+        from dynsparse import rollout
+
+        self.config, self.spec, self.policy, self.layout, self.out = config, spec, policy, layout, out
+        self.reset_fn = rollout.make_reset_fn(spec)
+        self.chunk_fn = rollout.make_chunk_fn(spec, policy, with_jacobians=config.backend == "autodiff")
+        self.fd = None
+        if config.backend == "finite_diff" or config.check_every:
+            self.fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps, config.fd_eps)
+        self._rollout = rollout
+
+    def run(self, checkpoint: dataset.Checkpoint, on_progress: Callable[[Progress], None] | None) -> None:
+        import jax
+
+        layout = self.layout
+        carry = None
+        if checkpoint.carry is not None:
+            template = self._initial_carry(checkpoint.next_unit // layout.n_chunks)
+            treedef = jax.tree_util.tree_structure(template)
+            carry = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(x) for x in checkpoint.carry])
+        noise = None
+        for unit in range(checkpoint.next_unit, layout.n_units):
+            b, c = divmod(unit, layout.n_chunks)
+            if noise is None or c == 0:
+                noise = self._batch_noise(b)
+            if c == 0 or carry is None:
+                carry = self._initial_carry(b)
+            t0 = c * layout.chunk_steps
+            states, alive, outputs = self.chunk_fn(carry[0], carry[1], noise[:, t0:t0 + layout.chunk_steps])
+            carry = (states, alive)
+            arrays = self._unit_arrays(unit, jax.device_get(outputs))
+            dataset.write_unit(self.out, layout, unit, arrays)
+            last_of_batch = c == layout.n_chunks - 1
+            leaves = None if last_of_batch else [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(carry))]
+            dataset.write_checkpoint(self.out, unit + 1, layout.n_units, leaves)
+            if on_progress:
+                on_progress(Progress(unit + 1, layout.n_units, _steps_done(layout, unit + 1), layout.episodes * layout.steps))
+
+    def _batch_episodes(self, b: int) -> np.ndarray:
+        """Episode indices of batch ``b``, padded past ``episodes`` to a full batch (discarded)."""
+        return np.arange(b * self.layout.batch_size, (b + 1) * self.layout.batch_size)
+
+    def _batch_noise(self, b: int) -> np.ndarray:
+        padded_steps = self.layout.n_chunks * self.layout.chunk_steps
+        noise = self.policy.batch_noise(self.config.seed, self._batch_episodes(b), self.config.steps, self.spec.nu)
+        if padded_steps > self.config.steps:
+            noise = np.concatenate([noise, np.zeros((noise.shape[0], padded_steps - self.config.steps, self.spec.nu))], axis=1)
+        return noise.astype(self.config.dtype)
+
+    def _initial_carry(self, b: int) -> tuple[Any, Any]:
+        import jax.numpy as jnp
+
+        keys = self._rollout.episode_keys(self.config.seed, self._batch_episodes(b))
+        states = self.reset_fn(keys)
+        return states, jnp.ones((self.layout.batch_size,), bool)
+
+    def _unit_arrays(self, unit: int, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Trim a unit's outputs to the store, add Jacobians (FD backend), checks and flags."""
+        es, ts = self.layout.unit_slices(unit)
+        ne, nt = es.stop - es.start, ts.stop - ts.start
+        o = {k: np.asarray(v)[:ne, :nt] for k, v in outputs.items()}
+        valid = o["valid"].astype(bool)
+        n = self.spec.state_size
+        if self.config.backend == "finite_diff":
+            o["J_s"] = np.full((ne, nt, n, n), np.nan)
+            o["J_a"] = np.full((ne, nt, n, self.spec.nu), np.nan)
+            for i, t in zip(*np.nonzero(valid)):
+                o["J_s"][i, t], o["J_a"][i, t] = self.fd(finite_diff.StepInputs.from_arrays(o, (i, t)))
+            o["solver_start_returned"] = np.full((ne, nt), -1, np.int8)
+        else:
+            o["J_s"] = np.where(valid[..., None, None], o["J_s"], np.nan)
+            o["J_a"] = np.where(valid[..., None, None], o["J_a"], np.nan)
+        check = {
+            "fd_max_rel_err": np.full((ne, nt), np.nan), "fd_max_abs_err": np.full((ne, nt), np.nan),
+            "fd_disagree": np.full((ne, nt), -1, np.int32), "fd_pattern_mismatch": np.full((ne, nt), -1, np.int32),
+        }
+        if self.config.check_every:
+            steps = np.arange(ts.start, ts.stop)
+            for i, t in zip(*np.nonzero(valid & (steps % self.config.check_every == 0)[None, :])):
+                j_s, j_a = self.fd(finite_diff.StepInputs.from_arrays(o, (i, t)))
+                ad = np.concatenate([o["J_s"][i, t], o["J_a"][i, t]], axis=1)
+                agreement = compare_lib.compare(ad, np.concatenate([j_s, j_a], axis=1), floor=self.config.check_floor)
+                for name, field in compare_lib.DATASET_FIELDS.items():
+                    check[name][i, t] = getattr(agreement, field)
+        finite = np.isfinite(o["J_s"]).all(axis=(-2, -1)) & np.isfinite(o["J_a"]).all(axis=(-2, -1)) & valid
+        dtype = self.config.dtype
+        return {
+            "state": o["state"].astype(dtype), "action": o["action"].astype(dtype),
+            "next_state": o["next_state"].astype(dtype), "J_s": o["J_s"].astype(dtype),
+            "J_a": o["J_a"].astype(dtype), "n_contacts": o["n_contacts"].astype(np.int32),
+            "reward": o["reward"].astype(dtype), "warmstart": o["warmstart"].astype(dtype),
+            "finite": finite, "solver_start_returned": o["solver_start_returned"].astype(np.int8),
+            **check, "valid": valid,
+        }

@@ -1,0 +1,410 @@
+"""The one data model: a labelled xarray Dataset per (environment, policy, seed) run, in Zarr.
+
+Layout (Zarr format 2, consolidated metadata, readable with plain ``xarray.open_zarr``):
+
+- dims ``episode``, ``step``, ``out`` (next-state variable), ``state_in``, ``action_in``, ``dof``
+- coords: the named variables (``qpos:rootx``, ``qvel:bthigh``, ``act:bthigh``, ...)
+- data variables (E episodes, T steps, n = nq + nv, m = nu):
+
+  ===================== ======================== ==========================================
+  name                  dims                     meaning
+  ===================== ======================== ==========================================
+  state                 episode, step, state_in  s = [qpos, qvel] before the step
+  action                episode, step, action_in a as the policy emitted it
+  next_state            episode, step, out       s' after the control step
+  J_s                   episode, step, out,      ds'/ds
+                        state_in
+  J_a                   episode, step, out,      ds'/da
+                        action_in
+  n_contacts            episode, step            active contacts (see attrs)
+  reward                episode, step            the environment's reward for the step
+  warmstart             episode, step, dof       solver warm start f held fixed (qacc units)
+  valid                 episode, step            the step exists (written, episode alive)
+  finite                episode, step            J_s and J_a have no NaN/Inf
+  solver_start_returned episode, step            1: at some substep the solver returned
+                                                 its start point (autodiff may miss the
+                                                 constraints there), 0: no, -1: finite_diff
+  fd_max_rel_err        episode, step            autodiff vs finite_diff, NaN = not checked
+  fd_max_abs_err        episode, step            max |autodiff - finite_diff|
+  fd_disagree           episode, step            entries beyond rtol*|J| + atol, -1 = not
+                                                 checked
+  fd_pattern_mismatch   episode, step            entries whose zero decision differs,
+                                                 -1 = not checked
+  ===================== ======================== ==========================================
+
+Durability: the store is created complete (all arrays, fill values) in a temporary directory
+and renamed into place. Collection writes in units of (episode batch, step chunk) that match the
+Zarr chunks; each chunk file is written atomically by Zarr, ``valid`` last, and then a checkpoint
+file (progress and the exact simulator carry) is atomically replaced. A killed run leaves at most
+one unit whose data chunks are written but whose ``valid`` is still false; resuming rewrites that
+unit with identical values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from dynsparse import errors
+
+FORMAT = "dynsparse-dataset"
+FORMAT_VERSION = 1
+CHECKPOINT = "dynsparse-checkpoint.npz"
+
+#: Config keys that identify a run: resuming with any of these different is refused.
+IDENTITY_KEYS = (
+    "env", "episodes", "steps", "policy", "seed", "backend", "dtype", "check_every",
+    "batch_size", "chunk_steps", "fd_eps", "check_floor",
+)
+
+JACOBIAN_DEFINITION = (
+    "J_s = ds'/ds and J_a = ds'/da of one control step s' = f(s, a): the environment's "
+    "n_substeps MuJoCo steps with ctrl = a held; s = [qpos, qvel]; everything else in the "
+    "simulator state (time, mocap, and the constraint solver's warm start qacc_warmstart at every "
+    "substep) is held at its value on the recorded trajectory and not differentiated"
+)
+
+_VERSION_PACKAGES = (
+    "dynsparse", "jax", "jaxlib", "mujoco", "mujoco-mjx", "playground", "brax", "flax",
+    "numpy", "xarray", "zarr",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a dataset depends on."""
+    out = {}
+    for name in _VERSION_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Sizes and names that fix a store's shape."""
+
+    episodes: int
+    steps: int
+    state_names: tuple[str, ...]
+    action_names: tuple[str, ...]
+    batch_size: int
+    chunk_steps: int
+    dtype: str
+
+    @property
+    def n_batches(self) -> int:
+        return -(-self.episodes // self.batch_size)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.steps // self.chunk_steps)
+
+    @property
+    def n_units(self) -> int:
+        return self.n_batches * self.n_chunks
+
+    def unit_slices(self, unit: int) -> tuple[slice, slice]:
+        """``(episode slice, step slice)`` of a unit, clipped to the store."""
+        b, c = divmod(unit, self.n_chunks)
+        e0, t0 = b * self.batch_size, c * self.chunk_steps
+        return slice(e0, min(e0 + self.batch_size, self.episodes)), slice(t0, min(t0 + self.chunk_steps, self.steps))
+
+
+def _variables(layout: Layout) -> dict[str, tuple[tuple[str, ...], str, Any]]:
+    """name -> (dims, dtype, fill value)."""
+    f = layout.dtype
+    es = ("episode", "step")
+    return {
+        "state": (es + ("state_in",), f, np.nan),
+        "action": (es + ("action_in",), f, np.nan),
+        "next_state": (es + ("out",), f, np.nan),
+        "J_s": (es + ("out", "state_in"), f, np.nan),
+        "J_a": (es + ("out", "action_in"), f, np.nan),
+        "n_contacts": (es, "int32", -1),
+        "reward": (es, f, np.nan),
+        "warmstart": (es + ("dof",), f, np.nan),
+        "valid": (es, "bool", False),
+        "finite": (es, "bool", False),
+        "solver_start_returned": (es, "int8", -1),
+        "fd_max_rel_err": (es, "float64", np.nan),
+        "fd_max_abs_err": (es, "float64", np.nan),
+        "fd_disagree": (es, "int32", -1),
+        "fd_pattern_mismatch": (es, "int32", -1),
+    }
+
+
+#: Variables written last in a unit (their chunk marks the unit as present).
+COMMIT_VARIABLE = "valid"
+
+
+def create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
+    """Create an empty store at ``path`` atomically (built in a temporary sibling, then renamed).
+
+    Raises:
+      UserError: ``path`` already exists.
+    """
+    import dask.array as da
+    import xarray as xr
+
+    path = Path(path)
+    if path.exists():
+        raise errors.UserError(f"output path {str(path)!r} already exists; choose another --out")
+    n = len(layout.state_names)
+    dofs = tuple(name for name in layout.state_names[n // 2:])
+    sizes = {
+        "episode": layout.episodes, "step": layout.steps, "out": n, "state_in": n,
+        "action_in": len(layout.action_names), "dof": len(dofs),
+    }
+    chunk_of = {"episode": layout.batch_size, "step": layout.chunk_steps}
+    data_vars = {}
+    encoding = {}
+    for name, (dims, dtype, fill) in _variables(layout).items():
+        shape = tuple(sizes[d] for d in dims)
+        chunks = tuple(chunk_of.get(d, sizes[d]) for d in dims)
+        data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=chunks))
+        # Floats: NaN marks "not written / not checked". Integers and booleans carry no
+        # _FillValue (xarray would turn them into floats); read them where ``valid`` is true.
+        floating = np.issubdtype(np.dtype(dtype), np.floating)
+        encoding[name] = {"chunks": chunks, "_FillValue": fill if floating else None}
+    coords = {
+        "episode": np.arange(layout.episodes), "step": np.arange(layout.steps),
+        "out": list(layout.state_names), "state_in": list(layout.state_names),
+        "action_in": list(layout.action_names), "dof": list(dofs),
+    }
+    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ds.to_zarr(tmp, mode="w-", compute=False, encoding=encoding, consolidated=True, zarr_format=2)
+        _write_checkpoint(tmp, next_unit=0, n_units=layout.n_units, carry=None)
+        os.rename(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_store(path: Path) -> bool:
+    """Whether ``path`` looks like a dynsparse store (a directory with Zarr metadata)."""
+    path = Path(path)
+    return path.is_dir() and ((path / ".zmetadata").exists() or (path / ".zgroup").exists())
+
+
+def open_dataset(path: Path | str) -> Any:
+    """Open a store lazily as an ``xarray.Dataset`` (after basic checks).
+
+    Raises:
+      UserError: the path is missing, not a dynsparse store, or its metadata is unreadable.
+    """
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise errors.UserError(f"dataset {str(path)!r} does not exist")
+    if not path.is_dir() or not (path / ".zmetadata").exists():
+        raise errors.UserError(
+            f"{str(path)!r} is not a dynsparse dataset (no Zarr metadata .zmetadata); "
+            f"run `dynsparse validate {path}` for details"
+        )
+    try:
+        ds = xr.open_zarr(path, consolidated=True)
+    except Exception as exc:  # noqa: BLE001 - any decode failure is a user-facing corrupt store
+        raise errors.UserError(f"cannot open dataset {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    if ds.attrs.get("format") != FORMAT:
+        raise errors.UserError(f"{str(path)!r} is a Zarr store but not a dynsparse dataset (attrs.format missing)")
+    return ds
+
+
+def read_config(ds: Any) -> dict[str, Any]:
+    """The run configuration stored in a dataset's attrs."""
+    return json.loads(ds.attrs["config"])
+
+
+def layout_of(config: dict[str, Any], state_names: tuple[str, ...], action_names: tuple[str, ...]) -> Layout:
+    return Layout(
+        episodes=int(config["episodes"]), steps=int(config["steps"]), state_names=tuple(state_names),
+        action_names=tuple(action_names), batch_size=int(config["batch_size"]),
+        chunk_steps=int(config["chunk_steps"]), dtype=str(config["dtype"]),
+    )
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """Progress of a collection: the next unit to compute and, mid-batch, the exact carry."""
+
+    next_unit: int
+    n_units: int
+    carry: list[np.ndarray] | None
+
+    @property
+    def complete(self) -> bool:
+        return self.next_unit >= self.n_units
+
+
+def _write_checkpoint(path: Path, next_unit: int, n_units: int, carry: list[np.ndarray] | None) -> None:
+    arrays = {"next_unit": np.int64(next_unit), "n_units": np.int64(n_units), "has_carry": np.bool_(carry is not None)}
+    for i, leaf in enumerate(carry or []):
+        arrays[f"leaf_{i:04d}"] = np.asarray(leaf)
+    final = Path(path) / CHECKPOINT
+    tmp = final.with_name(f".{CHECKPOINT}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+def write_checkpoint(path: Path, next_unit: int, n_units: int, carry: list[np.ndarray] | None) -> None:
+    """Atomically record that units ``< next_unit`` are complete, with the carry to continue."""
+    _write_checkpoint(Path(path), next_unit, n_units, carry)
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read a store's checkpoint.
+
+    Raises:
+      UserError: missing or unreadable checkpoint.
+    """
+    file = Path(path) / CHECKPOINT
+    if not file.exists():
+        raise errors.UserError(f"dataset {str(path)!r} has no {CHECKPOINT}: not written by dynsparse collect, or damaged")
+    try:
+        with np.load(file) as z:
+            leaves = sorted(k for k in z.files if k.startswith("leaf_"))
+            carry = [z[k] for k in leaves] if bool(z["has_carry"]) else None
+            return Checkpoint(int(z["next_unit"]), int(z["n_units"]), carry)
+    except Exception as exc:  # noqa: BLE001
+        raise errors.UserError(f"checkpoint {str(file)!r} is unreadable: {type(exc).__name__}: {exc}") from exc
+
+
+def remove_partial_files(path: Path) -> int:
+    """Delete the temporary ``*.partial`` files an interrupted Zarr write can leave; return count."""
+    n = 0
+    for p in Path(path).rglob("*.partial"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def write_unit(path: Path, layout: Layout, unit: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write one unit's arrays (each ``(episodes in unit, steps in unit, ...)``), ``valid`` last."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    es, ts = layout.unit_slices(unit)
+    names = [n for n in arrays if n != COMMIT_VARIABLE] + [COMMIT_VARIABLE]
+    for name in names:
+        group[name][es, ts] = arrays[name]
+
+
+def iter_episode_blocks(ds: Any, block: int | None = None) -> Iterator[Any]:
+    """Yield the dataset in blocks of episodes (the store's episode chunking by default)."""
+    if block is None:
+        chunks = ds["J_s"].encoding.get("chunks") or ds["J_s"].encoding.get("preferred_chunks", {})
+        block = int(chunks[0]) if isinstance(chunks, tuple) else int(ds.sizes["episode"])
+    for e0 in range(0, ds.sizes["episode"], block):
+        yield ds.isel(episode=slice(e0, e0 + block))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate(path: Path | str) -> tuple[list[str], list[str]]:
+    """Check a store thoroughly: metadata, shapes, every chunk, progress and consistency.
+
+    Returns:
+      ``(problems, notes)``: each problem is one line saying exactly what is wrong (empty: the
+      store is sound); notes are facts that are not errors (e.g. an unfinished collection).
+    """
+    path = Path(path)
+    problems: list[str] = []
+    notes: list[str] = []
+    try:
+        ds = open_dataset(path)
+    except errors.UserError as exc:
+        return [str(exc)], notes
+    try:
+        config = read_config(ds)
+    except (KeyError, json.JSONDecodeError):
+        return ["attrs.config is missing or not JSON: cannot tell how the dataset was made"], notes
+    if ds.attrs.get("format_version") != FORMAT_VERSION:
+        problems.append(f"format_version {ds.attrs.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    layout = layout_of(config, tuple(ds["state_in"].values), tuple(ds["action_in"].values))
+    problems += _check_shapes(ds, layout)
+    if problems:
+        return problems, notes
+    try:
+        checkpoint = read_checkpoint(path)
+    except errors.UserError as exc:
+        problems.append(str(exc))
+        checkpoint = None
+    if checkpoint is not None and checkpoint.n_units != layout.n_units:
+        problems.append(f"checkpoint says {checkpoint.n_units} units, the layout has {layout.n_units}")
+    partial = list(path.rglob("*.partial"))
+    if partial:
+        notes.append(f"{len(partial)} leftover *.partial file(s) from an interrupted write (harmless; removed on resume)")
+    done = checkpoint.next_unit if checkpoint is not None else 0
+    for unit in range(layout.n_units):
+        es, ts = layout.unit_slices(unit)
+        where = f"episodes {es.start}-{es.stop - 1}, steps {ts.start}-{ts.stop - 1}"
+        block = {}
+        for name in ds.data_vars:
+            try:
+                block[name] = np.asarray(ds[name].isel(episode=es, step=ts).values)
+            except Exception as exc:  # noqa: BLE001 - report any decode failure
+                problems.append(f"variable {name!r} at {where} is unreadable: {type(exc).__name__}: {exc}")
+        if len(block) != len(ds.data_vars):
+            continue
+        valid = block["valid"].astype(bool)
+        if unit < done:
+            problems += [f"{p} at {where}" for p in _check_written_unit(block, valid)]
+        elif valid.any():
+            problems.append(f"steps at {where} are marked valid but the checkpoint says this unit is not written")
+    if checkpoint is not None and not checkpoint.complete:
+        notes.append(f"collection is unfinished: {done} of {layout.n_units} units written; rerun the collect command to resume")
+    return problems, notes
+
+
+def _check_shapes(ds: Any, layout: Layout) -> list[str]:
+    problems = []
+    n, m = len(layout.state_names), len(layout.action_names)
+    expected = {"episode": layout.episodes, "step": layout.steps, "out": n, "state_in": n, "action_in": m}
+    for dim, size in expected.items():
+        if ds.sizes.get(dim) != size:
+            problems.append(f"dimension {dim!r} has size {ds.sizes.get(dim)}, the configuration implies {size}")
+    for name, (dims, dtype, _) in _variables(layout).items():
+        if name not in ds:
+            problems.append(f"variable {name!r} is missing")
+            continue
+        if tuple(ds[name].dims) != dims:
+            problems.append(f"variable {name!r} has dims {tuple(ds[name].dims)}, expected {dims}")
+        if ds[name].dtype != np.dtype(dtype):
+            problems.append(f"variable {name!r} has dtype {ds[name].dtype}, expected {dtype}")
+    if list(ds["out"].values) != list(ds["state_in"].values):
+        problems.append("coords 'out' and 'state_in' differ")
+    return problems
+
+
+def _check_written_unit(block: dict[str, np.ndarray], valid: np.ndarray) -> list[str]:
+    problems = []
+    if (np.diff(valid.astype(np.int8), axis=1) > 0).any():
+        problems.append("'valid' switches from false back to true within an episode")
+    finite = np.isfinite(block["J_s"]).all(axis=(-2, -1)) & np.isfinite(block["J_a"]).all(axis=(-2, -1)) & valid
+    if (block["finite"].astype(bool) != finite).any():
+        problems.append("'finite' does not match the stored Jacobians")
+    for name in ("state", "action", "next_state"):
+        if np.isnan(block[name][valid]).any():
+            problems.append(f"{name!r} has NaN at valid steps")
+    return problems

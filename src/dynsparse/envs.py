@@ -1,0 +1,374 @@
+"""Environments by MuJoCo Playground registry name, and the pure control-step function.
+
+The state of a control step is ``s = [qpos, qvel]`` (length ``nq + nv``) and the action ``a`` is
+the environment's action exactly as a policy emits it (length ``nu``). One control step
+``s' = f(s, a)`` runs the environment's ``n_substeps`` physics steps with ``ctrl = a`` held, as
+``mujoco_playground._src.mjx_env.step`` does (MuJoCo itself clamps ``ctrl`` to ``ctrlrange``).
+
+What ``f`` holds fixed: every part of ``mjx.Data`` other than ``qpos``/``qvel`` comes from the
+trajectory's own data at that step (time, mocap bodies, activations), and so does the constraint
+solver's warm start ``qacc_warmstart`` *at every substep*: the warm start is treated as an external
+input (``stop_gradient``), not as a function of the state. This is exactly the function that
+native ``mjd_transitionFD`` chained over substeps differentiates, so both backends measure the
+same ``f``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import logging
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+
+from dynsparse import errors
+
+jax.config.update("jax_enable_x64", True)
+
+log = logging.getLogger(__name__)
+
+#: Contact definition recorded in datasets (``n_contacts``).
+CONTACT_DEFINITION = (
+    "contacts whose signed distance is below their inclusion margin (dist < includemargin), "
+    "i.e. the contacts that generate constraint rows, at the last substep of the control step"
+)
+
+_JOINT_AXES = {
+    mujoco.mjtJoint.mjJNT_FREE: (("x", "y", "z", "qw", "qx", "qy", "qz"), ("x", "y", "z", "rx", "ry", "rz")),
+    mujoco.mjtJoint.mjJNT_BALL: (("qw", "qx", "qy", "qz"), ("rx", "ry", "rz")),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """Everything dynsparse needs to know about one environment.
+
+    Attributes:
+      name: Playground registry name, e.g. ``"CheetahRun"``.
+      env: the Playground environment object (MJX ``impl="jax"``).
+      mj_model: the native MuJoCo model the environment was built from.
+      n_substeps: physics steps per control step.
+      dt: control time step in seconds (``n_substeps * sim_dt``).
+      sim_dt: physics time step in seconds.
+      state_names: ``nq + nv`` names, ``qpos:<joint>`` then ``qvel:<joint>``.
+      action_names: ``nu`` names, ``act:<actuator>``.
+      action_low, action_high: ``(nu,)`` action bounds (the actuator ``ctrlrange``; +-inf where
+        an actuator is not ``ctrllimited``).
+    """
+
+    name: str
+    env: Any
+    mj_model: mujoco.MjModel
+    n_substeps: int
+    dt: float
+    sim_dt: float
+    state_names: tuple[str, ...]
+    action_names: tuple[str, ...]
+    action_low: np.ndarray
+    action_high: np.ndarray
+
+    @property
+    def nq(self) -> int:
+        return int(self.mj_model.nq)
+
+    @property
+    def nv(self) -> int:
+        return int(self.mj_model.nv)
+
+    @property
+    def nu(self) -> int:
+        return int(self.mj_model.nu)
+
+    @property
+    def state_size(self) -> int:
+        return self.nq + self.nv
+
+    @property
+    def mjx_model(self) -> Any:
+        return self.env.mjx_model
+
+
+def dm_control_names() -> tuple[str, ...]:
+    """The 25 DM Control Suite environment names of MuJoCo Playground."""
+    from mujoco_playground import registry
+
+    return tuple(registry.dm_control_suite.ALL_ENVS)
+
+
+def _other_playground_names() -> dict[str, str]:
+    from mujoco_playground import registry
+
+    out = {n: "locomotion" for n in registry.locomotion.ALL_ENVS}
+    out.update({n: "manipulation" for n in registry.manipulation.ALL_ENVS})
+    return out
+
+
+def other_names() -> tuple[str, ...]:
+    """Playground locomotion and manipulation names (they need mujoco_menagerie assets)."""
+    return tuple(_other_playground_names())
+
+
+def static_info(name: str) -> dict[str, Any]:
+    """Sizes and timing of an environment: ``nq, nv, nu, n_substeps, dt`` (seconds)."""
+    spec = load(name)
+    return {"nq": spec.nq, "nv": spec.nv, "nu": spec.nu, "n_substeps": spec.n_substeps, "dt": spec.dt}
+
+
+def menagerie_path() -> str:
+    """Where Playground looks for the mujoco_menagerie robot assets."""
+    from mujoco_playground._src import mjx_env
+
+    return str(mjx_env.MENAGERIE_PATH)
+
+
+def check_name(name: str) -> None:
+    """Raise ``UserError`` if ``name`` is not a loadable environment, suggesting close names.
+
+    Locomotion and manipulation environments need the mujoco_menagerie assets on disk; when they
+    are missing this raises instead of letting Playground clone them from the network.
+    """
+    dm = dm_control_names()
+    if name in dm:
+        return
+    others = _other_playground_names()
+    if name in others:
+        from mujoco_playground._src import mjx_env
+
+        if not mjx_env.MENAGERIE_PATH.exists():
+            raise errors.UserError(
+                f"environment {name!r} ({others[name]}) needs the mujoco_menagerie robot assets, "
+                f"which are missing: expected a checkout at {menagerie_path()} (git clone "
+                f"https://github.com/google-deepmind/mujoco_menagerie there and check out commit "
+                f"{mjx_env.MENAGERIE_COMMIT_SHA})"
+            )
+        return
+    close = difflib.get_close_matches(name, dm + tuple(others), n=3, cutoff=0.5)
+    if not close:
+        close = [n for n in dm + tuple(others) if n.lower().startswith(name.lower()[:4])][:3]
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run `dynsparse envs` for the list"
+    raise errors.UserError(f"unknown environment {name!r}{hint}")
+
+
+def variable_names(model: mujoco.MjModel) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Named state and action coordinates of a MuJoCo model.
+
+    Returns:
+      ``(state_names, action_names)``: ``nq + nv`` names ``qpos:<joint>`` / ``qvel:<joint>`` (a
+      free joint gives ``qpos:<joint>:x ... :qz`` and ``qvel:<joint>:x ... :rz``; a ball joint
+      ``:qw..:qz`` and ``:rx..:rz``), and ``nu`` names ``act:<actuator>``. Unnamed joints and
+      actuators are called ``joint<i>`` and ``actuator<i>``.
+    """
+    qpos_names: list[str] = []
+    qvel_names: list[str] = []
+    for j in range(model.njnt):
+        jname = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j) or f"joint{j}"
+        jtype = mujoco.mjtJoint(model.jnt_type[j])
+        if jtype in _JOINT_AXES:
+            pos_axes, vel_axes = _JOINT_AXES[jtype]
+            qpos_names += [f"qpos:{jname}:{ax}" for ax in pos_axes]
+            qvel_names += [f"qvel:{jname}:{ax}" for ax in vel_axes]
+        else:
+            qpos_names.append(f"qpos:{jname}")
+            qvel_names.append(f"qvel:{jname}")
+    act_names = [
+        f"act:{mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_ACTUATOR, i) or f'actuator{i}'}"
+        for i in range(model.nu)
+    ]
+    return tuple(qpos_names + qvel_names), tuple(act_names)
+
+
+def action_bounds(model: mujoco.MjModel) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high)``, each ``(nu,)``: the actuator ``ctrlrange``, or +-inf where not limited."""
+    limited = model.actuator_ctrllimited.astype(bool)
+    low = np.where(limited, model.actuator_ctrlrange[:, 0], -np.inf)
+    high = np.where(limited, model.actuator_ctrlrange[:, 1], np.inf)
+    return low.astype(np.float64), high.astype(np.float64)
+
+
+def require_nq_equals_nv(spec_name: str, model: mujoco.MjModel) -> None:
+    """Refuse models with free or ball joints (quaternion coordinates), for now."""
+    if model.nq != model.nv:
+        raise errors.UserError(
+            f"environment {spec_name!r} has free or ball joints (nq={model.nq} != nv={model.nv}); "
+            "tangent-space Jacobians for quaternion coordinates are not supported yet: choose an "
+            "environment with nq == nv (`dynsparse envs` marks them)"
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def load(name: str, dtype: str = "float64") -> EnvSpec:
+    """Load a Playground environment by registry name with the differentiable MJX implementation.
+
+    Args:
+      name: registry name, e.g. ``"CheetahRun"``.
+      dtype: ``"float64"`` (default) or ``"float32"``: the dtype of the MJX model and data.
+
+    Raises:
+      UserError: unknown name, missing robot assets, or an unsupported dtype.
+    """
+    if dtype not in ("float64", "float32"):
+        raise errors.UserError(f"unknown dtype {dtype!r}; allowed: float64, float32")
+    check_name(name)
+    from mujoco_playground import registry
+
+    overrides = {"impl": "jax"} if name in dm_control_names() else {}
+    env = registry.load(name, config_overrides=overrides)
+    if dtype == "float32":
+        env._mjx_model = _cast_floats(env.mjx_model, jnp.float32)  # pylint: disable=protected-access
+    model = env.mj_model
+    state_names, action_names = variable_names(model)
+    low, high = action_bounds(model)
+    return EnvSpec(
+        name=name,
+        env=env,
+        mj_model=model,
+        n_substeps=int(env.n_substeps),
+        dt=float(env.dt),
+        sim_dt=float(model.opt.timestep),
+        state_names=state_names,
+        action_names=action_names,
+        action_low=low,
+        action_high=high,
+    )
+
+
+def _cast_floats(tree: Any, dtype: Any) -> Any:
+    def cast(x: Any) -> Any:
+        if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating):
+            return jnp.asarray(x, dtype)
+        return x
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+def state_of(data: Any) -> jax.Array:
+    """``[qpos, qvel]`` of an ``mjx.Data`` (unbatched): shape ``(nq + nv,)``."""
+    return jnp.concatenate([data.qpos, data.qvel])
+
+
+def count_contacts(data: Any) -> jax.Array:
+    """Number of active contacts of an unbatched ``mjx.Data`` (see ``CONTACT_DEFINITION``)."""
+    contact = data._impl.contact  # pylint: disable=protected-access
+    if contact.dist.shape[0] == 0:
+        return jnp.zeros((), jnp.int32)
+    return jnp.sum(contact.dist < contact.includemargin).astype(jnp.int32)
+
+
+def make_control_step(spec: EnvSpec) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, tuple[Any, jax.Array]]]:
+    """The pure control step ``f``.
+
+    Returns:
+      ``f(data, s, a) -> (s_next, (data_next, start_returned))`` for one (unbatched)
+      environment: ``data`` is the trajectory's ``mjx.Data`` at this step (it supplies everything
+      but ``qpos``/``qvel``), ``s`` is ``(nq + nv,)``, ``a`` is ``(nu,)``; ``s_next`` is
+      ``(nq + nv,)``. The solver warm start is held at its trajectory value at every substep
+      (see the module docstring). ``start_returned`` (bool) says that at some substep the
+      constraint solver returned its start point (``qacc_smooth`` or the warm start) without
+      iterating; forward-mode autodiff there misses the active constraints' sensitivity (see
+      ``dynsparse.jacobians.autodiff``).
+    """
+    from mujoco import mjx
+
+    model = spec.mjx_model
+    nq = spec.nq
+
+    def f(data: Any, s: jax.Array, a: jax.Array) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+        d = data.replace(qpos=s[:nq], qvel=s[nq:])
+
+        def substep(d: Any, _: None) -> tuple[Any, jax.Array]:
+            warm = jax.lax.stop_gradient(d.qacc_warmstart)
+            d = mjx.step(model, d.replace(ctrl=a, qacc_warmstart=warm))
+            return d, solver_returned_start(d, warm)
+
+        d, returned = jax.lax.scan(substep, d, None, length=spec.n_substeps)
+        return state_of(d), (d, jnp.any(returned))
+
+    return f
+
+
+def solver_returned_start(data: Any, warmstart: jax.Array) -> jax.Array:
+    """Whether the last ``mjx.step``'s solver returned its start point with constraints active.
+
+    MJX does not record solver iterations (``solver_niter`` stays 0), so this compares values:
+    ``qacc`` bitwise equal to ``qacc_smooth`` or to the warm start ``warmstart`` (``(nv,)``) means
+    no iteration moved it. That matters only when some constraint row is active (the solver's
+    own rule: equality rows; friction-loss rows inside their quadratic zone ``|J a - aref| <
+    R f``; limit/contact rows with ``J a - aref < 0``; rows with an all-zero Jacobian, MJX's
+    inactive slots, never count). Returns a bool scalar.
+    """
+    impl = data._impl  # pylint: disable=protected-access
+    if getattr(impl, "efc_J", None) is None or impl.efc_J.shape[0] == 0:
+        return jnp.zeros((), bool)
+    sg = jax.lax.stop_gradient
+    qacc, smooth = sg(data.qacc), sg(data.qacc_smooth)
+    efc_j = sg(impl.efc_J)
+    jaref = efc_j @ qacc - sg(impl.efc_aref)
+    rows = jnp.arange(efc_j.shape[0])
+    ne, nf = int(impl.ne), int(impl.nf)
+    r = 1.0 / jnp.where(impl.efc_D == 0, mujoco.mjMINVAL, sg(impl.efc_D))
+    floss = sg(impl.efc_frictionloss)
+    active = jnp.where(
+        rows < ne, True, jnp.where(rows < ne + nf, jnp.abs(jaref) < r * floss, jaref < 0)
+    ) & jnp.any(efc_j != 0, axis=1)
+    returned = jnp.all(qacc == smooth) | jnp.all(qacc == warmstart)
+    return returned & jnp.any(active)
+
+
+class MjcfEnv:
+    """A minimal Playground-style environment around any MJCF model (reward 0, obs = state).
+
+    Used for hand-built models whose Jacobians are known on paper, and for user models.
+    ``reset`` draws ``qpos = qpos0 + U(-init_noise, init_noise)`` and ``qvel = U(-init_noise,
+    init_noise)``; ``step`` holds ``ctrl = action`` for ``n_substeps`` MJX steps.
+    """
+
+    def __init__(self, xml: str, n_substeps: int = 1, init_noise: float = 0.1):
+        from mujoco import mjx
+
+        self.mj_model = mujoco.MjModel.from_xml_string(xml)
+        self.mjx_model = mjx.put_model(self.mj_model, impl="jax")
+        self.n_substeps = int(n_substeps)
+        self.dt = float(self.mj_model.opt.timestep) * self.n_substeps
+        self.init_noise = float(init_noise)
+        self.action_size = int(self.mj_model.nu)
+
+    def reset(self, key: jax.Array) -> Any:
+        from mujoco import mjx
+        from mujoco_playground._src import mjx_env
+
+        k1, k2 = jax.random.split(key)
+        m = self.mj_model
+        qpos = jnp.asarray(m.qpos0) + jax.random.uniform(k1, (m.nq,), minval=-self.init_noise, maxval=self.init_noise)
+        qvel = jax.random.uniform(k2, (m.nv,), minval=-self.init_noise, maxval=self.init_noise)
+        data = mjx.make_data(self.mjx_model).replace(qpos=qpos, qvel=qvel)
+        data = mjx.forward(self.mjx_model, data)
+        return mjx_env.State(data, state_of(data), jnp.zeros(()), jnp.zeros(()), {}, {})
+
+    def step(self, state: Any, action: jax.Array) -> Any:
+        from mujoco import mjx
+        from mujoco_playground._src import mjx_env
+
+        def substep(d: Any, _: None) -> tuple[Any, None]:
+            return mjx.step(self.mjx_model, d.replace(ctrl=action)), None
+
+        data, _ = jax.lax.scan(substep, state.data, None, length=self.n_substeps)
+        done = (jnp.isnan(data.qpos).any() | jnp.isnan(data.qvel).any()).astype(float)
+        return state.replace(data=data, obs=state_of(data), reward=jnp.zeros(()), done=done)
+
+
+def from_mjcf(xml: str, name: str = "mjcf", n_substeps: int = 1, init_noise: float = 0.1) -> EnvSpec:
+    """An ``EnvSpec`` for an MJCF string (see ``MjcfEnv``); float64."""
+    env = MjcfEnv(xml, n_substeps, init_noise)
+    model = env.mj_model
+    state_names, action_names = variable_names(model)
+    low, high = action_bounds(model)
+    return EnvSpec(
+        name=name, env=env, mj_model=model, n_substeps=env.n_substeps, dt=env.dt,
+        sim_dt=float(model.opt.timestep), state_names=state_names, action_names=action_names,
+        action_low=low, action_high=high,
+    )

@@ -1,0 +1,1 @@
+"""Jacobian backends: autodiff (MJX jacfwd) and finite_diff (native MuJoCo)."""

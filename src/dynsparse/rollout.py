@@ -1,0 +1,102 @@
+"""Batched rollouts: trajectories of s, a, s', contacts and reward, in compiled chunks of steps.
+
+A chunk runs ``chunk_steps`` control steps for a batch of episodes inside one jitted
+``vmap(scan)``; with the autodiff backend the Jacobians are taken inside the same compiled
+function. The carry between chunks (the batched Playground ``State`` and an ``alive`` flag) can be
+saved and restored exactly, which is what makes collection resumable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynsparse import envs
+from dynsparse.jacobians import autodiff
+from dynsparse.policies import Policy
+
+#: Per-step outputs needed to re-run a step natively (finite differences); not stored.
+NATIVE_INPUT_FIELDS = ("qpos", "qvel", "warmstart", "ctrl", "act", "mocap_pos", "mocap_quat", "time")
+
+
+def episode_keys(seed: int, episodes: np.ndarray) -> jax.Array:
+    """``(B, 2)`` PRNG keys of the given episode indices: ``fold_in(PRNGKey(seed), episode)``."""
+    base = jax.random.PRNGKey(int(seed))
+    return jax.vmap(lambda e: jax.random.fold_in(base, e))(jnp.asarray(episodes, jnp.uint32))
+
+
+def make_reset_fn(spec: envs.EnvSpec) -> Callable[[jax.Array], Any]:
+    """Jitted ``reset(keys (B, 2)) -> batched State`` from the environment's own reset.
+
+    Leaves are made strongly typed (``reset`` returns e.g. a weakly typed ``time``), so that the
+    carry has exactly the types the chunk function returns and the chunk compiles once.
+    """
+
+    def reset(keys: jax.Array) -> Any:
+        states = jax.vmap(spec.env.reset)(keys)
+        return jax.tree_util.tree_map(_strong, states)
+
+    return jax.jit(reset)
+
+
+def _strong(x: jax.Array) -> jax.Array:
+    """``x`` with a strong (not weak) type: adding a strongly typed zero keeps value and dtype."""
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return x + jnp.zeros((), x.dtype)
+    return x
+
+
+def make_chunk_fn(spec: envs.EnvSpec, policy: Policy, with_jacobians: bool) -> Callable[..., Any]:
+    """Jitted ``chunk(states, alive, noise) -> (states, alive, outputs)``.
+
+    Args (of the returned function):
+      states: batched Playground ``State`` (batch ``B``).
+      alive: ``(B,)`` bool, false once an episode has produced a NaN state.
+      noise: ``(B, Tc, nu)`` the policy noise of these steps.
+
+    Returns:
+      The carry after ``Tc`` steps and a dict of ``(B, Tc, ...)`` arrays: ``state``, ``action``,
+      ``next_state`` ``(.., nq+nv)``/``(.., nu)``, ``reward``, ``n_contacts``, ``valid`` (the
+      step exists: the episode was alive before it), the native inputs ``NATIVE_INPUT_FIELDS``,
+      and with Jacobians ``J_s``, ``J_a``, ``solver_start_returned``.
+    """
+    env = spec.env
+    low = jnp.asarray(spec.action_low)
+    high = jnp.asarray(spec.action_high)
+    jac = autodiff.make_jacobian_fn(spec) if with_jacobians else None
+
+    def step(carry: tuple[Any, jax.Array], noise_t: jax.Array) -> tuple[tuple[Any, jax.Array], dict]:
+        state, alive = carry
+        d = state.data
+        a = policy.act(state.obs, noise_t, low, high).astype(d.qpos.dtype)
+        nxt = env.step(state, a)
+        out = {
+            "state": envs.state_of(d),
+            "action": a,
+            "next_state": envs.state_of(nxt.data),
+            "reward": nxt.reward,
+            "n_contacts": envs.count_contacts(nxt.data),
+            "valid": alive,
+            "qpos": d.qpos,
+            "qvel": d.qvel,
+            "warmstart": d.qacc_warmstart,
+            "ctrl": a,
+            "act": d.act,
+            "mocap_pos": d.mocap_pos,
+            "mocap_quat": d.mocap_quat,
+            "time": d.time,
+        }
+        if jac is not None:
+            j_s, j_a, _, returned = jac(d, a)
+            out.update(J_s=j_s, J_a=j_a, solver_start_returned=returned)
+        alive = alive & ~(nxt.done > 0)
+        return (nxt, alive), out
+
+    def one_env(state: Any, alive: jax.Array, noise: jax.Array) -> tuple[Any, jax.Array, dict]:
+        (state, alive), out = jax.lax.scan(step, (state, alive), noise)
+        return state, alive, out
+
+    return jax.jit(jax.vmap(one_env))

@@ -1,0 +1,56 @@
+"""Hand-built MJCF models whose Jacobian structure is known on paper."""
+
+TWO_PENDULUMS = """
+<mujoco model="two_pendulums">
+  <option timestep="0.01"/>
+  <worldbody>
+    <body name="p1">
+      <joint name="h1" type="hinge" axis="0 1 0"/>
+      <geom type="capsule" fromto="0 0 0 0 0 -0.5" size="0.05" contype="0" conaffinity="0"/>
+    </body>
+    <body name="p2" pos="1 0 0">
+      <joint name="h2" type="hinge" axis="0 1 0"/>
+      <geom type="capsule" fromto="0 0 0 0 0 -0.7" size="0.05" contype="0" conaffinity="0"/>
+    </body>
+  </worldbody>
+  <actuator>
+    <motor name="m1" joint="h1" ctrlrange="-1 1"/>
+    <motor name="m2" joint="h2" ctrlrange="-1 1"/>
+  </actuator>
+</mujoco>
+"""
+
+#: mass 2 kg, no gravity, no friction or damping: x' = x + n h v + h^2 u / m * n (n + 1) / 2.
+FREE_SLIDER = """
+<mujoco model="free_slider">
+  <option timestep="0.01" gravity="0 0 0"/>
+  <worldbody>
+    <body name="block">
+      <joint name="x" type="slide" axis="1 0 0"/>
+      <geom type="box" size="0.1 0.1 0.1" mass="2" contype="0" conaffinity="0"/>
+    </body>
+  </worldbody>
+  <actuator><motor name="push" joint="x" ctrlrange="-1 1"/></actuator>
+</mujoco>
+"""
+SLIDER_MASS = 2.0
+SLIDER_DT = 0.01
+
+#: a cart on a rail with a pole: the cart's x position cannot influence anything but itself,
+#: and its x velocity cannot influence the pole (Galilean invariance, no friction).
+CART_POLE_CHAIN = """
+<mujoco model="cart_pole_chain">
+  <option timestep="0.01"/>
+  <worldbody>
+    <body name="cart">
+      <joint name="rootx" type="slide" axis="1 0 0"/>
+      <geom type="box" size="0.2 0.1 0.1" mass="1" contype="0" conaffinity="0"/>
+      <body name="pole">
+        <joint name="hinge" type="hinge" axis="0 1 0"/>
+        <geom type="capsule" fromto="0 0 0 0 0 0.6" size="0.04" mass="0.3" contype="0" conaffinity="0"/>
+      </body>
+    </body>
+  </worldbody>
+  <actuator><motor name="push" joint="rootx" ctrlrange="-1 1"/></actuator>
+</mujoco>
+"""
