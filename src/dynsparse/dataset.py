@@ -309,13 +309,34 @@ def write_unit(path: Path, layout: Layout, unit: int, arrays: dict[str, np.ndarr
         group[name][es, ts] = arrays[name]
 
 
-def iter_episode_blocks(ds: Any, block: int | None = None) -> Iterator[Any]:
-    """Yield the dataset in blocks of episodes (the store's episode chunking by default)."""
+def load(ds: Any, names: list[str] | tuple[str, ...] | None = None) -> Any:
+    """Load variables of a (lazy) dataset into memory.
+
+    Raises:
+      UserError: a chunk cannot be read or decoded (a damaged store), naming what failed.
+    """
+    part = ds[list(names)] if names is not None else ds
+    try:
+        return part.load()
+    except Exception as exc:  # noqa: BLE001 - any decode failure means a damaged store
+        where = ds.encoding.get("source", "the dataset")
+        raise errors.UserError(
+            f"{where} is damaged: reading {', '.join(names or part.data_vars)} failed with "
+            f"{type(exc).__name__}: {exc}; run `dynsparse validate` on it"
+        ) from exc
+
+
+def iter_episode_blocks(ds: Any, names: tuple[str, ...] | None = None, block: int | None = None) -> Iterator[Any]:
+    """Yield the dataset loaded in blocks of episodes (the store's episode chunking by default).
+
+    Raises:
+      UserError: a block cannot be read (see ``load``).
+    """
     if block is None:
         chunks = ds["J_s"].encoding.get("chunks") or ds["J_s"].encoding.get("preferred_chunks", {})
         block = int(chunks[0]) if isinstance(chunks, tuple) else int(ds.sizes["episode"])
     for e0 in range(0, ds.sizes["episode"], block):
-        yield ds.isel(episode=slice(e0, e0 + block))
+        yield load(ds.isel(episode=slice(e0, e0 + block)), names)
 
 
 # ----------------------------------------------------------------------------- validation

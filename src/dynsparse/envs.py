@@ -44,7 +44,7 @@ _JOINT_AXES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class EnvSpec:
     """Everything dynsparse needs to know about one environment.
 
@@ -59,6 +59,9 @@ class EnvSpec:
       action_names: ``nu`` names, ``act:<actuator>``.
       action_low, action_high: ``(nu,)`` action bounds (the actuator ``ctrlrange``; +-inf where
         an actuator is not ``ctrllimited``).
+
+    Specs compare and hash by identity (``load`` returns one per name and dtype), so compiled
+    functions can be cached per spec.
     """
 
     name: str

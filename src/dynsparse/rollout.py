@@ -8,6 +8,8 @@ saved and restored exactly, which is what makes collection resumable.
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any, Callable
 
 import jax
@@ -28,6 +30,7 @@ def episode_keys(seed: int, episodes: np.ndarray) -> jax.Array:
     return jax.vmap(lambda e: jax.random.fold_in(base, e))(jnp.asarray(episodes, jnp.uint32))
 
 
+@functools.lru_cache(maxsize=32)
 def make_reset_fn(spec: envs.EnvSpec) -> Callable[[jax.Array], Any]:
     """Jitted ``reset(keys (B, 2)) -> batched State`` from the environment's own reset.
 
@@ -50,7 +53,8 @@ def _strong(x: jax.Array) -> jax.Array:
 
 
 def make_chunk_fn(spec: envs.EnvSpec, policy: Policy, with_jacobians: bool) -> Callable[..., Any]:
-    """Jitted ``chunk(states, alive, noise) -> (states, alive, outputs)``.
+    """Jitted ``chunk(states, alive, noise) -> (states, alive, outputs)``, cached per
+    ``(spec, policy configuration, with_jacobians)`` so a process traces and compiles it once.
 
     Args (of the returned function):
       states: batched Playground ``State`` (batch ``B``).
@@ -63,6 +67,14 @@ def make_chunk_fn(spec: envs.EnvSpec, policy: Policy, with_jacobians: bool) -> C
       step exists: the episode was alive before it), the native inputs ``NATIVE_INPUT_FIELDS``,
       and with Jacobians ``J_s``, ``J_a``, ``solver_start_returned``.
     """
+    return _chunk_fn(spec, json.dumps(policy.config(), sort_keys=True), with_jacobians)
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_fn(spec: envs.EnvSpec, policy_json: str, with_jacobians: bool) -> Callable[..., Any]:
+    from dynsparse.policies import from_config
+
+    policy = from_config(json.loads(policy_json))
     env = spec.env
     low = jnp.asarray(spec.action_low)
     high = jnp.asarray(spec.action_high)

@@ -41,7 +41,7 @@ def zero_counts(ds: Any, threshold: float = sparsity.DEFAULT_THRESHOLD, kind: st
     sparsity.check_threshold(threshold, kind)
     counts = {name: np.zeros((ds.sizes["out"], ds.sizes[dim]), np.int64) for name, dim in MATRICES}
     n_steps = n_valid = n_nonfinite = 0
-    for block in dataset.iter_episode_blocks(ds):
+    for block in dataset.iter_episode_blocks(ds, ("valid", "finite", "J_s", "J_a")):
         valid = np.asarray(block["valid"].values, bool)
         finite = np.asarray(block["finite"].values, bool) & valid
         n_valid += int(valid.sum())
@@ -104,9 +104,11 @@ def global_structure(ds: Any, threshold: float = sparsity.DEFAULT_THRESHOLD, kin
         entries = [f"{outs[i]} <- {ins[j]}" for i, j in zip(*np.nonzero(always))]
         zeros = int(always.sum())
         result[name] = {"zeros": zeros, "total": total, "percent": 100.0 * zeros / total, "entries": entries}
-    result["check"] = check_summary(ds)
-    flags = np.asarray(ds["solver_start_returned"].values)
-    valid = np.asarray(ds["valid"].values, bool)
+    small = dataset.load(ds, ("valid", "solver_start_returned", "fd_max_rel_err", "fd_max_abs_err", "fd_disagree", "fd_pattern_mismatch"))
+    small.attrs = ds.attrs
+    result["check"] = check_summary(small)
+    flags = np.asarray(small["solver_start_returned"].values)
+    valid = np.asarray(small["valid"].values, bool)
     result["solver_start_returned"] = int(np.sum((flags == 1) & valid)) if ds.attrs.get("backend") == "autodiff" else None
     return result
 

@@ -55,9 +55,12 @@ def colored_noise(beta: float, n_steps: int, n_dims: int, rng: np.random.Generat
     if n_steps % 2 == 0:
         im[:, -1] = 0.0
         re[:, -1] *= np.sqrt(2.0)
-    # Expected variance of the irfft output, to normalise to unit variance.
-    w = scale.copy()
-    w[-1] *= (1 + (n_steps % 2)) / 2.0
-    sigma = 2.0 * np.sqrt(np.sum(w**2)) / n_steps
+    # Expected variance of the irfft output (1/N normalisation): each complex bin k contributes
+    # 4 s_k^2, the real DC bin 2 s_0^2 and, for even T, the real Nyquist bin 2 s_{T/2}^2.
+    coef = np.full(f.size, 4.0)
+    coef[0] = 2.0
+    if n_steps % 2 == 0:
+        coef[-1] = 2.0
+    sigma = np.sqrt(np.sum(coef * scale**2)) / n_steps
     y = np.fft.irfft(re + 1j * im, n=n_steps, axis=-1) / sigma
     return np.ascontiguousarray(y.T)

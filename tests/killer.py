@@ -1,0 +1,48 @@
+"""Run a collection in this process and SIGKILL it at a chosen point (used by test_resume).
+
+usage: python killer.py OUT MODE UNIT  (MODE: after_unit | mid_write)
+- after_unit: killed right after unit UNIT's checkpoint was written;
+- mid_write: killed inside unit UNIT's write, after its data chunks and before ``valid``.
+"""
+
+import os
+import signal
+import sys
+
+from dynsparse import collect, dataset, jaxcache
+
+from resume_config import CONFIG
+
+
+def main() -> None:
+    out, mode, unit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    jaxcache.enable()
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if mode == "mid_write":
+        import zarr
+
+        original = dataset.write_unit
+
+        def write_unit(path, layout, u, arrays):
+            if u == unit:
+                group = zarr.open_group(str(path), mode="r+", zarr_format=2)
+                es, ts = layout.unit_slices(u)
+                for name in ("state", "J_s", "J_a"):
+                    group[name][es, ts] = arrays[name]
+                die()
+            original(path, layout, u, arrays)
+
+        dataset.write_unit = write_unit
+
+    def on_progress(p):
+        if mode == "after_unit" and p.unit == unit + 1:
+            die()
+
+    collect.collect(CONFIG, out, on_progress=on_progress)
+
+
+if __name__ == "__main__":
+    main()

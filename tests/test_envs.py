@@ -1,0 +1,60 @@
+"""Environment registry, names, and refusals."""
+
+from __future__ import annotations
+
+import mujoco
+import pytest
+
+from dynsparse import collect, envs, errors
+
+
+def test_all_25_dm_control_envs_are_listed():
+    names = envs.dm_control_names()
+    assert len(names) == 25 and "CheetahRun" in names and "SwimmerSwimmer6" in names
+
+
+def test_cheetah_spec(tmp_path):
+    spec = envs.load("CheetahRun")
+    assert spec.state_names[:3] == ("qpos:rootx", "qpos:rootz", "qpos:rooty")
+    assert spec.state_names[9] == "qvel:rootx" and len(spec.state_names) == 18
+    assert spec.action_names == ("act:bthigh", "act:bshin", "act:bfoot", "act:fthigh", "act:fshin", "act:ffoot")
+    assert spec.n_substeps == 1 and spec.dt == pytest.approx(0.01)
+    assert (spec.action_low == -1).all() and (spec.action_high == 1).all()
+    assert spec.mjx_model.opt.timestep.dtype.name == "float64"
+
+
+def test_walker_substeps():
+    spec = envs.load("WalkerRun")
+    assert spec.n_substeps == 10 and spec.dt == pytest.approx(0.025) and spec.sim_dt == pytest.approx(0.0025)
+
+
+def test_free_joint_names():
+    xml = """<mujoco><worldbody><body><freejoint name="root"/><geom size=".1"/>
+             <body><joint name="ball" type="ball"/><geom size=".1"/></body></body></worldbody></mujoco>"""
+    state, action = envs.variable_names(mujoco.MjModel.from_xml_string(xml))
+    assert state[:7] == tuple(f"qpos:root:{a}" for a in ("x", "y", "z", "qw", "qx", "qy", "qz"))
+    assert state[7:11] == tuple(f"qpos:ball:{a}" for a in ("qw", "qx", "qy", "qz"))
+    assert state[11:17] == tuple(f"qvel:root:{a}" for a in ("x", "y", "z", "rx", "ry", "rz"))
+    assert state[17:] == ("qvel:ball:rx", "qvel:ball:ry", "qvel:ball:rz") and action == ()
+
+
+def test_free_joint_env_is_refused_clearly(tmp_path):
+    config = collect.CollectConfig(env="HumanoidRun", episodes=1, steps=1, policy={"name": "random"})
+    with pytest.raises(errors.UserError, match=r"free or ball joints \(nq=28 != nv=27\)"):
+        collect.collect(config, tmp_path / "h.zarr")
+    assert not (tmp_path / "h.zarr").exists()
+
+
+def test_locomotion_without_assets_fails_fast_without_network(monkeypatch, tmp_path):
+    from mujoco_playground._src import mjx_env
+
+    monkeypatch.setattr(mjx_env, "MENAGERIE_PATH", tmp_path / "missing" / "mujoco_menagerie")
+    with pytest.raises(errors.UserError, match="needs the mujoco_menagerie robot assets, which are missing"):
+        envs.check_name("Go1JoystickFlatTerrain")
+
+
+def test_unknown_names():
+    with pytest.raises(errors.UserError, match="did you mean CartpoleBalance"):
+        envs.check_name("CartpoleBalanc")
+    with pytest.raises(errors.UserError, match="unknown dtype 'float16'"):
+        envs.load("CartpoleBalance", "float16")
