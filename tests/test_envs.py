@@ -58,3 +58,5 @@ def test_unknown_names():
         envs.check_name("CartpoleBalanc")
     with pytest.raises(errors.UserError, match="unknown dtype 'float16'"):
         envs.load("CartpoleBalance", "float16")
+    with pytest.raises(errors.UserError, match="'float32' is not supported yet"):
+        envs.load("CartpoleBalance", "float32")

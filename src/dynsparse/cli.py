@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--noise-scale", type=float, default=1.0, help="colored noise std as a fraction of the action half-range")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--backend", default="autodiff", help="autodiff | finite_diff")
-    c.add_argument("--dtype", default="float64", help="float64 | float32")
+    c.add_argument("--dtype", default="float64", help="float64 (float32 is not supported yet)")
     c.add_argument("--check-every", type=_nonneg_int, default=0, metavar="K",
                    help="also compute finite-difference Jacobians at every K-th step and store the disagreement")
     c.add_argument("--batch-size", type=_positive_int, default=16, help="episodes simulated together")
@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _route_mujoco_warnings()
     try:
         return _COMMANDS[args.command](args)
     except errors.UserError as exc:
@@ -99,6 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dynsparse: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _route_mujoco_warnings() -> None:
+    """Send MuJoCo's C-level warnings (e.g. deprecated XML attributes in Playground's models) to
+    logging instead of stdout, where they would interleave with the command's output."""
+    import mujoco
+
+    mujoco.set_mju_user_warning(lambda msg: logging.getLogger("mujoco").info("%s", msg.strip()))
 
 
 def _cmd_envs(args: argparse.Namespace) -> int:

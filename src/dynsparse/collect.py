@@ -37,7 +37,7 @@ class CollectConfig:
       policy: policy configuration, e.g. ``{"name": "colored", "beta": 1.0, "scale": 1.0}``.
       seed: seeds initial states (``fold_in(PRNGKey(seed), episode)``) and policy noise.
       backend: ``autodiff`` (MJX jacfwd) or ``finite_diff`` (native mjd_transitionFD).
-      dtype: ``float64`` or ``float32`` (simulation and Jacobians).
+      dtype: ``float64`` (simulation and Jacobians; float32 is refused, see ``envs.check_dtype``).
       check_every: with autodiff, also take finite-difference Jacobians at every K-th step of
         each episode (steps 0, K, 2K, ...) and store the disagreement; 0 = never.
       batch_size: episodes simulated together (one compiled batch shape).
@@ -73,8 +73,7 @@ class CollectConfig:
             raise errors.UserError(f"check-every must be an integer >= 0, got {self.check_every!r}")
         if self.backend not in BACKENDS:
             raise errors.UserError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
-        if self.dtype not in ("float64", "float32"):
-            raise errors.UserError(f"unknown dtype {self.dtype!r}; allowed: float64, float32")
+        envs.check_dtype(self.dtype)
         if self.check_every and self.backend != "autodiff":
             raise errors.UserError("check-every compares autodiff with finite_diff: it needs --backend autodiff")
         for name in ("fd_eps", "check_floor"):

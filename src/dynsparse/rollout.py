@@ -34,21 +34,23 @@ def episode_keys(seed: int, episodes: np.ndarray) -> jax.Array:
 def make_reset_fn(spec: envs.EnvSpec) -> Callable[[jax.Array], Any]:
     """Jitted ``reset(keys (B, 2)) -> batched State`` from the environment's own reset.
 
-    Leaves are made strongly typed (``reset`` returns e.g. a weakly typed ``time``), so that the
-    carry has exactly the types the chunk function returns and the chunk compiles once.
+    Floating leaves are cast to ``spec.dtype`` (Playground's reset makes float64 data even for a
+    float32 model) and made strongly typed (``reset`` returns e.g. a weakly typed ``time``), so
+    that the carry has exactly the types the chunk function returns and it compiles once.
     """
+    dtype = jnp.dtype(spec.dtype)
 
     def reset(keys: jax.Array) -> Any:
         states = jax.vmap(spec.env.reset)(keys)
-        return jax.tree_util.tree_map(_strong, states)
+        return jax.tree_util.tree_map(lambda x: _strong(x, dtype), states)
 
     return jax.jit(reset)
 
 
-def _strong(x: jax.Array) -> jax.Array:
-    """``x`` with a strong (not weak) type: adding a strongly typed zero keeps value and dtype."""
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        return x + jnp.zeros((), x.dtype)
+def _strong(x: jax.Array, dtype: Any) -> jax.Array:
+    """Floating ``x`` cast to ``dtype`` with a strong (not weak) type; other leaves unchanged."""
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return x.astype(dtype) + jnp.zeros((), dtype)
     return x
 
 
