@@ -88,11 +88,14 @@ def main() -> None:
     data, actions = sample_states(spec, n)
     inputs = [native_inputs(data, actions, i) for i in range(n)]
 
-    base_s = plain_fd_loop(spec, inputs)
+    plain_fd_loop(spec, inputs[:16])  # warm-up (page in MuJoCo, allocate)
+    base_s = min(plain_fd_loop(spec, inputs) for _ in range(2))
     base_rate = n / base_s
     rows = [("plain mjd_transitionFD loop (baseline)", "-", base_rate, 1.0, 0.0)]
 
     fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps)
+    for x in inputs[:16]:
+        fd(x)  # warm-up
     for b in args.batches:
         t0 = time.perf_counter()
         for x in inputs[:b]:
