@@ -54,3 +54,18 @@ CART_POLE_CHAIN = """
   <actuator><motor name="push" joint="rootx" ctrlrange="-1 1"/></actuator>
 </mujoco>
 """
+
+#: an unstable stiff spring (explicit integration far beyond its stability limit): the state
+#: overflows to inf and then NaN within ~100 steps.
+DIVERGING_SPRING = """
+<mujoco model="diverging_spring">
+  <option timestep="0.1" gravity="0 0 0"/>
+  <worldbody>
+    <body name="mass">
+      <joint name="x" type="slide" axis="1 0 0" stiffness="1e6"/>
+      <geom type="box" size="0.1 0.1 0.1" mass="1" contype="0" conaffinity="0"/>
+    </body>
+  </worldbody>
+  <actuator><motor name="push" joint="x" ctrlrange="-1 1"/></actuator>
+</mujoco>
+"""

@@ -65,3 +65,17 @@ def test_planar_chain_root_x_influences_nothing(tmp_path, backend):
     assert set(result["J_s"]["entries"]) == expected
     assert result["J_s"]["zeros"] == 5
     assert result["J_a"]["zeros"] == 0
+
+
+def test_diverging_simulation_is_flagged_not_dropped(tmp_path):
+    from models import DIVERGING_SPRING
+
+    ds = _run(tmp_path, DIVERGING_SPRING, "diverging_spring", "autodiff", steps=120).load()
+    valid, finite = ds["valid"].values, ds["finite"].values
+    # every episode diverges: some steps exist with non-finite Jacobians, then the episode ends
+    assert (valid[:, 0]).all() and not valid[:, -1].any()
+    assert ((valid & ~finite).sum(axis=1) >= 1).all()
+    result = structure.global_structure(ds)
+    assert result["steps"]["nonfinite"] == int((valid & ~finite).sum()) > 0
+    assert result["steps"]["counted"] == int(finite.sum())
+    assert dataset.validate(tmp_path / "diverging_spring-autodiff.zarr") == ([], [])
