@@ -42,6 +42,12 @@ def test_collect_structure_validate(tmp_path, capsys):
     assert cli.main(["structure", str(out), "--threshold", "1e-3", "--relative"]) == 0
     table = capsys.readouterr().out
     assert "threshold: relative 0.001" in table and "J_s" in table
+    assert cli.main(["structure", str(out), "--json", "--frequency"]) == 0
+    freq = json.loads(capsys.readouterr().out)["zero_frequency"]
+    assert freq["J_s"]["in"][0] == "qpos:slider" and len(freq["J_s"]["percent"]) == 4
+    assert freq["J_s"]["percent"][1][0] == 100.0  # qpos:hinge_1 <- qpos:slider: always zero
+    assert cli.main(["structure", str(out), "--frequency"]) == 0
+    assert "J_a zero frequency" in capsys.readouterr().out
     assert cli.main(["validate", str(out)]) == 0
     assert capsys.readouterr().out.strip().endswith(": ok")
     # same command again: already complete, nothing recomputed

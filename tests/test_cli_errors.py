@@ -161,3 +161,15 @@ def test_store_without_metadata(capsys, tmp_path):
 def test_missing_dataset(capsys, tmp_path):
     code, _, err = _run(capsys, "structure", str(tmp_path / "nope.zarr"))
     assert code == 2 and "does not exist" in _one_error_line(err)
+
+
+def test_store_missing_a_variable(capsys, tmp_path):
+    import shutil
+
+    store = _store(tmp_path)
+    shutil.rmtree(store / "fd_disagree")
+    meta = json.loads((store / ".zmetadata").read_text())
+    meta["metadata"] = {k: v for k, v in meta["metadata"].items() if not k.startswith("fd_disagree/")}
+    (store / ".zmetadata").write_text(json.dumps(meta))
+    code, _, err = _run(capsys, "structure", str(store))
+    assert code == 2 and "lacks variable(s) fd_disagree" in _one_error_line(err)

@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=_positive_float, default=1e-12, help="zero threshold (default 1e-12)")
     s.add_argument("--relative", action="store_true", help="scale the threshold by each row's L2 norm")
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--frequency", action="store_true",
+                   help="also give the per-element zero frequency (%% of counted steps each entry is zero)")
 
     v = sub.add_parser("validate", help="check a dataset and say exactly what is wrong")
     v.add_argument("path")
@@ -171,9 +173,24 @@ def _cmd_structure(args: argparse.Namespace) -> int:
     from dynsparse.metrics import structure
 
     ds = dataset.open_dataset(args.path)
-    result = structure.global_structure(ds, args.threshold, "relative" if args.relative else "absolute")
+    kind = "relative" if args.relative else "absolute"
+    result = structure.global_structure(ds, args.threshold, kind)
     result["path"] = str(args.path)
-    print(json.dumps(result, indent=2) if args.json else structure.format_table(result))
+    freq = structure.zero_frequency(ds, args.threshold, kind) if args.frequency else None
+    if args.json:
+        if freq is not None:
+            result["zero_frequency"] = {
+                name: {"out": [str(x) for x in da["out"].values], "in": [str(x) for x in da[da.dims[1]].values],
+                       "percent": da.values.tolist()}
+                for name, da in freq.items()
+            }
+        print(json.dumps(result, indent=2))
+        return 0
+    print(structure.format_table(result))
+    if freq is not None:
+        for name, da in freq.items():
+            print(f"\n{name} zero frequency (% of counted steps):")
+            print(da.to_pandas().round(1).to_string())
     return 0
 
 

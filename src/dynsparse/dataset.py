@@ -143,6 +143,9 @@ def _variables(layout: Layout) -> dict[str, tuple[tuple[str, ...], str, Any]]:
     }
 
 
+#: Every variable a store of this format has.
+REQUIRED_VARIABLES = tuple(_variables(Layout(1, 1, ("a", "b"), ("u",), 1, 1, "float64")))
+
 #: Variables written last in a unit (their chunk marks the unit as present).
 COMMIT_VARIABLE = "valid"
 
@@ -221,6 +224,12 @@ def open_dataset(path: Path | str) -> Any:
         raise errors.UserError(f"cannot open dataset {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     if ds.attrs.get("format") != FORMAT:
         raise errors.UserError(f"{str(path)!r} is a Zarr store but not a dynsparse dataset (attrs.format missing)")
+    missing = [name for name in REQUIRED_VARIABLES if name not in ds.data_vars]
+    if missing:
+        raise errors.UserError(
+            f"dataset {str(path)!r} lacks variable(s) {', '.join(missing)}: damaged, or written by another "
+            f"dynsparse version (its format_version {ds.attrs.get('format_version')!r}, this one reads {FORMAT_VERSION})"
+        )
     return ds
 
 
