@@ -162,6 +162,11 @@ def format_table(result: dict[str, Any]) -> str:
             lines += [f"  {e}" for e in entries]
     chk = result["check"]
     lines.append("")
+    if result.get("backend") == "finite_diff" and th["kind"] == "absolute" and th["value"] < 1e-8:
+        lines.append(
+            "note: finite differences (eps 1e-6) carry ~1e-10 of round-off where the true entry is 0, "
+            "so they undercount zeros at this threshold; --threshold 1e-8 matches their resolution"
+        )
     if chk["checked_steps"] and chk["max_rel_err"] is None:
         lines.append(f"autodiff vs finite_diff at {chk['checked_steps']} checked steps: every one had NaN/Inf")
     elif chk["checked_steps"]:
