@@ -1,8 +1,10 @@
 """Run a collection in this process and SIGKILL it at a chosen point (used by test_resume).
 
-usage: python killer.py OUT MODE UNIT  (MODE: after_unit | mid_write)
+usage: python killer.py OUT MODE UNIT  (MODE: after_unit | mid_write | sigint)
 - after_unit: killed right after unit UNIT's checkpoint was written;
-- mid_write: killed inside unit UNIT's write, after its data chunks and before ``valid``.
+- mid_write: killed inside unit UNIT's write, after its data chunks and before ``valid``;
+- sigint: runs the real CLI (``dynsparse collect``) and sends itself SIGINT (Ctrl-C) inside unit
+  UNIT's write; exits with the CLI's status.
 """
 
 import os
@@ -11,7 +13,7 @@ import sys
 
 from dynsparse import collect, dataset, jaxcache
 
-from resume_config import CONFIG
+from resume_config import CLI_ARGS, CONFIG
 
 
 def main() -> None:
@@ -20,6 +22,19 @@ def main() -> None:
 
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
+
+    if mode == "sigint":
+        from dynsparse import cli
+
+        original = dataset.write_unit
+
+        def write_unit(path, layout, u, arrays):
+            if u == unit:
+                os.kill(os.getpid(), signal.SIGINT)
+            original(path, layout, u, arrays)
+
+        dataset.write_unit = write_unit
+        sys.exit(cli.main([*CLI_ARGS, "--out", out]))
 
     if mode == "mid_write":
         import zarr

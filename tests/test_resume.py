@@ -17,11 +17,12 @@ from resume_config import CLI_ARGS, CONFIG
 HERE = Path(__file__).parent
 
 
-def _run_killed(out: Path, mode: str, unit: int) -> None:
+def _run_killed(out: Path, mode: str, unit: int, expect: int = -9) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(HERE / "killer.py"), str(out), mode, str(unit)], env=env,
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert proc.returncode == expect, proc.stderr[-2000:]
+    return proc
 
 
 def _resume_with_cli(out: Path) -> subprocess.CompletedProcess:
@@ -76,4 +77,15 @@ def test_rerunning_a_finished_collection_changes_nothing(tmp_path, reference):
     collect.collect(CONFIG, out)
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert before == after
+    _assert_identical(dataset.open_dataset(out), reference)
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_resumes_identically(tmp_path, reference):
+    out = tmp_path / "run.zarr"
+    proc = _run_killed(out, "sigint", 6, expect=130)
+    assert proc.stderr.strip().splitlines()[-1] == "dynsparse: interrupted; run the same command again to resume"
+    assert dataset.read_checkpoint(out).next_unit == 6
+    assert dataset.validate(out)[0] == []
+    assert _resume_with_cli(out).returncode == 0
     _assert_identical(dataset.open_dataset(out), reference)
