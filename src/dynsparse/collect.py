@@ -160,7 +160,7 @@ def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint
     """``None`` if ``out`` is free; the checkpoint if it is a resumable store of this config."""
     if not out.exists():
         return None
-    if not out.is_dir() or not (out / ".zmetadata").exists():
+    if not dataset.is_store(out):
         raise errors.UserError(
             f"output path {str(out)!r} exists and is not a dynsparse dataset; choose another --out"
         )

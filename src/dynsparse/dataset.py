@@ -197,9 +197,9 @@ def create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
 
 
 def is_store(path: Path) -> bool:
-    """Whether ``path`` looks like a dynsparse store (a directory with Zarr metadata)."""
+    """Whether ``path`` looks like a dynsparse store (a directory with consolidated Zarr metadata)."""
     path = Path(path)
-    return path.is_dir() and ((path / ".zmetadata").exists() or (path / ".zgroup").exists())
+    return path.is_dir() and (path / ".zmetadata").exists()
 
 
 def open_dataset(path: Path | str) -> Any:
@@ -213,7 +213,7 @@ def open_dataset(path: Path | str) -> Any:
     path = Path(path)
     if not path.exists():
         raise errors.UserError(f"dataset {str(path)!r} does not exist")
-    if not path.is_dir() or not (path / ".zmetadata").exists():
+    if not is_store(path):
         raise errors.UserError(
             f"{str(path)!r} is not a dynsparse dataset (no Zarr metadata .zmetadata); "
             f"run `dynsparse validate {path}` for details"
