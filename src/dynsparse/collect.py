@@ -257,8 +257,13 @@ class _Runner:
             b, c = divmod(unit, layout.n_chunks)
             if noise is None or c == 0:
                 noise = self._batch_noise(b)
-            if c == 0 or carry is None:
+            if c == 0:
                 carry = self._initial_carry(b)
+            elif carry is None:
+                raise errors.UserError(
+                    f"checkpoint of {str(self.out)!r} resumes mid-episode (unit {unit}) but holds no simulator "
+                    f"state; run `dynsparse validate {self.out}`"
+                )
             t0 = c * layout.chunk_steps
             states, alive, outputs = self.chunk_fn(carry[0], carry[1], noise[:, t0:t0 + layout.chunk_steps])
             carry = (states, alive)

@@ -382,6 +382,8 @@ def validate(path: Path | str) -> tuple[list[str], list[str]]:
         checkpoint = None
     if checkpoint is not None and checkpoint.n_units != layout.n_units:
         problems.append(f"checkpoint says {checkpoint.n_units} units, the layout has {layout.n_units}")
+    if checkpoint is not None and not checkpoint.complete and checkpoint.next_unit % layout.n_chunks and checkpoint.carry is None:
+        problems.append(f"checkpoint resumes mid-episode (unit {checkpoint.next_unit}) but holds no simulator state")
     partial = list(path.rglob("*.partial"))
     if partial:
         notes.append(f"{len(partial)} leftover *.partial file(s) from an interrupted write (harmless; removed on resume)")
