@@ -173,3 +173,14 @@ def test_store_missing_a_variable(capsys, tmp_path):
     (store / ".zmetadata").write_text(json.dumps(meta))
     code, _, err = _run(capsys, "structure", str(store))
     assert code == 2 and "lacks variable(s) fd_disagree" in _one_error_line(err)
+
+
+def test_checkpoint_mid_episode_without_state_is_refused(capsys, tmp_path):
+    store = _store(tmp_path, steps=8, chunk_steps=4)
+    dataset.write_checkpoint(store, 1, 2, None)  # unit 1 is mid-episode: a carry is required
+    before = _tree_hash(store)
+    code, out, _ = _run(capsys, "validate", str(store))
+    assert code == 1 and "resumes mid-episode (unit 1) but holds no simulator state" in out
+    code, _, err = _run(capsys, "collect", "CartpoleBalance", "--episodes", "2", "--steps", "8", "--chunk-steps", "4", "--out", str(store))
+    assert code == 2 and "holds no simulator state" in _one_error_line(err)
+    assert _tree_hash(store) == before

@@ -177,8 +177,9 @@ def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint
             "choose another --out or repeat the original command to resume"
         )
     checkpoint = dataset.read_checkpoint(out)
-    if checkpoint.n_units != dataset.layout_of(stored, tuple(ds.state_in.values), tuple(ds.action_in.values)).n_units:
-        raise errors.UserError(f"checkpoint of {str(out)!r} does not match its layout; run `dynsparse validate {out}`")
+    layout = dataset.layout_of(stored, tuple(ds.state_in.values), tuple(ds.action_in.values))
+    for problem in checkpoint.problems(layout):
+        raise errors.UserError(f"{str(out)!r}: {problem}; run `dynsparse validate {out}`")
     return checkpoint
 
 
@@ -259,11 +260,8 @@ class _Runner:
                 noise = self._batch_noise(b)
             if c == 0:
                 carry = self._initial_carry(b)
-            elif carry is None:
-                raise errors.UserError(
-                    f"checkpoint of {str(self.out)!r} resumes mid-episode (unit {unit}) but holds no simulator "
-                    f"state; run `dynsparse validate {self.out}`"
-                )
+            elif carry is None:  # excluded by _existing_checkpoint
+                raise RuntimeError(f"no simulator state to continue unit {unit}")
             t0 = c * layout.chunk_steps
             states, alive, outputs = self.chunk_fn(carry[0], carry[1], noise[:, t0:t0 + layout.chunk_steps])
             carry = (states, alive)

@@ -261,6 +261,15 @@ class Checkpoint:
     def complete(self) -> bool:
         return self.next_unit >= self.n_units
 
+    def problems(self, layout: Layout) -> list[str]:
+        """What makes this checkpoint unusable with ``layout`` (empty: usable)."""
+        out = []
+        if self.n_units != layout.n_units:
+            out.append(f"checkpoint says {self.n_units} units, the layout has {layout.n_units}")
+        elif not self.complete and self.next_unit % layout.n_chunks and self.carry is None:
+            out.append(f"checkpoint resumes mid-episode (unit {self.next_unit}) but holds no simulator state")
+        return out
+
 
 def _write_checkpoint(path: Path, next_unit: int, n_units: int, carry: list[np.ndarray] | None) -> None:
     arrays = {"next_unit": np.int64(next_unit), "n_units": np.int64(n_units), "has_carry": np.bool_(carry is not None)}
@@ -380,10 +389,8 @@ def validate(path: Path | str) -> tuple[list[str], list[str]]:
     except errors.UserError as exc:
         problems.append(str(exc))
         checkpoint = None
-    if checkpoint is not None and checkpoint.n_units != layout.n_units:
-        problems.append(f"checkpoint says {checkpoint.n_units} units, the layout has {layout.n_units}")
-    if checkpoint is not None and not checkpoint.complete and checkpoint.next_unit % layout.n_chunks and checkpoint.carry is None:
-        problems.append(f"checkpoint resumes mid-episode (unit {checkpoint.next_unit}) but holds no simulator state")
+    if checkpoint is not None:
+        problems += checkpoint.problems(layout)
     partial = list(path.rglob("*.partial"))
     if partial:
         notes.append(f"{len(partial)} leftover *.partial file(s) from an interrupted write (harmless; removed on resume)")
