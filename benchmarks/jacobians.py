@@ -14,7 +14,6 @@ import copy
 import time
 
 import jax
-import jax.numpy as jnp
 import mujoco
 import numpy as np
 

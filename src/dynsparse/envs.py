@@ -361,7 +361,6 @@ class MjcfEnv:
 
     def step(self, state: Any, action: jax.Array) -> Any:
         from mujoco import mjx
-        from mujoco_playground._src import mjx_env
 
         def substep(d: Any, _: None) -> tuple[Any, None]:
             return mjx.step(self.mjx_model, d.replace(ctrl=action)), None

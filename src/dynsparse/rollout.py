@@ -20,10 +20,6 @@ from dynsparse import envs
 from dynsparse.jacobians import autodiff
 from dynsparse.policies import Policy
 
-#: Per-step outputs needed to re-run a step natively (finite differences); not stored.
-NATIVE_INPUT_FIELDS = ("qpos", "qvel", "warmstart", "ctrl", "act", "mocap_pos", "mocap_quat", "time")
-
-
 def episode_keys(seed: int, episodes: np.ndarray) -> jax.Array:
     """``(B, 2)`` PRNG keys of the given episode indices: ``fold_in(PRNGKey(seed), episode)``."""
     base = jax.random.PRNGKey(int(seed))
@@ -66,7 +62,7 @@ def make_chunk_fn(spec: envs.EnvSpec, policy: Policy, with_jacobians: bool) -> C
     Returns:
       The carry after ``Tc`` steps and a dict of ``(B, Tc, ...)`` arrays: ``state``, ``action``,
       ``next_state`` ``(.., nq+nv)``/``(.., nu)``, ``reward``, ``n_contacts``, ``valid`` (the
-      step exists: the episode was alive before it), the native inputs ``NATIVE_INPUT_FIELDS``,
+      step exists: the episode was alive before it), the fields of ``finite_diff.StepInputs`` (to re-run a step natively),
       and with Jacobians ``J_s``, ``J_a``, ``solver_start_returned``.
     """
     return _chunk_fn(spec, json.dumps(policy.config(), sort_keys=True), with_jacobians)
