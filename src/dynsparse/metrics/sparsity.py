@@ -8,7 +8,9 @@ Exact zeros are never blurred: no smoothing, no rounding before the comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
@@ -48,3 +50,60 @@ def zero_mask(jac: np.ndarray, threshold: float = DEFAULT_THRESHOLD, kind: str =
         return mag < threshold
     row = np.sqrt(np.sum(np.square(jac), axis=-1, keepdims=True))
     return (mag < threshold * row) | (row == 0)
+
+
+@dataclasses.dataclass
+class Masks:
+    """Zero masks of a whole dataset, the common input of the Q2/Q3 metrics.
+
+    Attributes:
+      J_s: ``(episode, step, out, state_in)`` bool, True where the entry is zero.
+      J_a: ``(episode, step, out, action_in)`` bool.
+      counted: ``(episode, step)`` bool, the step exists (``valid``) and both Jacobians are finite.
+        Masks at other steps are False and must not be read.
+      valid: ``(episode, step)`` bool, the step exists.
+      n_contacts: ``(episode, step)`` int, active contacts (-1 where not valid).
+      out, state_in, action_in: variable names.
+      threshold, kind: the zero rule used.
+    """
+
+    J_s: np.ndarray
+    J_a: np.ndarray
+    counted: np.ndarray
+    valid: np.ndarray
+    n_contacts: np.ndarray
+    out: tuple[str, ...]
+    state_in: tuple[str, ...]
+    action_in: tuple[str, ...]
+    threshold: float
+    kind: str
+
+    @property
+    def both(self) -> np.ndarray:
+        """``(episode, step, out, state_in + action_in)`` bool: ``[J_s | J_a]`` side by side."""
+        return np.concatenate([self.J_s, self.J_a], axis=-1)
+
+
+def masks_of(ds: Any, threshold: float = DEFAULT_THRESHOLD, kind: str = "absolute") -> Masks:
+    """Zero masks of every step of a dataset (read one episode block at a time).
+
+    Only booleans are kept in memory (1 byte per entry and step), never the Jacobian values.
+    """
+    from dynsparse import dataset
+
+    threshold = check_threshold(threshold, kind)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("J_s", "J_a", "counted", "valid", "n_contacts")}
+    for block in dataset.iter_episode_blocks(ds, ("valid", "finite", "J_s", "J_a", "n_contacts")):
+        valid = np.asarray(block["valid"].values, bool)
+        counted = valid & np.asarray(block["finite"].values, bool)
+        parts["valid"].append(valid)
+        parts["counted"].append(counted)
+        parts["n_contacts"].append(np.where(valid, np.asarray(block["n_contacts"].values), -1).astype(np.int64))
+        for name in ("J_s", "J_a"):
+            parts[name].append(zero_mask(np.asarray(block[name].values), threshold, kind) & counted[..., None, None])
+    cat = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+    return Masks(
+        J_s=cat["J_s"], J_a=cat["J_a"], counted=cat["counted"], valid=cat["valid"], n_contacts=cat["n_contacts"],
+        out=tuple(str(x) for x in ds["out"].values), state_in=tuple(str(x) for x in ds["state_in"].values),
+        action_in=tuple(str(x) for x in ds["action_in"].values), threshold=threshold, kind=kind,
+    )
