@@ -31,3 +31,30 @@ def cartpole_jac(cartpole):
     from dynsparse.jacobians import autodiff
 
     return jax.jit(autodiff.make_jacobian_fn(cartpole))
+
+
+@pytest.fixture(scope="session")
+def bouncer_store(tmp_path_factory):
+    """A small real dataset with contacts coming and going (3 episodes x 80 steps of a ball pushed
+    over a floor, colored-noise actions, finite-difference checks every 10 steps)."""
+    from models import BOUNCER
+
+    from dynsparse import collect, envs
+
+    spec = envs.from_mjcf(BOUNCER, name="Bouncer", n_substeps=2, init_noise=0.05)
+    config = collect.CollectConfig(
+        env="Bouncer", episodes=3, steps=80, policy={"name": "colored", "beta": 1.0, "scale": 1.0}, seed=0,
+        check_every=10, batch_size=3, chunk_steps=40,
+    ).validated()
+    out = tmp_path_factory.mktemp("bouncer") / "bouncer.zarr"
+    collect.collect(config, out, spec=spec)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bouncer_analysis(bouncer_store, tmp_path_factory):
+    """The analysis folder of ``bouncer_store`` (default options, fewer shuffles)."""
+    from dynsparse import analysis
+
+    out = tmp_path_factory.mktemp("bouncer-analysis") / "analysis"
+    return analysis.analyze(bouncer_store, out, analysis.AnalyzeOptions(shuffles=50))

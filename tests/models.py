@@ -69,3 +69,23 @@ DIVERGING_SPRING = """
   <actuator><motor name="push" joint="x" ctrlrange="-1 1"/></actuator>
 </mujoco>
 """
+
+#: a ball pushed along x and z over a floor: random forces make it hop, so contacts come and go
+#: and Jacobian entries (friction couples x to z only in contact) switch along trajectories.
+BOUNCER = """
+<mujoco model="bouncer">
+  <option timestep="0.01"/>
+  <worldbody>
+    <geom name="floor" type="plane" size="5 5 0.1"/>
+    <body name="ball" pos="0 0 0.1">
+      <joint name="x" type="slide" axis="1 0 0"/>
+      <joint name="z" type="slide" axis="0 0 1"/>
+      <geom name="ball" type="sphere" size="0.1" mass="1"/>
+    </body>
+  </worldbody>
+  <actuator>
+    <motor name="fx" joint="x" ctrlrange="-1 1" gear="5"/>
+    <motor name="fz" joint="z" ctrlrange="-1 1" gear="20"/>
+  </actuator>
+</mujoco>
+"""

@@ -86,6 +86,31 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check a dataset and say exactly what is wrong")
     v.add_argument("path")
+
+    a = sub.add_parser("analyze", help="every metric, the seven figures and an HTML page of one dataset")
+    a.add_argument("path")
+    a.add_argument("--out", required=True, help="output folder (written whole or not at all; never overwritten)")
+    a.add_argument("--threshold", type=_positive_float, default=1e-12, help="zero threshold (default 1e-12)")
+    a.add_argument("--relative", action="store_true", help="scale the threshold by each row's L2 norm")
+    a.add_argument("--bin-width", type=_positive_float, default=0.1, help="histogram bin width, 1/n (default 0.1)")
+    a.add_argument("--no-tsne", action="store_true", help="skip the t-SNE embedding (the slowest metric)")
+    a.add_argument("--perplexity", type=_positive_float, default=50.0, help="t-SNE perplexity (default 50)")
+    a.add_argument("--max-points", type=_int_at_least(4), default=3000, help="t-SNE subsample size (default 3000)")
+    a.add_argument("--shuffles", type=_positive_int, default=200, help="draws of the shuffled-time baseline (default 200)")
+    a.add_argument("--episode", type=_nonneg_int, default=None, help="episode of the time-series figure (default: most switching)")
+    a.add_argument("--pdf", action="store_true", help="also write PDF figures (PNG and SVG always)")
+    a.add_argument("--seed", type=int, default=0, help="seed of subsampling, t-SNE and shuffles")
+
+    r = sub.add_parser("report", help="one self-contained HTML report of several analyses")
+    r.add_argument("folders", nargs="+", help="folders written by `dynsparse analyze`")
+    r.add_argument("--out", required=True, help="report folder (index.html, table.csv)")
+    r.add_argument("--title", default="dynsparse report")
+
+    q = sub.add_parser("reproduce", help="the whole study: collect, analyse and report the eight DM-Control tasks")
+    q.add_argument("--out", required=True, help="study folder; rerun the same command to resume")
+    q.add_argument("--quick", action="store_true", help="a small version (2 episodes x 100 steps) for smoke tests")
+    q.add_argument("--envs", default=None, help="comma-separated subset of the eight tasks (default: all eight)")
+    q.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -209,7 +234,85 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"envs": _cmd_envs, "collect": _cmd_collect, "structure": _cmd_structure, "validate": _cmd_validate}
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dynsparse import analysis
+
+    options = analysis.AnalyzeOptions(
+        threshold=args.threshold, kind="relative" if args.relative else "absolute", bin_width=args.bin_width,
+        tsne=not args.no_tsne, perplexity=args.perplexity, max_points=args.max_points, shuffles=args.shuffles,
+        episode=args.episode, formats=("png", "svg", "pdf") if args.pdf else ("png", "svg"), seed=args.seed,
+    ).validated()
+    bar = tqdm(total=len(analysis.STAGES), desc=f"analyze {args.path}", unit="stage", file=sys.stderr)
+
+    def stage(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update(analysis.STAGES.index(name) - bar.n)
+
+    try:
+        out = analysis.analyze(args.path, args.out, options, on_stage=stage)
+        bar.update(len(analysis.STAGES) - bar.n)
+    finally:
+        bar.close()
+    print(f"wrote {out / 'index.html'} (metrics in {out / analysis.SUMMARY} and {out / 'tables'}, figures in {out / 'figures'})")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from dynsparse.report import build
+
+    page = build.build(args.folders, args.out, title=args.title)
+    print(f"wrote {page}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dynsparse import jaxcache, reproduce
+
+    kw = {"seed": args.seed}
+    if args.envs:
+        names = tuple(x.strip() for x in args.envs.split(",") if x.strip())
+        unknown = [x for x in names if x not in reproduce.STUDY_ENVS]
+        if unknown:
+            raise errors.UserError(f"--envs {unknown[0]!r} is not one of the study's tasks; allowed: {', '.join(reproduce.STUDY_ENVS)}")
+        kw["envs"] = names
+    config = reproduce.StudyConfig.quick(**kw) if args.quick else reproduce.StudyConfig.full(**kw)
+    jaxcache.enable(args.jax_cache)
+    total = 2 * len(config.envs) + 1
+    stages = tqdm(total=total, desc="study", unit="stage", file=sys.stderr, position=0)
+    collect_bar: list[_ProgressBar] = []
+
+    def on_stage(event: object) -> None:
+        if event.done:
+            stages.update(event.index - stages.n)
+            if collect_bar:
+                collect_bar.pop().close()
+        else:
+            stages.set_postfix_str(f"{event.stage} {event.env or ''}".strip())
+            if event.stage == "collect":
+                collect_bar.append(_ProgressBar(f"collect {event.env}"))
+
+    def on_collect(progress: object) -> None:
+        if collect_bar:
+            collect_bar[-1].update(progress)
+
+    try:
+        page = reproduce.reproduce(args.out, config, on_stage=on_stage, on_collect_progress=on_collect)
+    finally:
+        for bar in collect_bar:
+            bar.close()
+        stages.close()
+    print(f"wrote {page} (study of {len(config.envs)} environments, {config.episodes} episodes x {config.steps} steps each)")
+    return 0
+
+
+_COMMANDS = {
+    "envs": _cmd_envs, "collect": _cmd_collect, "structure": _cmd_structure, "validate": _cmd_validate,
+    "analyze": _cmd_analyze, "report": _cmd_report, "reproduce": _cmd_reproduce,
+}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,369 @@
+"""``analyze``: one dataset -> every metric (JSON and CSV), the seven figures and an HTML page.
+
+Output folder layout::
+
+    summary.json          provenance, options, every scalar result, the cross-env table row
+    tables/*.csv          per-step sparsity, zero frequencies, runs, contacts, curves, embedding
+    figures/<kind>.png    (and .svg, .pdf on request) for the seven figure kinds
+    index.html            self-contained page (images embedded)
+
+The folder is written under a temporary name and renamed when complete, so it is either whole
+or absent. An existing folder is never overwritten: if it holds the analysis of the same dataset
+with the same options it is left as it is ("up to date"); otherwise the call is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dynsparse import dataset, errors
+from dynsparse.metrics import contacts, coverage, embedding, local, sparsity, structure, temporal, thresholds
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+STAGES = ("structure", "local", "temporal", "contacts", "coverage", "thresholds", "embedding", "figures")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyzeOptions:
+    """How to analyse a dataset.
+
+    Attributes:
+      threshold, kind: the zero rule (``absolute`` or ``relative``).
+      bin_width: histogram bin width of per-sample sparsity (1/n).
+      tsne: compute the t-SNE embedding (the slowest metric).
+      perplexity, max_points: t-SNE perplexity and subsample size.
+      shuffles: draws of the shuffled-time baseline of switch clustering.
+      windows: ``k`` values (steps) of the switch / contact-change alignment.
+      episode: episode drawn in the time-series figure; None = the one with most switch steps.
+      formats: figure formats (png always; svg, pdf).
+      seed: seed of subsampling, t-SNE and shuffles.
+    """
+
+    threshold: float = sparsity.DEFAULT_THRESHOLD
+    kind: str = "absolute"
+    bin_width: float = local.DEFAULT_BIN_WIDTH
+    tsne: bool = True
+    perplexity: float = embedding.DEFAULT_PERPLEXITY
+    max_points: int = embedding.DEFAULT_MAX_POINTS
+    shuffles: int = temporal.DEFAULT_SHUFFLES
+    windows: tuple[int, ...] = contacts.DEFAULT_WINDOWS
+    episode: int | None = None
+    formats: tuple[str, ...] = ("png", "svg")
+    seed: int = 0
+
+    def validated(self) -> "AnalyzeOptions":
+        """Check every field; raise ``UserError`` naming the first bad value."""
+        from dynsparse.report import figures
+
+        sparsity.check_threshold(self.threshold, self.kind)
+        local.check_bin_width(self.bin_width)
+        if not (isinstance(self.perplexity, (int, float)) and math.isfinite(self.perplexity) and self.perplexity > 0):
+            raise errors.UserError(f"perplexity {self.perplexity!r} is not allowed; allowed: a number > 0 (default 50)")
+        if not isinstance(self.max_points, int) or self.max_points < 4:
+            raise errors.UserError(f"max-points {self.max_points!r} is not allowed; allowed: an integer >= 4")
+        if not isinstance(self.shuffles, int) or self.shuffles < 1:
+            raise errors.UserError(f"shuffles {self.shuffles!r} is not allowed; allowed: an integer >= 1")
+        if not self.windows or any(not isinstance(k, int) or k < 0 for k in self.windows):
+            raise errors.UserError(f"windows {self.windows!r} are not allowed; allowed: integers >= 0")
+        bad = [f for f in self.formats if f not in figures.FORMATS]
+        if bad:
+            raise errors.UserError(f"figure format {bad[0]!r} is not allowed; allowed: {', '.join(figures.FORMATS)}")
+        formats = ("png",) + tuple(f for f in dict.fromkeys(self.formats) if f != "png")
+        return dataclasses.replace(self, formats=formats, windows=tuple(int(k) for k in self.windows))
+
+    def identity(self) -> dict[str, Any]:
+        """JSON-normalised options (what must match for an existing analysis to be up to date)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _dataset_identity(ds: Any, path: Path) -> dict[str, Any]:
+    valid = np.asarray(dataset.load(ds, ("valid",))["valid"].values, bool)
+    return {"path": str(path.resolve()), "config": dataset.read_config(ds), "valid_steps": int(valid.sum())}
+
+
+def existing_summary(out: Path) -> dict[str, Any] | None:
+    """The summary of an analysis folder, or None if there is none (or it is unreadable)."""
+    try:
+        return json.loads((out / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def analyze(path: str | Path, out: str | Path, options: AnalyzeOptions = AnalyzeOptions(),
+            on_stage: Callable[[str], None] | None = None) -> Path:
+    """Analyse the dataset at ``path`` into the folder ``out`` (see the module docstring).
+
+    Args:
+      on_stage: called with each stage name of ``STAGES`` as it starts.
+
+    Returns:
+      ``out``.
+
+    Raises:
+      UserError: bad options, an unreadable dataset, or ``out`` exists and is not the analysis
+        of this dataset with these options.
+    """
+    options = options.validated()
+    path, out = Path(path), Path(out)
+    ds = dataset.open_dataset(path)
+    ident = {"dataset": _dataset_identity(ds, path), "options": options.identity()}
+    if out.exists():
+        prior = existing_summary(out)
+        if prior is not None and prior.get("identity") == ident:
+            log.info("%s is up to date", out)
+            return out
+        if prior is not None or any(out.iterdir()):
+            raise errors.UserError(
+                f"{str(out)!r} already exists and holds something else (another dataset, options or progress); "
+                "nothing was changed: choose another --out or remove it"
+            )
+        out.rmdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        summary = _compute(ds, tmp, options, on_stage or (lambda _s: None))
+        summary["identity"] = ident
+        summary["source"] = str(path)
+        (tmp / SUMMARY).write_text(json.dumps(summary, indent=1, default=_json_default))
+        from dynsparse.report import html
+
+        (tmp / "index.html").write_text(html.page(f"dynsparse: {summary['env']}", [(summary, tmp)]))
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _compute(ds: Any, out: Path, options: AnalyzeOptions, stage: Callable[[str], None]) -> dict[str, Any]:
+    """Every metric, table and figure of one dataset; returns the summary dict."""
+    import pandas as pd
+
+    from dynsparse.report import figures
+
+    sw = _Stopwatch(stage)
+    tables = out / "tables"
+    figs = out / "figures"
+    tables.mkdir()
+    figs.mkdir()
+    env = str(ds.attrs.get("env"))
+    policy = json.loads(ds.attrs.get("policy", "null"))
+    label = f"{env} ({_policy_label(policy)}, seed {ds.attrs.get('seed')})"
+
+    sw.start("structure")
+    q1 = structure.global_structure(ds, options.threshold, options.kind)
+
+    sw.start("local")
+    masks = sparsity.masks_of(ds, options.threshold, options.kind)
+    sp = local.per_sample_sparsity(masks)
+    hist = local.histogram(masks, options.bin_width)
+    lv = local.levels(masks)
+    pooled = local.zero_frequency_pooled(masks)
+    per_episode = local.zero_frequency_per_episode(masks)
+    per_step_switch = temporal.switches_per_step(masks)
+    e_idx, s_idx = np.nonzero(masks.valid)
+    pd.DataFrame({
+        "episode": e_idx, "step": s_idx, "counted": masks.counted[e_idx, s_idx],
+        "n_contacts": masks.n_contacts[e_idx, s_idx], "sparsity_J_s": sp["J_s"][e_idx, s_idx],
+        "sparsity_J_a": sp["J_a"][e_idx, s_idx], "sparsity_both": sp["both"][e_idx, s_idx],
+        "switching_entries": per_step_switch[e_idx, s_idx],
+    }).to_csv(tables / "per_step.csv", index=False)
+    for name, cols in (("J_s", masks.state_in), ("J_a", masks.action_in)):
+        pd.DataFrame(pooled[name], index=pd.Index(masks.out, name="out"), columns=list(cols)).to_csv(tables / f"zero_frequency_{name}.csv")
+        e, o, i = np.meshgrid(np.arange(per_episode[name].shape[0]), np.arange(len(masks.out)), np.arange(len(cols)), indexing="ij")
+        pd.DataFrame({"episode": e.ravel(), "out": np.asarray(masks.out)[o.ravel()], "in": np.asarray(cols)[i.ravel()],
+                      "zero_percent": per_episode[name].ravel()}).to_csv(tables / f"zero_frequency_{name}_per_episode.csv", index=False)
+    pd.DataFrame([{"matrix": k, **row} for k in lv for row in lv[k]]).to_csv(tables / "sparsity_levels.csv", index=False)
+    pd.DataFrame({"bin_low": hist["edges"][:-1], "bin_high": hist["edges"][1:],
+                  **{f"steps_{k}": hist[k]["counts"] for k in local.MATRICES}}).to_csv(tables / "histogram.csv", index=False)
+
+    sw.start("temporal")
+    runs = temporal.run_lengths(masks)
+    run_sum = temporal.run_summary(runs)
+    names = temporal.entry_names(masks)
+    pd.DataFrame({
+        "episode": runs["episode"], "matrix": [names[j][0] for j in runs["entry"]],
+        "out": [names[j][1] for j in runs["entry"]], "in": [names[j][2] for j in runs["entry"]],
+        "zero": runs["zero"], "length": runs["length"], "censored": runs["censored"],
+    }).to_csv(tables / "runs.csv", index=False)
+    clus = temporal.clustering(per_step_switch > 0, masks.counted, options.shuffles, options.seed)
+
+    sw.start("contacts")
+    by_contacts = contacts.sparsity_by_contacts(masks)
+    align = contacts.alignment(masks, options.windows)
+    by_var = contacts.switches_by_variable(masks)
+    pd.DataFrame(by_contacts).to_csv(tables / "sparsity_by_contacts.csv", index=False)
+    pd.DataFrame(align).to_csv(tables / "contact_alignment.csv", index=False)
+    pd.DataFrame([{"kind": k, **row} for k in by_var for row in by_var[k]]).to_csv(tables / "switches_by_variable.csv", index=False)
+
+    sw.start("coverage")
+    cov = coverage.global_zero_curve(masks)
+    pd.DataFrame({"steps": cov["steps"], "J_s": cov["J_s"], "J_a": cov["J_a"]}).to_csv(tables / "coverage.csv", index=False)
+
+    sw.start("thresholds")
+    sens = thresholds.sensitivity(ds)
+    rows = []
+    for kind in ("absolute", "relative"):
+        s = sens[kind]
+        for i, t in enumerate(s["thresholds"]):
+            rows.append({"kind": kind, "threshold": t, **{
+                f"{m}_{k}": (s[m][k][i] if s[m][k] is not None else None)
+                for m in ("global_zero_percent", "mean_sparsity") for k in ("J_s", "J_a", "both")}})
+    pd.DataFrame(rows).to_csv(tables / "thresholds.csv", index=False)
+
+    sw.start("embedding")
+    emb = None
+    emb_note = "not computed (--no-tsne)"
+    if options.tsne:
+        if int(masks.counted.sum()) >= 4:
+            emb = embedding.embed(ds, sp["both"], options.perplexity, options.max_points, options.seed)
+            pd.DataFrame({k: emb[k] for k in ("episode", "step", "x", "y", "sparsity")}).to_csv(tables / "embedding.csv", index=False)
+            emb_note = None
+        else:
+            emb_note = "not computed: fewer than 4 counted steps"
+
+    sw.start("figures")
+    episode = _pick_episode(options.episode, per_step_switch, masks.counted)
+    made = {
+        "zero_frequency": figures.zero_frequency(pooled, masks.out, masks.state_in, masks.action_in,
+                                                 f"{label}: % of {int(masks.counted.sum())} steps each entry is zero"),
+        "histogram": figures.histogram(hist, f"{label}: per-sample sparsity"),
+        "timeseries": figures.timeseries({k: sp[k][episode] for k in local.MATRICES}, masks.n_contacts[episode],
+                                         per_step_switch[episode], f"{label}: episode {episode}"),
+        "run_lengths": figures.run_lengths(runs, run_sum, f"{label}: runs of consecutive zero / non-zero steps"),
+        "thresholds": figures.thresholds(sens, options.threshold if options.kind == "absolute" else sparsity.DEFAULT_THRESHOLD,
+                                         f"{label}: threshold sensitivity"),
+        "coverage": figures.coverage([(_policy_label(policy), cov)], f"{label}: global zeros vs data pooled"),
+    }
+    if emb is not None:
+        made["embedding"] = figures.embedding(emb, f"{label}: t-SNE of (s, a, s')")
+    figure_files = {}
+    for kind, fig in made.items():
+        figure_files[kind] = [p.name for p in figures.save(fig, figs / kind, options.formats)]
+    sw.stop()
+
+    summary = {
+        "env": str(ds.attrs.get("env")),
+        "policy": policy,
+        "policy_label": _policy_label(policy),
+        "seed": ds.attrs.get("seed"),
+        "backend": ds.attrs.get("backend"),
+        "dims": {"state": len(masks.state_in), "action": len(masks.action_in), "nq": ds.attrs.get("nq"),
+                 "nv": ds.attrs.get("nv"), "nu": ds.attrs.get("nu"), "n_substeps": ds.attrs.get("n_substeps"),
+                 "dt": ds.attrs.get("dt"), "solver_iterations": ds.attrs.get("solver_iterations")},
+        "data": {"episodes": int(ds.sizes["episode"]), "steps_per_episode": int(ds.sizes["step"]),
+                 "valid_steps": int(masks.valid.sum()), "counted_steps": int(masks.counted.sum())},
+        "options": options.identity(),
+        "contact_definition": ds.attrs.get("contact_definition"),
+        "global": q1,
+        "local": {"histogram": hist, "levels": {k: v[:50] for k, v in lv.items()}, "n_levels": {k: len(v) for k, v in lv.items()}},
+        "temporal": {"runs": run_sum, "clustering": clus,
+                     "switches_per_step_mean": float(per_step_switch[temporal._candidate_steps(masks.counted)].mean())
+                     if temporal._candidate_steps(masks.counted).any() else None},
+        "contacts": {"by_count": by_contacts, "alignment": align,
+                     "top_switching": {k: v[:10] for k, v in by_var.items()}},
+        "coverage": cov,
+        "thresholds": sens,
+        "embedding": {"note": emb_note} if emb is None else {k: emb[k] for k in ("perplexity", "requested_perplexity", "points", "of", "seed")},
+        "timeseries_episode": episode,
+        "figures": figure_files,
+        "timing_s": sw.timing,
+        "versions": json.loads(ds.attrs.get("versions", "{}")),
+    }
+    summary["table"] = table_row(summary)
+    return summary
+
+
+class _Stopwatch:
+    """Wall time per stage, reporting each stage as it starts."""
+
+    def __init__(self, stage: Callable[[str], None]):
+        self.stage, self.timing, self.current, self.t0 = stage, {}, None, 0.0
+
+    def start(self, name: str) -> None:
+        self.stop()
+        self.current, self.t0 = name, time.perf_counter()
+        self.stage(name)
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.timing[self.current] = round(time.perf_counter() - self.t0, 3)
+            self.current = None
+
+
+def _pick_episode(requested: int | None, per_step_switch: np.ndarray, counted: np.ndarray) -> int:
+    n = counted.shape[0]
+    if requested is not None:
+        if not 0 <= requested < n:
+            raise errors.UserError(f"episode {requested} does not exist; allowed: 0 .. {n - 1}")
+        return int(requested)
+    return int(np.argmax((per_step_switch > 0).sum(axis=1)))
+
+
+def _policy_label(policy: Any) -> str:
+    if not isinstance(policy, dict):
+        return str(policy)
+    extras = ", ".join(f"{k} {v}" for k, v in policy.items() if k != "name")
+    return f"{policy.get('name')}" + (f" ({extras})" if extras else "")
+
+
+def table_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """The cross-env table row of one analysis."""
+    g, runs = summary["global"], summary["temporal"]["runs"]
+    align = {row["k"]: row for row in summary["contacts"]["alignment"]}
+    a1 = align.get(1) or next(iter(align.values()))
+    hist = summary["local"]["histogram"]
+    cov = summary["coverage"]
+    return {
+        "env": summary["env"],
+        "policy": summary["policy_label"],
+        "seed": summary["seed"],
+        "episodes": summary["data"]["episodes"],
+        "counted_steps": summary["data"]["counted_steps"],
+        "state_dim": summary["dims"]["state"],
+        "action_dim": summary["dims"]["action"],
+        "J_s_global_zeros": g["J_s"]["zeros"],
+        "J_s_entries": g["J_s"]["total"],
+        "J_s_global_zero_pct": g["J_s"]["percent"],
+        "J_a_global_zeros": g["J_a"]["zeros"],
+        "J_a_entries": g["J_a"]["total"],
+        "J_a_global_zero_pct": g["J_a"]["percent"],
+        "mean_sparsity_J_s": hist["J_s"]["mean"],
+        "mean_sparsity_J_a": hist["J_a"]["mean"],
+        "mean_sparsity_both": hist["both"]["mean"],
+        "mean_zero_run": runs["zero_runs"]["mean"],
+        "mean_nonzero_run": runs["nonzero_runs"]["mean"],
+        "switch_burstiness": summary["temporal"]["clustering"]["observed"]["burstiness"],
+        "switch_burstiness_shuffled": summary["temporal"]["clustering"]["shuffled"]["burstiness_mean"],
+        "switch_clustering_p": summary["temporal"]["clustering"]["p_value"],
+        "contact_k": a1["k"],
+        "switch_near_contact_change": a1["observed"],
+        "chance": a1["chance"],
+        "lift": a1["lift"],
+        "contact_p": a1["p_value"],
+        "J_s_zeros_last_changed_at": cov["last_change"].get("J_s"),
+        "J_a_zeros_last_changed_at": cov["last_change"].get("J_a"),
+    }

@@ -1,0 +1,70 @@
+"""``report``: analysis folders -> one self-contained HTML report with the cross-env table.
+
+Output folder: ``index.html`` (usable offline: every image is embedded), ``table.csv`` and
+``report.json`` (the cross-env table and where each row came from), and ``figures/`` with the
+coverage overlays of environments analysed under several policies. A folder that holds an
+earlier report (``report.json``) is rewritten; any other non-empty folder is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from dynsparse import analysis, errors
+from dynsparse.report import figures, html
+
+MARKER = "report.json"
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise errors.UserError(f"report folder {str(out)!r} is a file; nothing was changed: choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise errors.UserError(
+            f"{str(out)!r} exists and is not a dynsparse report folder; nothing was changed: choose another --out or remove it"
+        )
+
+
+def build(folders: Sequence[str | Path], out: str | Path, title: str = "dynsparse report", intro: str = "") -> Path:
+    """Write the report of the analysis ``folders`` into ``out``; return the HTML path.
+
+    Raises:
+      UserError: no folders, a folder that is not a finished analysis, or an ``out`` that is not
+        a report folder.
+    """
+    import pandas as pd
+
+    if not folders:
+        raise errors.UserError("no analysis folders given; allowed: one or more folders written by `dynsparse analyze`")
+    out = Path(out)
+    _check_out(out)
+    analyses = []
+    for folder in map(Path, folders):
+        summary = analysis.existing_summary(folder)
+        if summary is None:
+            raise errors.UserError(f"{str(folder)!r} is not a finished analysis (no readable {analysis.SUMMARY}); run `dynsparse analyze` first")
+        analyses.append((summary, folder))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    extra: dict[int, str] = {}
+    by_env: dict[str, list[int]] = {}
+    for i, (summary, _) in enumerate(analyses):
+        by_env.setdefault(summary["env"], []).append(i)
+    for env, idx in by_env.items():
+        if len(idx) > 1:
+            curves = [(f"{analyses[i][0]['policy_label']}, seed {analyses[i][0]['seed']}", analyses[i][0]["coverage"]) for i in idx]
+            fig = figures.coverage(curves, f"{env}: global zeros vs data pooled, by policy")
+            path = figures.save(fig, out / "figures" / f"coverage_{env}", ("png", "svg"))[0]
+            extra[idx[0]] = html.figure_block(path, "coverage", env)
+    page = html.page(title, analyses, intro, extra)
+    index = out / "index.html"
+    tmp = out / f".index.html.{os.getpid()}"
+    tmp.write_text(page)
+    tmp.replace(index)
+    rows = [s["table"] for s, _ in analyses]
+    pd.DataFrame(rows).to_csv(out / "table.csv", index=False)
+    (out / MARKER).write_text(json.dumps({"analyses": [str(f) for _, f in analyses], "table": rows}, indent=1))
+    return index

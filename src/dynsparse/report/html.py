@@ -1,0 +1,191 @@
+"""Self-contained HTML (images embedded as data URIs, no external resources): the per-env page of
+``analyze`` and the cross-env report of ``report``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from dynsparse.report import figures as figures_lib
+
+CAPTIONS = {
+    "zero_frequency": "Per-element zero frequency: % of counted steps at which each entry of J_s and J_a is zero "
+                      "(100% = zero at every step, a global zero).",
+    "embedding": "t-SNE of the standardised (s, a, s') tuples, coloured by the per-sample sparsity of [J_s | J_a].",
+    "histogram": "Distribution of per-sample sparsity (zeros / entries per step); the red line marks the mean.",
+    "timeseries": "Per-sample sparsity along one episode (top), active contacts on the same time axis (green), "
+                  "and the number of entries switching between zero and non-zero at each step (bottom).",
+    "run_lengths": "Lengths of runs of consecutive zero (left) and non-zero (right) steps of entries that switch "
+                   "within an episode, log-log; the red line marks the mean.",
+    "thresholds": "Global-zero percentage (solid) and mean per-sample sparsity (dashed) against the zero threshold, "
+                  "absolute (left) and relative to the row's L2 norm (right).",
+    "coverage": "Global-zero count against the number of steps pooled: a curve still falling at the right end has "
+                "not saturated, and more or different data would lower the count.",
+}
+
+TABLE_COLUMNS = (
+    ("env", "environment", None),
+    ("policy", "policy", None),
+    ("counted_steps", "steps", None),
+    ("state_dim", "d_s", None),
+    ("action_dim", "d_a", None),
+    ("J_s_global_zeros", "J_s global zeros", "J_s_global_zero_pct"),
+    ("J_a_global_zeros", "J_a global zeros", "J_a_global_zero_pct"),
+    ("mean_sparsity_J_s", "mean sparsity J_s", None),
+    ("mean_sparsity_J_a", "mean sparsity J_a", None),
+    ("mean_zero_run", "mean zero run (steps)", None),
+    ("mean_nonzero_run", "mean non-zero run (steps)", None),
+    ("switch_burstiness", "switch burstiness (shuffled)", "switch_burstiness_shuffled"),
+    ("switch_near_contact_change", "switches near contact change (chance)", "chance"),
+    ("lift", "lift", None),
+    ("contact_p", "p (binomial)", None),
+)
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #444; } .warn { color: #a40; } code { background: #f6f6f6; }
+section { border-top: 2px solid #ddd; margin-top: 2em; padding-top: 0.5em; }
+"""
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+            return f"{x:.3g}"
+        return f"{x:.3f}".rstrip("0").rstrip(".") if abs(x) < 1 else f"{x:.2f}"
+    return html.escape(str(x))
+
+
+def _cell(row: dict[str, Any], key: str, extra: str | None) -> str:
+    text = _fmt(row.get(key))
+    if extra is not None:
+        value = row.get(extra)
+        text += f" ({_fmt(value)}{'%' if extra.endswith('pct') and value is not None else ''})"
+    return text
+
+
+def cross_env_table(rows: Sequence[dict[str, Any]], anchors: Sequence[str] | None = None) -> str:
+    """HTML table with one row per analysis (the ``table`` entries of summaries)."""
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in TABLE_COLUMNS)
+    body = []
+    for i, row in enumerate(rows):
+        cells = []
+        for key, _, extra in TABLE_COLUMNS:
+            text = _cell(row, key, extra)
+            if key == "env" and anchors:
+                text = f'<a href="#{anchors[i]}">{text}</a>'
+            cells.append(f"<td>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table class="cross-env"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _img(path: Path, kind: str, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img data-kind="{kind}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def figure_block(path: Path, kind: str, title: str) -> str:
+    """One embedded PNG figure with its caption."""
+    return f"<figure>{_img(path, kind, f'{title}: {kind}')}<figcaption>{html.escape(CAPTIONS[kind])}</figcaption></figure>"
+
+
+def _rows_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], cls: str) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: str = "") -> str:
+    """The HTML section of one analysis (figures read from ``folder/figures``)."""
+    env = html.escape(summary["env"])
+    d, g, opts = summary["data"], summary["global"], summary["options"]
+    parts = [f'<section id="{anchor}" class="env"><h2>{env} &mdash; {html.escape(summary["policy_label"])}, seed {_fmt(summary["seed"])}</h2>']
+    parts.append(
+        f"<p>Data: {d['episodes']} episodes &times; {d['steps_per_episode']} steps, {d['counted_steps']} steps counted "
+        f"(of {d['valid_steps']} valid). Policy: <code>{html.escape(json.dumps(summary['policy']))}</code>. "
+        f"Jacobians by {html.escape(str(summary['backend']))}; state dim {summary['dims']['state']}, action dim "
+        f"{summary['dims']['action']}, {summary['dims']['n_substeps']} substeps of the solver with "
+        f"{summary['dims']['solver_iterations']} iteration(s). Zero rule: {opts['kind']} threshold {opts['threshold']:g}. "
+        f"Source: <code>{html.escape(str(summary.get('source', '')))}</code>.</p>"
+    )
+    parts.append(cross_env_table([summary["table"]]))
+    cov = summary["coverage"]
+    for name in ("J_s", "J_a"):
+        last = cov["last_change"].get(name)
+        if last is not None and cov["n_steps"] and last > cov["n_steps"] / 2:
+            parts.append(
+                f'<p class="warn">The {name} global-zero count last changed after {last} of {cov["n_steps"]} pooled steps: '
+                "it has not saturated, so some of its global zeros may only be states this data never visited.</p>"
+            )
+    files = summary["figures"]
+    title = f"{summary['env']} ({summary['policy_label']})"
+    for kind in figures_lib.KINDS:
+        if kind in files:
+            parts.append(figure_block(folder / "figures" / f"{kind}.png", kind, title))
+        elif kind == "embedding":
+            parts.append(f"<p>t-SNE: {html.escape(summary['embedding'].get('note', ''))}</p>")
+    parts.append(extra_figures)
+    clus = summary["temporal"]["clustering"]
+    runs = summary["temporal"]["runs"]
+    parts.append("<h3>Temporal structure</h3>")
+    parts.append(
+        f"<p>{runs['switching_pairs']} (episode, entry) pairs switch at least once; "
+        f"{runs['constant_pairs']['zero']} are zero and {runs['constant_pairs']['nonzero']} non-zero throughout their episode "
+        f"(excluded from run lengths). Zero runs: {runs['zero_runs']['runs']}, mean {_fmt(runs['zero_runs']['mean'])} steps "
+        f"(uncensored {_fmt(runs['zero_runs']['uncensored_mean'])}); non-zero runs: {runs['nonzero_runs']['runs']}, mean "
+        f"{_fmt(runs['nonzero_runs']['mean'])} (uncensored {_fmt(runs['nonzero_runs']['uncensored_mean'])}).</p>"
+        f"<p>Switch clustering: {clus['event_steps']} of {clus['candidate_steps']} steps have a switch; burstiness of the "
+        f"gaps between them {_fmt(clus['observed']['burstiness'])} against {_fmt(clus['shuffled']['burstiness_mean'])} "
+        f"(90% band {_fmt(clus['shuffled']['burstiness_q05'])} .. {_fmt(clus['shuffled']['burstiness_q95'])}) for the same number "
+        f"of switch steps placed at random; p = {_fmt(clus['p_value'])} ({clus['n_shuffles']} shuffles).</p>"
+    )
+    parts.append("<h3>Contacts</h3>")
+    parts.append(f"<p>Contact definition: {html.escape(str(summary.get('contact_definition')))}</p>")
+    parts.append(_rows_table(summary["contacts"]["by_count"], ["n_contacts", "steps", "share", "J_s_mean", "J_a_mean", "both_mean", "both_std"], "by-contacts"))
+    parts.append(_rows_table(summary["contacts"]["alignment"], ["k", "switch_steps", "near_switch_steps", "observed", "entry_weighted", "chance", "lift", "p_value", "contact_changes"], "alignment"))
+    top = summary["contacts"]["top_switching"]
+    parts.append("<p>Variables whose rows / columns switch most: " + "; ".join(
+        f"{kind.replace('_', ' ')}: " + ", ".join(f"{html.escape(r['variable'])} ({r['switches']})" for r in top[kind][:5])
+        for kind in ("rows", "state_columns", "action_columns")) + "</p>")
+    parts.append("<h3>Global zeros (named)</h3>")
+    for name in ("J_s", "J_a"):
+        entries = g[name]["entries"]
+        items = "".join(f"<li>{html.escape(e)}</li>" for e in entries)
+        parts.append(f"<details><summary>{name}: {len(entries)} entries zero at every counted step</summary><ul>{items}</ul></details>")
+    chk = g.get("check", {})
+    if chk.get("checked_steps"):
+        parts.append(
+            f"<p>Autodiff vs native finite differences at {chk['checked_steps']} steps: max relative error "
+            f"{_fmt(chk.get('max_rel_err'))}, {chk.get('steps_pattern_mismatch')} steps with differing zero patterns.</p>"
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def page(title: str, analyses: Sequence[tuple[dict[str, Any], Path]], intro: str = "",
+         extra: dict[int, str] | None = None) -> str:
+    """A whole self-contained HTML document: the cross-env table, then one section per analysis.
+
+    Args:
+      analyses: ``(summary, folder)`` pairs.
+      intro: HTML put under the title.
+      extra: analysis index -> extra HTML put in its section (e.g. an overlay figure).
+    """
+    anchors = [f"env-{i}-{a[0]['env']}" for i, a in enumerate(analyses)]
+    sections = [section(s, f, anchors[i], (extra or {}).get(i, "")) for i, (s, f) in enumerate(analyses)]
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{intro}"
+        f"<h2>All environments</h2>{cross_env_table([s['table'] for s, _ in analyses], anchors)}"
+        + "\n".join(sections) + "</body></html>\n"
+    )
