@@ -149,3 +149,19 @@ def test_cli_analyze_and_report(bouncer_store, tmp_path, capsys):
     assert err.count("\n") == 0 and "bin width 0.3" in err
     assert cli.main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r3")]) == 2
     assert "not a finished analysis" in capsys.readouterr().err
+
+
+def test_report_in_headless_chromium(bouncer_analysis, tmp_path):
+    import browser
+
+    browser.require_chromium()
+    page = build.build([bouncer_analysis], tmp_path / "report", title="dynsparse test report")
+    shot = browser.screenshot_path(tmp_path, "report.png")
+    info = browser.inspect(page, shot)
+    assert info["title"] == "dynsparse test report"
+    assert sorted(i["kind"] for i in info["images"]) == sorted(figures.KINDS)
+    broken = [i for i in info["images"] if not (i["complete"] and i["width"] > 100 and i["height"] > 100)]
+    assert broken == []
+    assert info["rows"] == 1 and info["sections"] == 1
+    assert {"cross-env", "by-contacts", "alignment"} <= set(info["tables"])
+    assert shot.stat().st_size > 10_000

@@ -73,7 +73,7 @@ def _cell(row: dict[str, Any], key: str, extra: str | None) -> str:
     return text
 
 
-def cross_env_table(rows: Sequence[dict[str, Any]], anchors: Sequence[str] | None = None) -> str:
+def cross_env_table(rows: Sequence[dict[str, Any]], anchors: Sequence[str] | None = None, cls: str = "cross-env") -> str:
     """HTML table with one row per analysis (the ``table`` entries of summaries)."""
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in TABLE_COLUMNS)
     body = []
@@ -85,7 +85,7 @@ def cross_env_table(rows: Sequence[dict[str, Any]], anchors: Sequence[str] | Non
                 text = f'<a href="#{anchors[i]}">{text}</a>'
             cells.append(f"<td>{text}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
-    return f'<table class="cross-env"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def _img(path: Path, kind: str, alt: str) -> str:
@@ -117,7 +117,7 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
         f"{summary['dims']['solver_iterations']} iteration(s). Zero rule: {opts['kind']} threshold {opts['threshold']:g}. "
         f"Source: <code>{html.escape(str(summary.get('source', '')))}</code>.</p>"
     )
-    parts.append(cross_env_table([summary["table"]]))
+    parts.append(cross_env_table([summary["table"]], cls="env-summary"))
     cov = summary["coverage"]
     for name in ("J_s", "J_a"):
         last = cov["last_change"].get(name)
