@@ -364,6 +364,10 @@ def table_row(summary: dict[str, Any]) -> dict[str, Any]:
         "chance": a1["chance"],
         "lift": a1["lift"],
         "contact_p": a1["p_value"],
+        "fd_checked_steps": g["check"].get("checked_steps", 0),
+        "fd_disagree_steps": g["check"].get("steps_disagree"),
+        "fd_pattern_mismatch_steps": g["check"].get("steps_pattern_mismatch"),
+        "solver_start_returned": g.get("solver_start_returned"),
         "J_s_zeros_last_changed_at": cov["last_change"].get("J_s"),
         "J_a_zeros_last_changed_at": cov["last_change"].get("J_a"),
     }

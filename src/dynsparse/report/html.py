@@ -42,6 +42,10 @@ TABLE_COLUMNS = (
     ("switch_near_contact_change", "switches near contact change (chance)", "chance"),
     ("lift", "lift", None),
     ("contact_p", "p (binomial)", None),
+    ("fd_checked_steps", "steps checked vs finite diff.", None),
+    ("fd_disagree_steps", "... values differ", None),
+    ("fd_pattern_mismatch_steps", "... zero patterns differ", None),
+    ("solver_start_returned", "solver returned its start", None),
 )
 
 STYLE = """
@@ -118,6 +122,7 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
         f"Source: <code>{html.escape(str(summary.get('source', '')))}</code>.</p>"
     )
     parts.append(cross_env_table([summary["table"]], cls="env-summary"))
+    parts.append(check_paragraph(summary))
     cov = summary["coverage"]
     for name in ("J_s", "J_a"):
         last = cov["last_change"].get(name)
@@ -161,14 +166,30 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
         entries = g[name]["entries"]
         items = "".join(f"<li>{html.escape(e)}</li>" for e in entries)
         parts.append(f"<details><summary>{name}: {len(entries)} entries zero at every counted step</summary><ul>{items}</ul></details>")
-    chk = g.get("check", {})
-    if chk.get("checked_steps"):
-        parts.append(
-            f"<p>Autodiff vs native finite differences at {chk['checked_steps']} steps: max relative error "
-            f"{_fmt(chk.get('max_rel_err'))}, {chk.get('steps_pattern_mismatch')} steps with differing zero patterns.</p>"
-        )
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def check_paragraph(summary: dict[str, Any]) -> str:
+    """What the autodiff-vs-finite-difference checks say about this analysis's Jacobians."""
+    chk = summary["global"].get("check", {})
+    returned = summary["global"].get("solver_start_returned")
+    counted = summary["data"]["counted_steps"]
+    if not chk.get("checked_steps"):
+        return "<p class=\"warn\">The Jacobians were not checked against finite differences (collect --check-every K).</p>"
+    text = (
+        f"Autodiff vs native finite differences at {chk['checked_steps']} steps: max relative error "
+        f"{_fmt(chk.get('max_rel_err'))}; values differ (beyond 1e-5 relative + 1e-8 absolute) at "
+        f"{chk.get('steps_disagree')} steps; zero patterns differ at {chk.get('steps_pattern_mismatch')} steps."
+    )
+    if returned:
+        text += (
+            f" At {returned} of {counted} steps the constraint solver returned its start point with a constraint "
+            "active; there autodiff misses the constraint's sensitivity (see the README), so its values are unreliable."
+        )
+    bad = bool(chk.get("steps_disagree")) or bool(chk.get("steps_pattern_mismatch")) or bool(returned)
+    cls = ' class="warn"' if bad else ""
+    return f"<p{cls}>{text}</p>"
 
 
 def page(title: str, analyses: Sequence[tuple[dict[str, Any], Path]], intro: str = "",
