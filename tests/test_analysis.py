@@ -49,6 +49,13 @@ def test_analysis_agrees_with_an_independent_reading_of_the_dataset(bouncer_stor
     assert list(freq.columns) == ["qpos:x", "qpos:z", "qvel:x", "qvel:z"]
 
 
+def test_contact_pairs_are_stored_by_name(bouncer_store):
+    ds = xr.open_zarr(bouncer_store)
+    assert list(ds["contact_pair"].values) == ["floor|ball"]
+    np.testing.assert_array_equal(ds["contact_pairs"].values[..., 0], ds["n_contacts"].values > 0)
+    assert 0 < ds["contact_pairs"].values.mean() < 1
+
+
 def test_bouncer_physics_known_answers(bouncer_analysis):
     """Facts true of the model on paper: the floor is invariant along x, so qpos:x influences
     only itself; in flight x and z are decoupled, so steps without contact are sparser; and the
@@ -165,3 +172,19 @@ def test_report_in_headless_chromium(bouncer_analysis, tmp_path):
     assert info["rows"] == 1 and info["sections"] == 1
     assert {"cross-env", "by-contacts", "alignment"} <= set(info["tables"])
     assert shot.stat().st_size > 10_000
+
+
+def test_validate_catches_contact_pairs_that_contradict_the_count(bouncer_store, tmp_path):
+    import zarr
+
+    from dynsparse import dataset
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(bouncer_store, copy)
+    assert dataset.validate(copy)[0] == []
+    group = zarr.open_group(str(copy), mode="r+", zarr_format=2)
+    pairs = group["contact_pairs"][:]
+    pairs[0, 0, 0] = not pairs[0, 0, 0]
+    group["contact_pairs"][:] = pairs
+    problems, _ = dataset.validate(copy)
+    assert any("'contact_pairs' and 'n_contacts' disagree" in p for p in problems)

@@ -124,8 +124,8 @@ def test_output_path_that_is_not_a_store_is_refused_untouched(capsys, tmp_path):
 def test_truncated_chunk_is_reported_by_validate_and_structure(capsys, tmp_path):
     store = _store(tmp_path)
     # A written unit whose J_s chunk is then truncated on disk.
-    layout = dataset.layout_of(json.loads(dataset.open_dataset(store).attrs["config"]),
-                               ("qpos:slider", "qpos:hinge_1", "qvel:slider", "qvel:hinge_1"), ("act:slide",))
+    opened = dataset.open_dataset(store)
+    layout = dataset.layout_of(json.loads(opened.attrs["config"]), opened)
     import numpy as np
 
     arrays = {

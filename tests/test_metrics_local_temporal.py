@@ -293,3 +293,14 @@ def test_tsne_refuses_bad_perplexity():
 def test_standardise_constant_column_is_zero():
     x = np.array([[1.0, 5.0], [3.0, 5.0]])
     assert embedding.standardise(x).tolist() == [[-1.0, 0.0], [1.0, 0.0]]
+
+
+def test_contact_set_change_at_constant_count_is_a_change():
+    # One contact throughout, but the touching pair changes at step 2 (A -> B).
+    n = np.array([[1, 1, 1, 1]])
+    pairs = np.array([[[1, 0], [1, 0], [0, 1], [0, 1]]], bool)
+    valid = np.ones((1, 4), bool)
+    assert contacts.contact_changes(n, valid).tolist() == [[False] * 4]
+    assert contacts.contact_changes(n, valid, pairs).tolist() == [[False, False, True, False]]
+    # a count change within one pair (1 -> 2 contact points) is a change too
+    assert contacts.contact_changes(np.array([[1, 2, 2, 2]]), valid, np.ones((1, 4, 2), bool)).tolist() == [[False, True, False, False]]

@@ -60,7 +60,7 @@ def test_killed_collection_resumes_identically(tmp_path, reference, mode, unit):
     assert any("unfinished" in n for n in notes)
     partial = dataset.open_dataset(out)
     written = int(np.asarray(partial["valid"].values).sum())
-    layout = dataset.layout_of(dataset.read_config(partial), tuple(partial.state_in.values), tuple(partial.action_in.values))
+    layout = dataset.layout_of(dataset.read_config(partial), partial)
     done = dataset.read_checkpoint(out).next_unit
     expected = sum((es.stop - es.start) * (ts.stop - ts.start) for es, ts in map(layout.unit_slices, range(done)))
     assert written == expected

@@ -137,7 +137,7 @@ def collect(
         raise errors.UserError(f"policy 'random' needs finite action bounds; {config.env} has unlimited actuators: use --policy colored")
     layout = dataset.Layout(
         config.episodes, config.steps, spec.state_names, spec.action_names, config.batch_size,
-        config.chunk_steps, config.dtype,
+        config.chunk_steps, config.dtype, envs.contact_pairs(spec)[0],
     )
     if existing is None:
         dataset.create(out, layout, _attrs(config, spec))
@@ -165,6 +165,11 @@ def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint
             f"output path {str(out)!r} exists and is not a dynsparse dataset; choose another --out"
         )
     ds = dataset.open_dataset(out)
+    if ds.attrs.get("format_version") != dataset.FORMAT_VERSION:
+        raise errors.UserError(
+            f"{str(out)!r} was written in dataset format {ds.attrs.get('format_version')!r}; this dynsparse writes "
+            f"format {dataset.FORMAT_VERSION}: choose another --out"
+        )
     try:
         stored = json.loads(ds.attrs["config"])
     except (KeyError, json.JSONDecodeError) as exc:
@@ -177,7 +182,7 @@ def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint
             "choose another --out or repeat the original command to resume"
         )
     checkpoint = dataset.read_checkpoint(out)
-    layout = dataset.layout_of(stored, tuple(ds.state_in.values), tuple(ds.action_in.values))
+    layout = dataset.layout_of(stored, ds)
     for problem in checkpoint.problems(layout):
         raise errors.UserError(f"{str(out)!r}: {problem}; run `dynsparse validate {out}`")
     return checkpoint
@@ -325,6 +330,7 @@ class _Runner:
             "state": o["state"].astype(dtype), "action": o["action"].astype(dtype),
             "next_state": o["next_state"].astype(dtype), "J_s": o["J_s"].astype(dtype),
             "J_a": o["J_a"].astype(dtype), "n_contacts": o["n_contacts"].astype(np.int32),
+            "contact_pairs": o["contact_pairs"].astype(bool) & valid[..., None],
             "reward": o["reward"].astype(dtype), "warmstart": o["warmstart"].astype(dtype),
             "finite": finite, "solver_start_returned": o["solver_start_returned"].astype(np.int8),
             **check, "valid": valid,

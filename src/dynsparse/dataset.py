@@ -2,7 +2,8 @@
 
 Layout (Zarr format 2, consolidated metadata, readable with plain ``xarray.open_zarr``):
 
-- dims ``episode``, ``step``, ``out`` (next-state variable), ``state_in``, ``action_in``, ``dof``
+- dims ``episode``, ``step``, ``out`` (next-state variable), ``state_in``, ``action_in``, ``dof``,
+  ``contact_pair`` (the geom pairs the simulator can put in contact)
 - coords: the named variables (``qpos:rootx``, ``qvel:bthigh``, ``act:bthigh``, ...)
 - data variables (E episodes, T steps, n = nq + nv, m = nu):
 
@@ -17,6 +18,8 @@ Layout (Zarr format 2, consolidated metadata, readable with plain ``xarray.open_
   J_a                   episode, step, out,      ds'/da
                         action_in
   n_contacts            episode, step            active contacts (see attrs)
+  contact_pairs         episode, step,           the geom pair has an active contact
+                        contact_pair             (coords 'geom1|geom2', see attrs)
   reward                episode, step            the environment's reward for the step
   warmstart             episode, step, dof       solver warm start f held fixed (qacc units)
   valid                 episode, step            the step exists (written, episode alive)
@@ -56,7 +59,7 @@ import numpy as np
 from dynsparse import errors
 
 FORMAT = "dynsparse-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: contact_pairs
 CHECKPOINT = "dynsparse-checkpoint.npz"
 
 #: Config keys that identify a run: resuming with any of these different is refused.
@@ -100,6 +103,7 @@ class Layout:
     batch_size: int
     chunk_steps: int
     dtype: str
+    contact_pair_names: tuple[str, ...] = ()
 
     @property
     def n_batches(self) -> int:
@@ -131,6 +135,7 @@ def _variables(layout: Layout) -> dict[str, tuple[tuple[str, ...], str, Any]]:
         "J_s": (es + ("out", "state_in"), f, np.nan),
         "J_a": (es + ("out", "action_in"), f, np.nan),
         "n_contacts": (es, "int32", -1),
+        "contact_pairs": (es + ("contact_pair",), "bool", False),
         "reward": (es, f, np.nan),
         "warmstart": (es + ("dof",), f, np.nan),
         "valid": (es, "bool", False),
@@ -166,14 +171,14 @@ def create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
     dofs = tuple(name for name in layout.state_names[n // 2:])
     sizes = {
         "episode": layout.episodes, "step": layout.steps, "out": n, "state_in": n,
-        "action_in": len(layout.action_names), "dof": len(dofs),
+        "action_in": len(layout.action_names), "dof": len(dofs), "contact_pair": len(layout.contact_pair_names),
     }
     chunk_of = {"episode": layout.batch_size, "step": layout.chunk_steps}
     data_vars = {}
     encoding = {}
     for name, (dims, dtype, fill) in _variables(layout).items():
         shape = tuple(sizes[d] for d in dims)
-        chunks = tuple(chunk_of.get(d, sizes[d]) for d in dims)
+        chunks = tuple(chunk_of.get(d, max(sizes[d], 1)) for d in dims)
         data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=chunks))
         # Floats: NaN marks "not written / not checked". Integers and booleans carry no
         # _FillValue (xarray would turn them into floats); read them where ``valid`` is true.
@@ -183,6 +188,7 @@ def create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
         "episode": np.arange(layout.episodes), "step": np.arange(layout.steps),
         "out": list(layout.state_names), "state_in": list(layout.state_names),
         "action_in": list(layout.action_names), "dof": list(dofs),
+        "contact_pair": np.asarray(layout.contact_pair_names, dtype=str),
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
@@ -238,11 +244,13 @@ def read_config(ds: Any) -> dict[str, Any]:
     return json.loads(ds.attrs["config"])
 
 
-def layout_of(config: dict[str, Any], state_names: tuple[str, ...], action_names: tuple[str, ...]) -> Layout:
+def layout_of(config: dict[str, Any], ds: Any) -> Layout:
+    """The layout a store's configuration and coords imply."""
+    pairs = tuple(str(x) for x in ds["contact_pair"].values) if "contact_pair" in ds.coords else ()
     return Layout(
-        episodes=int(config["episodes"]), steps=int(config["steps"]), state_names=tuple(state_names),
-        action_names=tuple(action_names), batch_size=int(config["batch_size"]),
-        chunk_steps=int(config["chunk_steps"]), dtype=str(config["dtype"]),
+        episodes=int(config["episodes"]), steps=int(config["steps"]), state_names=tuple(str(x) for x in ds["state_in"].values),
+        action_names=tuple(str(x) for x in ds["action_in"].values), batch_size=int(config["batch_size"]),
+        chunk_steps=int(config["chunk_steps"]), dtype=str(config["dtype"]), contact_pair_names=pairs,
     )
 
 
@@ -380,7 +388,7 @@ def validate(path: Path | str) -> tuple[list[str], list[str]]:
         return ["attrs.config is missing or not JSON: cannot tell how the dataset was made"], notes
     if ds.attrs.get("format_version") != FORMAT_VERSION:
         problems.append(f"format_version {ds.attrs.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
-    layout = layout_of(config, tuple(ds["state_in"].values), tuple(ds["action_in"].values))
+    layout = layout_of(config, ds)
     problems += _check_shapes(ds, layout)
     if problems:
         return problems, notes
@@ -443,6 +451,10 @@ def _check_written_unit(block: dict[str, np.ndarray], valid: np.ndarray) -> list
     finite = np.isfinite(block["J_s"]).all(axis=(-2, -1)) & np.isfinite(block["J_a"]).all(axis=(-2, -1)) & valid
     if (block["finite"].astype(bool) != finite).any():
         problems.append("'finite' does not match the stored Jacobians")
+    if "contact_pairs" in block and block["contact_pairs"].shape[-1]:
+        touching = block["contact_pairs"].astype(bool).any(axis=-1)
+        if (touching != (block["n_contacts"] > 0))[valid].any():
+            problems.append("'contact_pairs' and 'n_contacts' disagree on whether anything touches")
     # (next_state may be NaN at a valid step: the step where the simulation diverged.)
     for name in ("state", "action"):
         if np.isnan(block[name][valid]).any():

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 #: Contact definition recorded in datasets (``n_contacts``).
 CONTACT_DEFINITION = (
     "contacts whose signed distance is below their inclusion margin (dist < includemargin), "
-    "i.e. the contacts that generate constraint rows, at the last substep of the control step"
+    "i.e. the contacts that generate constraint rows, at the last substep of the control step; "
+    "contact_pairs marks the geom pairs (coord contact_pair, 'geom1|geom2') with at least one such contact"
 )
 
 _JOINT_AXES = {
@@ -267,6 +268,42 @@ def count_contacts(data: Any) -> jax.Array:
     if contact.dist.shape[0] == 0:
         return jnp.zeros((), jnp.int32)
     return jnp.sum(contact.dist < contact.includemargin).astype(jnp.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def contact_pairs(spec: EnvSpec) -> tuple[tuple[str, ...], np.ndarray]:
+    """The geom pairs MJX can put in contact, and a lookup table from geom ids to pair index.
+
+    Uses MJX's own static candidate list (``collision_driver.geom_pairs``), so every contact the
+    simulator can make has a pair; unnamed geoms are called ``geom<id>``.
+
+    Returns:
+      ``(names, table)``: names ``'geom1|geom2'`` (n_pairs,), and an ``(ngeom, ngeom)`` int32
+      table, symmetric, holding the pair index or -1.
+    """
+    from mujoco.mjx._src import collision_driver
+
+    m = spec.mj_model
+    table = np.full((m.ngeom, m.ngeom), -1, np.int32)
+    names = []
+    for g1, g2, _ in collision_driver.geom_pairs(m):
+        if table[g1, g2] >= 0:
+            continue
+        table[g1, g2] = table[g2, g1] = len(names)
+        names.append("|".join(mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, g) or f"geom{g}" for g in (g1, g2)))
+    return tuple(names), table
+
+
+def active_contact_pairs(data: Any, table: np.ndarray, n_pairs: int) -> jax.Array:
+    """``(n_pairs,)`` bool: the geom pairs with at least one active contact (unbatched data)."""
+    contact = data._impl.contact  # pylint: disable=protected-access
+    if contact.dist.shape[0] == 0 or n_pairs == 0:
+        return jnp.zeros((n_pairs,), bool)
+    active = contact.dist < contact.includemargin
+    idx = jnp.asarray(table)[contact.geom[:, 0], contact.geom[:, 1]]
+    # a contact whose pair is unknown (cannot happen with MJX's candidate list) goes to a spare slot
+    idx = jnp.where(idx >= 0, idx, n_pairs)
+    return jnp.zeros((n_pairs + 1,), bool).at[idx].max(active)[:n_pairs]
 
 
 def make_control_step(spec: EnvSpec) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, tuple[Any, jax.Array]]]:

@@ -61,7 +61,7 @@ def make_chunk_fn(spec: envs.EnvSpec, policy: Policy, with_jacobians: bool) -> C
 
     Returns:
       The carry after ``Tc`` steps and a dict of ``(B, Tc, ...)`` arrays: ``state``, ``action``,
-      ``next_state`` ``(.., nq+nv)``/``(.., nu)``, ``reward``, ``n_contacts``, ``valid`` (the
+      ``next_state`` ``(.., nq+nv)``/``(.., nu)``, ``reward``, ``n_contacts``, ``contact_pairs`` ``(.., n_pairs)``, ``valid`` (the
       step exists: the episode was alive before it), the fields of ``finite_diff.StepInputs`` (to re-run a step natively),
       and with Jacobians ``J_s``, ``J_a``, ``solver_start_returned``.
     """
@@ -77,6 +77,7 @@ def _chunk_fn(spec: envs.EnvSpec, policy_json: str, with_jacobians: bool) -> Cal
     low = jnp.asarray(spec.action_low)
     high = jnp.asarray(spec.action_high)
     jac = autodiff.make_jacobian_fn(spec) if with_jacobians else None
+    pair_names, pair_table = envs.contact_pairs(spec)
 
     def step(carry: tuple[Any, jax.Array], noise_t: jax.Array) -> tuple[tuple[Any, jax.Array], dict]:
         state, alive = carry
@@ -89,6 +90,7 @@ def _chunk_fn(spec: envs.EnvSpec, policy_json: str, with_jacobians: bool) -> Cal
             "next_state": envs.state_of(nxt.data),
             "reward": nxt.reward,
             "n_contacts": envs.count_contacts(nxt.data),
+            "contact_pairs": envs.active_contact_pairs(nxt.data, pair_table, len(pair_names)),
             "valid": alive,
             "qpos": d.qpos,
             "qvel": d.qvel,

@@ -1,9 +1,9 @@
 """Contacts: sparsity by number of active contacts, and whether switches co-occur with contact changes.
 
-A *contact change* at step ``t`` is a change of the number of active contacts between steps
-``t - 1`` and ``t`` (both valid). The dataset stores the count per step (its attrs say how a
-contact is counted), not the set of contacting pairs, so a change of partners at a constant count
-is not seen: the alignment numbers are a lower bound on how often switches follow contact events.
+A *contact change* at step ``t`` is a change of the contact set between steps ``t - 1`` and ``t``
+(both valid): a geom pair starts or stops touching, or the number of active contacts changes
+(e.g. a foot going from one to two contact points). The dataset's attrs say how a contact is
+counted. Datasets without ``contact_pairs`` fall back to changes of the count alone.
 """
 
 from __future__ import annotations
@@ -39,11 +39,20 @@ def sparsity_by_contacts(masks: Masks) -> list[dict[str, Any]]:
     return rows
 
 
-def contact_changes(n_contacts: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``(episode, step)`` bool: the number of active contacts differs from the previous step's
-    (both valid); False at step 0."""
+def contact_changes(n_contacts: np.ndarray, valid: np.ndarray, pairs: np.ndarray | None = None) -> np.ndarray:
+    """``(episode, step)`` bool: the contact set differs from the previous step's (both valid);
+    False at step 0.
+
+    Args:
+      n_contacts: ``(episode, step)`` active contacts.
+      valid: ``(episode, step)`` bool.
+      pairs: ``(episode, step, pair)`` bool geom pairs in contact, or None (count only).
+    """
+    differs = n_contacts[:, 1:] != n_contacts[:, :-1]
+    if pairs is not None:
+        differs = differs | (pairs[:, 1:] != pairs[:, :-1]).any(axis=-1)
     change = np.zeros_like(valid)
-    change[:, 1:] = (n_contacts[:, 1:] != n_contacts[:, :-1]) & valid[:, 1:] & valid[:, :-1]
+    change[:, 1:] = differs & valid[:, 1:] & valid[:, :-1]
     return change
 
 
@@ -75,7 +84,7 @@ def alignment(masks: Masks, windows: tuple[int, ...] = DEFAULT_WINDOWS) -> list[
     per_step = temporal.switches_per_step(masks)
     cand = temporal._candidate_steps(masks.counted)
     events = (per_step > 0) & cand
-    changes = contact_changes(masks.n_contacts, masks.valid)
+    changes = contact_changes(masks.n_contacts, masks.valid, masks.contact_pairs)
     rows = []
     for k in windows:
         nb = near(changes, int(k))

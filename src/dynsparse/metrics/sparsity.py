@@ -65,6 +65,7 @@ class Masks:
       n_contacts: ``(episode, step)`` int, active contacts (-1 where not valid).
       out, state_in, action_in: variable names.
       threshold, kind: the zero rule used.
+      contact_pairs: ``(episode, step, pair)`` bool, geom pairs in contact (None if not stored).
     """
 
     J_s: np.ndarray
@@ -77,6 +78,7 @@ class Masks:
     action_in: tuple[str, ...]
     threshold: float
     kind: str
+    contact_pairs: np.ndarray | None = None
 
     @property
     def both(self) -> np.ndarray:
@@ -92,18 +94,23 @@ def masks_of(ds: Any, threshold: float = DEFAULT_THRESHOLD, kind: str = "absolut
     from dynsparse import dataset
 
     threshold = check_threshold(threshold, kind)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("J_s", "J_a", "counted", "valid", "n_contacts")}
-    for block in dataset.iter_episode_blocks(ds, ("valid", "finite", "J_s", "J_a", "n_contacts")):
+    has_pairs = "contact_pairs" in ds.data_vars
+    names = ("valid", "finite", "J_s", "J_a", "n_contacts") + (("contact_pairs",) if has_pairs else ())
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("J_s", "J_a", "counted", "valid", "n_contacts", "contact_pairs")}
+    for block in dataset.iter_episode_blocks(ds, names):
         valid = np.asarray(block["valid"].values, bool)
         counted = valid & np.asarray(block["finite"].values, bool)
         parts["valid"].append(valid)
         parts["counted"].append(counted)
         parts["n_contacts"].append(np.where(valid, np.asarray(block["n_contacts"].values), -1).astype(np.int64))
+        if has_pairs:
+            parts["contact_pairs"].append(np.asarray(block["contact_pairs"].values, bool) & valid[..., None])
         for name in ("J_s", "J_a"):
             parts[name].append(zero_mask(np.asarray(block[name].values), threshold, kind) & counted[..., None, None])
-    cat = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+    cat = {k: np.concatenate(v, axis=0) for k, v in parts.items() if v}
     return Masks(
         J_s=cat["J_s"], J_a=cat["J_a"], counted=cat["counted"], valid=cat["valid"], n_contacts=cat["n_contacts"],
         out=tuple(str(x) for x in ds["out"].values), state_in=tuple(str(x) for x in ds["state_in"].values),
         action_in=tuple(str(x) for x in ds["action_in"].values), threshold=threshold, kind=kind,
+        contact_pairs=cat.get("contact_pairs"),
     )
