@@ -288,7 +288,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     def on_stage(event: object) -> None:
         if event.done:
             stages.update(event.index - stages.n)
-            if collect_bar:
+            if event.stage == "collect" and collect_bar:
                 collect_bar.pop().close()
         else:
             stages.set_postfix_str(f"{event.stage} {event.env or ''}".strip())

@@ -15,12 +15,13 @@ continues an interrupted collection where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from dynsparse import analysis, collect, errors
 
@@ -80,7 +81,6 @@ class StageEvent:
     total: int
     done: bool
     seconds: float | None = None
-    skipped: bool = False
 
 
 def _check_study(out: Path, config: StudyConfig) -> None:
@@ -100,10 +100,40 @@ def _check_study(out: Path, config: StudyConfig) -> None:
         raise errors.UserError(f"{str(out)!r} exists and is not a dynsparse study folder; nothing was changed: choose another --out")
 
 
+def _timed_analyze(store: Path, folder: Path, options: analysis.AnalyzeOptions) -> float:
+    """``analysis.analyze``; returns its wall seconds (in the process that ran it)."""
+    t0 = time.perf_counter()
+    analysis.analyze(store, folder, options)
+    return round(time.perf_counter() - t0, 3)
+
+
+@contextlib.contextmanager
+def _analysis_pool(pipeline: bool) -> Iterator[Any]:
+    """One spawned worker process for analyses (or None: analyse in this process)."""
+    if not pipeline:
+        yield None
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def reproduce(out: str | Path, config: StudyConfig = StudyConfig(),
               on_stage: Callable[[StageEvent], None] | None = None,
-              on_collect_progress: Callable[[collect.Progress], None] | None = None) -> Path:
+              on_collect_progress: Callable[[collect.Progress], None] | None = None,
+              pipeline: bool = True) -> Path:
     """Run (or resume) the study into ``out``; return the report's HTML path.
+
+    Args:
+      pipeline: analyse each environment in a worker process while the next one is collected
+        (False: one after the other, in this process).
 
     Raises:
       UserError: a bad configuration (checked for every environment before anything runs) or an
@@ -124,28 +154,41 @@ def reproduce(out: str | Path, config: StudyConfig = StudyConfig(),
     tmp.replace(out / STUDY_FILE)
     emit = on_stage or (lambda _e: None)
     total = 2 * len(config.envs) + 1
-    timing: dict[str, dict[str, float]] = {}
-    index = 0
-    folders = []
-    for env in config.envs:
-        timing[env] = {}
-        store = out / "data" / f"{env}.zarr"
-        (out / "data").mkdir(exist_ok=True)
-        emit(StageEvent(env, "collect", index, total, False))
-        t0 = time.perf_counter()
-        collect.collect(configs[env], store, on_progress=on_collect_progress)
-        timing[env]["collect"] = round(time.perf_counter() - t0, 3)
-        index += 1
-        emit(StageEvent(env, "collect", index, total, True, timing[env]["collect"]))
-        folder = out / "analysis" / env
-        skipped = analysis.existing_summary(folder) is not None
-        emit(StageEvent(env, "analyze", index, total, False))
-        t0 = time.perf_counter()
-        analysis.analyze(store, folder, options)
-        timing[env]["analyze"] = round(time.perf_counter() - t0, 3)
-        index += 1
-        emit(StageEvent(env, "analyze", index, total, True, timing[env]["analyze"], skipped))
-        folders.append(folder)
+    timing: dict[str, dict[str, float]] = {env: {} for env in config.envs}
+    done = [0]
+    folders = [out / "analysis" / env for env in config.envs]
+    (out / "data").mkdir(exist_ok=True)
+    # Analyses run in one worker process while the next environment is collected: collection
+    # (JIT compile, then XLA) and analysis (numpy, t-SNE, matplotlib) then share the cores.
+    with _analysis_pool(pipeline) as pool:
+        pending: dict[Any, str] = {}
+
+        def finished(block: bool) -> None:
+            for future in list(pending):
+                if block or future.done():
+                    env = pending.pop(future)
+                    timing[env]["analyze"] = future.result()  # re-raises the worker's error
+                    done[0] += 1
+                    emit(StageEvent(env, "analyze", done[0], total, True, timing[env]["analyze"]))
+
+        for env, folder in zip(config.envs, folders):
+            store = out / "data" / f"{env}.zarr"
+            emit(StageEvent(env, "collect", done[0], total, False))
+            t0 = time.perf_counter()
+            collect.collect(configs[env], store, on_progress=on_collect_progress)
+            timing[env]["collect"] = round(time.perf_counter() - t0, 3)
+            done[0] += 1
+            emit(StageEvent(env, "collect", done[0], total, True, timing[env]["collect"]))
+            finished(block=False)
+            emit(StageEvent(env, "analyze", done[0], total, False))
+            if pool is None:
+                timing[env]["analyze"] = _timed_analyze(store, folder, options)
+                done[0] += 1
+                emit(StageEvent(env, "analyze", done[0], total, True, timing[env]["analyze"]))
+            else:
+                pending[pool.submit(_timed_analyze, store, folder, options)] = env
+        finished(block=True)
+    index = done[0]
     emit(StageEvent(None, "report", index, total, False))
     t0 = time.perf_counter()
     scale = f"{config.episodes} episodes x {config.steps} steps per environment"

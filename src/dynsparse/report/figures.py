@@ -31,7 +31,7 @@ def save(fig: Any, stem: Path, formats: Sequence[str] = DEFAULT_FORMATS) -> list
     paths = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        fig.savefig(path, dpi=150)  # every figure uses constrained layout: no second "tight" render
         paths.append(path)
     _plt().close(fig)
     return paths
