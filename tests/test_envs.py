@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mujoco
+import numpy as np
 import pytest
 
 from dynsparse import collect, envs, errors
@@ -60,3 +61,22 @@ def test_unknown_names():
         envs.load("CartpoleBalance", "float16")
     with pytest.raises(errors.UserError, match="'float32' is not supported yet"):
         envs.load("CartpoleBalance", "float32")
+
+
+def test_contact_pairs_cover_every_contact_slot_mjx_makes():
+    import jax
+
+    from dynsparse import envs
+
+    spec = envs.load("CheetahRun")
+    names, table = envs.contact_pairs(spec)
+    state = jax.jit(spec.env.reset)(jax.random.PRNGKey(0))
+    geoms = np.asarray(state.data._impl.contact.geom)
+    assert geoms.shape[0] == 6
+    idx = table[geoms[:, 0], geoms[:, 1]]
+    assert (idx >= 0).all()
+    geom_name = lambda g: mujoco.mj_id2name(spec.mj_model, mujoco.mjtObj.mjOBJ_GEOM, int(g))  # noqa: E731
+    assert [names[i] for i in idx] == [f"{geom_name(a)}|{geom_name(b)}" for a, b in geoms]
+    assert names[idx[1]] == "ground|bfoot"
+    active = np.asarray(envs.active_contact_pairs(state.data, table, len(names)))
+    assert active.sum() <= int(envs.count_contacts(state.data)) and active.shape == (len(names),)

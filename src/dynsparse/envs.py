@@ -274,8 +274,9 @@ def count_contacts(data: Any) -> jax.Array:
 def contact_pairs(spec: EnvSpec) -> tuple[tuple[str, ...], np.ndarray]:
     """The geom pairs MJX can put in contact, and a lookup table from geom ids to pair index.
 
-    Uses MJX's own static candidate list (``collision_driver.geom_pairs``), so every contact the
-    simulator can make has a pair; unnamed geoms are called ``geom<id>``.
+    Uses MJX's own static candidate list (``collision_driver.geom_pairs``, pairs of types that
+    have a collision function), so every contact the simulator can make has a pair; unnamed
+    geoms are called ``geom<id>``.
 
     Returns:
       ``(names, table)``: names ``'geom1|geom2'`` (n_pairs,), and an ``(ngeom, ngeom)`` int32
@@ -287,7 +288,7 @@ def contact_pairs(spec: EnvSpec) -> tuple[tuple[str, ...], np.ndarray]:
     table = np.full((m.ngeom, m.ngeom), -1, np.int32)
     names = []
     for g1, g2, _ in collision_driver.geom_pairs(m):
-        if table[g1, g2] >= 0:
+        if table[g1, g2] >= 0 or not collision_driver.has_collision_fn(m.geom_type[g1], m.geom_type[g2]):
             continue
         table[g1, g2] = table[g2, g1] = len(names)
         names.append("|".join(mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, g) or f"geom{g}" for g in (g1, g2)))

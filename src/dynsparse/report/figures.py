@@ -125,6 +125,8 @@ def timeseries(sparsity: dict[str, np.ndarray], n_contacts: np.ndarray, switches
 def run_lengths(runs: dict[str, Any], summary: dict[str, Any], title: str) -> Any:
     """Log-log histograms of zero-run and non-zero-run lengths with the means marked."""
     plt = _plt()
+    from matplotlib.ticker import FuncFormatter
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     for ax, is_zero, key, color in ((axes[0], True, "zero_runs", "tab:blue"), (axes[1], False, "nonzero_runs", "tab:orange")):
         lengths = runs["length"][runs["zero"] == is_zero]
@@ -137,6 +139,9 @@ def run_lengths(runs: dict[str, Any], summary: dict[str, Any], title: str) -> An
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, f"no {label} runs\n(no entry switches)", ha="center", va="center", transform=ax.transAxes)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+            axis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
         ax.set_xlabel(f"length of a {label} run (steps)")
         ax.set_ylabel("runs")
     fig.suptitle(title)

@@ -139,6 +139,11 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
         elif kind == "embedding":
             parts.append(f"<p>t-SNE: {html.escape(summary['embedding'].get('note', ''))}</p>")
     parts.append(extra_figures)
+    levels = sorted(summary["local"]["levels"]["both"], key=lambda r: -r["share"])
+    parts.append(
+        f"<p>Per-sample sparsity of [J_s | J_a] takes {summary['local']['n_levels']['both']} distinct value(s); the most "
+        "common: " + ", ".join(f"{r['sparsity']:.3f} ({100 * r['share']:.1f}% of steps)" for r in levels[:5]) + ".</p>"
+    )
     clus = summary["temporal"]["clustering"]
     runs = summary["temporal"]["runs"]
     parts.append("<h3>Temporal structure</h3>")
