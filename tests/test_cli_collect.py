@@ -18,7 +18,7 @@ def test_collect_structure_validate(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
     ds = xr.open_zarr(out)  # plain xarray, no dynsparse
-    assert dict(ds.sizes) == {"episode": 2, "step": 20, "out": 4, "state_in": 4, "action_in": 1, "dof": 2}
+    assert dict(ds.sizes) == {"episode": 2, "step": 20, "out": 4, "state_in": 4, "action_in": 1, "dof": 2, "contact_pair": 0}
     assert list(ds["state_in"].values) == ["qpos:slider", "qpos:hinge_1", "qvel:slider", "qvel:hinge_1"]
     assert ds.attrs["env"] == "CartpoleBalance" and ds.attrs["backend"] == "autodiff"
     assert ds.attrs["dtype"] == "float64" and ds.attrs["n_substeps"] == 1

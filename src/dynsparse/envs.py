@@ -286,7 +286,9 @@ def contact_pairs(spec: EnvSpec) -> tuple[tuple[str, ...], np.ndarray]:
 
     m = spec.mj_model
     table = np.full((m.ngeom, m.ngeom), -1, np.int32)
-    names = []
+    names: list[str] = []
+    if m.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_CONTACT:  # e.g. the Cartpole tasks
+        return (), table
     for g1, g2, _ in collision_driver.geom_pairs(m):
         if table[g1, g2] >= 0 or not collision_driver.has_collision_fn(m.geom_type[g1], m.geom_type[g2]):
             continue
