@@ -32,7 +32,7 @@ from dynsparse.metrics import contacts, coverage, embedding, local, sparsity, st
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
-STAGES = ("structure", "local", "temporal", "contacts", "coverage", "thresholds", "embedding", "figures")
+STAGES = ("structure", "local", "temporal", "contacts", "coverage", "thresholds", "embedding", "tables", "figures")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +118,8 @@ def analyze(path: str | Path, out: str | Path, options: AnalyzeOptions = Analyze
     options = options.validated()
     path, out = Path(path), Path(out)
     ds = dataset.open_dataset(path)
+    if options.episode is not None and not 0 <= options.episode < ds.sizes["episode"]:
+        raise errors.UserError(f"episode {options.episode} does not exist; allowed: 0 .. {ds.sizes['episode'] - 1}")
     ident = {"dataset": _dataset_identity(ds, path), "options": options.identity()}
     if out.exists():
         prior = existing_summary(out)
@@ -160,111 +162,50 @@ def _json_default(x: Any) -> Any:
 
 def _compute(ds: Any, out: Path, options: AnalyzeOptions, stage: Callable[[str], None]) -> dict[str, Any]:
     """Every metric, table and figure of one dataset; returns the summary dict."""
-    import pandas as pd
-
-    from dynsparse.report import figures
-
     sw = _Stopwatch(stage)
-    tables = out / "tables"
-    figs = out / "figures"
+    tables, figs = out / "tables", out / "figures"
     tables.mkdir()
     figs.mkdir()
-    env = str(ds.attrs.get("env"))
-    policy = json.loads(ds.attrs.get("policy", "null"))
-    label = f"{env} ({_policy_label(policy)}, seed {ds.attrs.get('seed')})"
-
+    r: dict[str, Any] = {}
     sw.start("structure")
-    q1 = structure.global_structure(ds, options.threshold, options.kind)
-
+    r["q1"] = structure.global_structure(ds, options.threshold, options.kind)
     sw.start("local")
     masks = sparsity.masks_of(ds, options.threshold, options.kind)
-    sp = local.per_sample_sparsity(masks)
-    hist = local.histogram(masks, options.bin_width)
-    lv = local.levels(masks)
-    pooled = local.zero_frequency_pooled(masks)
-    per_episode = local.zero_frequency_per_episode(masks)
-    per_step_switch = temporal.switches_per_step(masks)
-    e_idx, s_idx = np.nonzero(masks.valid)
-    pd.DataFrame({
-        "episode": e_idx, "step": s_idx, "counted": masks.counted[e_idx, s_idx],
-        "n_contacts": masks.n_contacts[e_idx, s_idx], "sparsity_J_s": sp["J_s"][e_idx, s_idx],
-        "sparsity_J_a": sp["J_a"][e_idx, s_idx], "sparsity_both": sp["both"][e_idx, s_idx],
-        "switching_entries": per_step_switch[e_idx, s_idx],
-    }).to_csv(tables / "per_step.csv", index=False)
-    for name, cols in (("J_s", masks.state_in), ("J_a", masks.action_in)):
-        pd.DataFrame(pooled[name], index=pd.Index(masks.out, name="out"), columns=list(cols)).to_csv(tables / f"zero_frequency_{name}.csv")
-        e, o, i = np.meshgrid(np.arange(per_episode[name].shape[0]), np.arange(len(masks.out)), np.arange(len(cols)), indexing="ij")
-        pd.DataFrame({"episode": e.ravel(), "out": np.asarray(masks.out)[o.ravel()], "in": np.asarray(cols)[i.ravel()],
-                      "zero_percent": per_episode[name].ravel()}).to_csv(tables / f"zero_frequency_{name}_per_episode.csv", index=False)
-    pd.DataFrame([{"matrix": k, **row} for k in lv for row in lv[k]]).to_csv(tables / "sparsity_levels.csv", index=False)
-    pd.DataFrame({"bin_low": hist["edges"][:-1], "bin_high": hist["edges"][1:],
-                  **{f"steps_{k}": hist[k]["counts"] for k in local.MATRICES}}).to_csv(tables / "histogram.csv", index=False)
-
+    r["sp"] = local.per_sample_sparsity(masks)
+    r["hist"] = local.histogram(masks, options.bin_width)
+    r["levels"] = local.levels(masks)
+    r["pooled"] = local.zero_frequency_pooled(masks)
+    r["per_episode"] = local.zero_frequency_per_episode(masks)
+    r["switch"] = temporal.switches_per_step(masks)
     sw.start("temporal")
-    runs = temporal.run_lengths(masks)
-    run_sum = temporal.run_summary(runs)
-    names = temporal.entry_names(masks)
-    pd.DataFrame({
-        "episode": runs["episode"], "matrix": [names[j][0] for j in runs["entry"]],
-        "out": [names[j][1] for j in runs["entry"]], "in": [names[j][2] for j in runs["entry"]],
-        "zero": runs["zero"], "length": runs["length"], "censored": runs["censored"],
-    }).to_csv(tables / "runs.csv", index=False)
-    clus = temporal.clustering(per_step_switch > 0, masks.counted, options.shuffles, options.seed)
-
+    r["runs"] = temporal.run_lengths(masks)
+    r["run_summary"] = temporal.run_summary(r["runs"])
+    r["clustering"] = temporal.clustering(r["switch"] > 0, masks.counted, options.shuffles, options.seed)
     sw.start("contacts")
-    by_contacts = contacts.sparsity_by_contacts(masks)
-    align = contacts.alignment(masks, options.windows)
-    by_var = contacts.switches_by_variable(masks)
-    pd.DataFrame(by_contacts).to_csv(tables / "sparsity_by_contacts.csv", index=False)
-    pd.DataFrame(align).to_csv(tables / "contact_alignment.csv", index=False)
-    pd.DataFrame([{"kind": k, **row} for k in by_var for row in by_var[k]]).to_csv(tables / "switches_by_variable.csv", index=False)
-
+    r["by_contacts"] = contacts.sparsity_by_contacts(masks)
+    r["alignment"] = contacts.alignment(masks, options.windows)
+    r["by_variable"] = contacts.switches_by_variable(masks)
     sw.start("coverage")
-    cov = coverage.global_zero_curve(masks)
-    pd.DataFrame({"steps": cov["steps"], "J_s": cov["J_s"], "J_a": cov["J_a"]}).to_csv(tables / "coverage.csv", index=False)
-
+    r["coverage"] = coverage.global_zero_curve(masks)
     sw.start("thresholds")
-    sens = thresholds.sensitivity(ds)
-    rows = []
-    for kind in ("absolute", "relative"):
-        s = sens[kind]
-        for i, t in enumerate(s["thresholds"]):
-            rows.append({"kind": kind, "threshold": t, **{
-                f"{m}_{k}": (s[m][k][i] if s[m][k] is not None else None)
-                for m in ("global_zero_percent", "mean_sparsity") for k in ("J_s", "J_a", "both")}})
-    pd.DataFrame(rows).to_csv(tables / "thresholds.csv", index=False)
-
+    r["thresholds"] = thresholds.sensitivity(ds)
     sw.start("embedding")
-    emb = None
-    emb_note = "not computed (--no-tsne)"
-    if options.tsne:
-        if int(masks.counted.sum()) >= 4:
-            emb = embedding.embed(ds, sp["both"], options.perplexity, options.max_points, options.seed)
-            pd.DataFrame({k: emb[k] for k in ("episode", "step", "x", "y", "sparsity")}).to_csv(tables / "embedding.csv", index=False)
-            emb_note = None
-        else:
-            emb_note = "not computed: fewer than 4 counted steps"
-
+    r["embedding"], r["embedding_note"] = None, "not computed (--no-tsne)"
+    if options.tsne and int(masks.counted.sum()) >= 4:
+        r["embedding"] = embedding.embed(ds, r["sp"]["both"], options.perplexity, options.max_points, options.seed)
+        r["embedding_note"] = None
+    elif options.tsne:
+        r["embedding_note"] = "not computed: fewer than 4 counted steps"
+    sw.start("tables")
+    _write_tables(r, masks, tables)
     sw.start("figures")
-    episode = _pick_episode(options.episode, per_step_switch, masks.counted)
-    made = {
-        "zero_frequency": figures.zero_frequency(pooled, masks.out, masks.state_in, masks.action_in,
-                                                 f"{label}: % of {int(masks.counted.sum())} steps each entry is zero"),
-        "histogram": figures.histogram(hist, f"{label}: per-sample sparsity"),
-        "timeseries": figures.timeseries({k: sp[k][episode] for k in local.MATRICES}, masks.n_contacts[episode],
-                                         per_step_switch[episode], f"{label}: episode {episode}"),
-        "run_lengths": figures.run_lengths(runs, run_sum, f"{label}: runs of consecutive zero / non-zero steps"),
-        "thresholds": figures.thresholds(sens, options.threshold if options.kind == "absolute" else sparsity.DEFAULT_THRESHOLD,
-                                         f"{label}: threshold sensitivity"),
-        "coverage": figures.coverage([(_policy_label(policy), cov)], f"{label}: global zeros vs data pooled"),
-    }
-    if emb is not None:
-        made["embedding"] = figures.embedding(emb, f"{label}: t-SNE of (s, a, s')")
-    figure_files = {}
-    for kind, fig in made.items():
-        figure_files[kind] = [p.name for p in figures.save(fig, figs / kind, options.formats)]
+    policy = json.loads(ds.attrs.get("policy", "null"))
+    label = f"{ds.attrs.get('env')} ({_policy_label(policy)}, seed {ds.attrs.get('seed')})"
+    episode = _pick_episode(options.episode, r["switch"], masks.counted)
+    figure_files = _write_figures(r, masks, options, label, _policy_label(policy), episode, figs)
     sw.stop()
-
+    cand = temporal.candidate_steps(masks.counted)
+    emb = r["embedding"]
     summary = {
         "env": str(ds.attrs.get("env")),
         "policy": policy,
@@ -278,16 +219,17 @@ def _compute(ds: Any, out: Path, options: AnalyzeOptions, stage: Callable[[str],
                  "valid_steps": int(masks.valid.sum()), "counted_steps": int(masks.counted.sum())},
         "options": options.identity(),
         "contact_definition": ds.attrs.get("contact_definition"),
-        "global": q1,
-        "local": {"histogram": hist, "levels": {k: v[:50] for k, v in lv.items()}, "n_levels": {k: len(v) for k, v in lv.items()}},
-        "temporal": {"runs": run_sum, "clustering": clus,
-                     "switches_per_step_mean": float(per_step_switch[temporal._candidate_steps(masks.counted)].mean())
-                     if temporal._candidate_steps(masks.counted).any() else None},
-        "contacts": {"by_count": by_contacts, "alignment": align,
-                     "top_switching": {k: v[:10] for k, v in by_var.items()}},
-        "coverage": cov,
-        "thresholds": sens,
-        "embedding": {"note": emb_note} if emb is None else {k: emb[k] for k in ("perplexity", "requested_perplexity", "points", "of", "seed")},
+        "global": r["q1"],
+        "local": {"histogram": r["hist"], "levels": {k: v[:50] for k, v in r["levels"].items()},
+                  "n_levels": {k: len(v) for k, v in r["levels"].items()}},
+        "temporal": {"runs": r["run_summary"], "clustering": r["clustering"],
+                     "switches_per_step_mean": float(r["switch"][cand].mean()) if cand.any() else None},
+        "contacts": {"by_count": r["by_contacts"], "alignment": r["alignment"],
+                     "top_switching": {k: v[:10] for k, v in r["by_variable"].items()}},
+        "coverage": r["coverage"],
+        "thresholds": r["thresholds"],
+        "embedding": {"note": r["embedding_note"]} if emb is None else
+                     {k: emb[k] for k in ("perplexity", "requested_perplexity", "points", "of", "seed")},
         "timeseries_episode": episode,
         "figures": figure_files,
         "timing_s": sw.timing,
@@ -295,6 +237,76 @@ def _compute(ds: Any, out: Path, options: AnalyzeOptions, stage: Callable[[str],
     }
     summary["table"] = table_row(summary)
     return summary
+
+
+def _write_tables(r: dict[str, Any], masks: sparsity.Masks, tables: Path) -> None:
+    """The CSV tables of the results ``r`` of ``_compute``."""
+    import pandas as pd
+
+    sp, switch = r["sp"], r["switch"]
+    e_idx, s_idx = np.nonzero(masks.valid)
+    pd.DataFrame({
+        "episode": e_idx, "step": s_idx, "counted": masks.counted[e_idx, s_idx],
+        "n_contacts": masks.n_contacts[e_idx, s_idx], "sparsity_J_s": sp["J_s"][e_idx, s_idx],
+        "sparsity_J_a": sp["J_a"][e_idx, s_idx], "sparsity_both": sp["both"][e_idx, s_idx],
+        "switching_entries": switch[e_idx, s_idx],
+    }).to_csv(tables / "per_step.csv", index=False)
+    for name, cols in (("J_s", masks.state_in), ("J_a", masks.action_in)):
+        pd.DataFrame(r["pooled"][name], index=pd.Index(masks.out, name="out"), columns=list(cols)).to_csv(
+            tables / f"zero_frequency_{name}.csv")
+        per = r["per_episode"][name]
+        e, o, i = np.meshgrid(np.arange(per.shape[0]), np.arange(len(masks.out)), np.arange(len(cols)), indexing="ij")
+        pd.DataFrame({"episode": e.ravel(), "out": np.asarray(masks.out)[o.ravel()], "in": np.asarray(cols)[i.ravel()],
+                      "zero_percent": per.ravel()}).to_csv(tables / f"zero_frequency_{name}_per_episode.csv", index=False)
+    pd.DataFrame([{"matrix": k, **row} for k in r["levels"] for row in r["levels"][k]]).to_csv(tables / "sparsity_levels.csv", index=False)
+    hist = r["hist"]
+    pd.DataFrame({"bin_low": hist["edges"][:-1], "bin_high": hist["edges"][1:],
+                  **{f"steps_{k}": hist[k]["counts"] for k in local.MATRICES}}).to_csv(tables / "histogram.csv", index=False)
+    runs, names = r["runs"], temporal.entry_names(masks)
+    pd.DataFrame({
+        "episode": runs["episode"], "matrix": [names[j][0] for j in runs["entry"]],
+        "out": [names[j][1] for j in runs["entry"]], "in": [names[j][2] for j in runs["entry"]],
+        "zero": runs["zero"], "length": runs["length"], "censored": runs["censored"],
+    }).to_csv(tables / "runs.csv", index=False)
+    pd.DataFrame(r["by_contacts"]).to_csv(tables / "sparsity_by_contacts.csv", index=False)
+    pd.DataFrame(r["alignment"]).to_csv(tables / "contact_alignment.csv", index=False)
+    pd.DataFrame([{"kind": k, **row} for k in r["by_variable"] for row in r["by_variable"][k]]).to_csv(
+        tables / "switches_by_variable.csv", index=False)
+    cov = r["coverage"]
+    pd.DataFrame({"steps": cov["steps"], "J_s": cov["J_s"], "J_a": cov["J_a"]}).to_csv(tables / "coverage.csv", index=False)
+    rows = []
+    for kind, s in r["thresholds"].items():
+        for i, t in enumerate(s["thresholds"]):
+            rows.append({"kind": kind, "threshold": t, **{
+                f"{m}_{k}": (s[m][k][i] if s[m][k] is not None else None)
+                for m in ("global_zero_percent", "mean_sparsity") for k in ("J_s", "J_a", "both")}})
+    pd.DataFrame(rows).to_csv(tables / "thresholds.csv", index=False)
+    if r["embedding"] is not None:
+        pd.DataFrame({k: r["embedding"][k] for k in ("episode", "step", "x", "y", "sparsity")}).to_csv(
+            tables / "embedding.csv", index=False)
+
+
+def _write_figures(r: dict[str, Any], masks: sparsity.Masks, options: AnalyzeOptions, label: str,
+                   policy_label: str, episode: int, figs: Path) -> dict[str, list[str]]:
+    """The figures of the results ``r`` of ``_compute``; returns kind -> file names."""
+    from dynsparse.report import figures
+
+    sp = r["sp"]
+    default = options.threshold if options.kind == "absolute" else sparsity.DEFAULT_THRESHOLD
+    makers = {
+        "zero_frequency": lambda: figures.zero_frequency(
+            r["pooled"], masks.out, masks.state_in, masks.action_in,
+            f"{label}: % of {int(masks.counted.sum())} steps each entry is zero"),
+        "histogram": lambda: figures.histogram(r["hist"], f"{label}: per-sample sparsity"),
+        "timeseries": lambda: figures.timeseries({k: sp[k][episode] for k in local.MATRICES}, masks.n_contacts[episode],
+                                                 r["switch"][episode], f"{label}: episode {episode}"),
+        "run_lengths": lambda: figures.run_lengths(r["runs"], r["run_summary"], f"{label}: runs of consecutive zero / non-zero steps"),
+        "thresholds": lambda: figures.thresholds(r["thresholds"], default, f"{label}: threshold sensitivity"),
+        "coverage": lambda: figures.coverage([(policy_label, r["coverage"])], f"{label}: global zeros vs data pooled"),
+    }
+    if r["embedding"] is not None:
+        makers["embedding"] = lambda: figures.embedding(r["embedding"], f"{label}: t-SNE of (s, a, s')")
+    return {kind: [p.name for p in figures.save(make(), figs / kind, options.formats)] for kind, make in makers.items()}
 
 
 class _Stopwatch:

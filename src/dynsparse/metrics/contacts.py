@@ -82,7 +82,7 @@ def alignment(masks: Masks, windows: tuple[int, ...] = DEFAULT_WINDOWS) -> list[
     from scipy import stats
 
     per_step = temporal.switches_per_step(masks)
-    cand = temporal._candidate_steps(masks.counted)
+    cand = temporal.candidate_steps(masks.counted)
     events = (per_step > 0) & cand
     changes = contact_changes(masks.n_contacts, masks.valid, masks.contact_pairs)
     rows = []

@@ -135,7 +135,7 @@ def burstiness(gaps: np.ndarray) -> float | None:
     return float((sigma - mu) / (sigma + mu))
 
 
-def _candidate_steps(counted: np.ndarray) -> np.ndarray:
+def candidate_steps(counted: np.ndarray) -> np.ndarray:
     """``(episode, step)`` bool: steps at which a switch can be observed (this and the previous
     step counted)."""
     cand = np.zeros_like(counted)
@@ -172,7 +172,7 @@ def clustering(event_steps: np.ndarray, counted: np.ndarray, n_shuffles: int = D
       "shuffled": {"burstiness_mean", "burstiness_q05", "burstiness_q95", "mean_gap", "share_gap_1"},
       "p_value", "n_shuffles"}``; statistics are None when there are too few events.
     """
-    cand = _candidate_steps(counted)
+    cand = candidate_steps(counted)
     events = event_steps & cand
     gaps = _pooled_gaps(events)
     rng = np.random.default_rng(seed)
