@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dynsparse import errors, policies
 from dynsparse.policies import base
+from dynsparse.policies import noise as noise_lib
 
 
-def _spectral_slope(beta: float, n_steps: int = 4096, n_seq: int = 200) -> float:
-    x = policies.colored_noise(beta, n_steps, n_seq, np.random.default_rng(0))
+def _noise(impl: str, beta: float, n_steps: int, n_seq: int, seed: int) -> np.ndarray:
+    if impl == "numpy":
+        return policies.colored_noise(beta, n_steps, n_seq, np.random.default_rng(seed))
+    return np.asarray(noise_lib.colored_noise_jax(jax.random.PRNGKey(seed), beta, n_steps, n_seq))
+
+
+def _spectral_slope(beta: float, n_steps: int = 4096, n_seq: int = 200, impl: str = "numpy") -> float:
+    x = _noise(impl, beta, n_steps, n_seq, 0)
     power = np.mean(np.abs(np.fft.rfft(x, axis=0)) ** 2, axis=1)[1:]
     f = np.fft.rfftfreq(n_steps)[1:]
     band = (f > 2.0 / n_steps) & (f < 0.25)  # away from the DC cut-off and from aliasing
@@ -19,14 +27,16 @@ def _spectral_slope(beta: float, n_steps: int = 4096, n_seq: int = 200) -> float
     return float(slope)
 
 
+@pytest.mark.parametrize("impl", ["numpy", "jax"])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 2.0])
-def test_colored_noise_power_spectrum_slope_is_minus_beta(beta):
-    assert _spectral_slope(beta) == pytest.approx(-beta, abs=0.1)
+def test_colored_noise_power_spectrum_slope_is_minus_beta(beta, impl):
+    assert _spectral_slope(beta, impl=impl) == pytest.approx(-beta, abs=0.1)
 
 
+@pytest.mark.parametrize("impl", ["numpy", "jax"])
 @pytest.mark.parametrize("beta", [0.0, 1.0, 2.0])
-def test_colored_noise_has_unit_variance(beta):
-    x = policies.colored_noise(beta, 1000, 2000, np.random.default_rng(1))
+def test_colored_noise_has_unit_variance(beta, impl):
+    x = _noise(impl, beta, 1000, 2000, 1)
     assert x.shape == (1000, 2000)
     # variance across independent sequences at each time, averaged: 1 in expectation
     assert np.var(x, axis=1).mean() == pytest.approx(1.0, rel=0.05)
@@ -64,5 +74,9 @@ def test_config_round_trip():
     pol = policies.make("colored", beta=0.5, scale=0.3)
     again = base.from_config(pol.config())
     assert again.config() == {"name": "colored", "beta": 0.5, "scale": 0.3}
-    with pytest.raises(errors.UserError, match="unknown policy"):
+    with pytest.raises(errors.UserError, match="unknown policy 'expert'"):
+        base.from_config({"name": "expert"})
+    with pytest.raises(errors.UserError, match="policy 'ppo' needs a checkpoint folder"):
         base.from_config({"name": "ppo"})
+    with pytest.raises(errors.UserError, match="bad options for policy 'colored'"):
+        base.from_config({"name": "colored", "colour": "red"})

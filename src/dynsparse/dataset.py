@@ -46,7 +46,6 @@ unit with identical values.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
 import os
 import shutil
@@ -56,7 +55,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dynsparse import errors
+from dynsparse import errors, versions
 
 FORMAT = "dynsparse-dataset"
 FORMAT_VERSION = 2  # 2: contact_pairs
@@ -83,13 +82,7 @@ _VERSION_PACKAGES = (
 
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages a dataset depends on."""
-    out = {}
-    for name in _VERSION_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return versions.package_versions(_VERSION_PACKAGES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,6 +47,10 @@ class Policy(abc.ABC):
           ``(nu,)`` action, inside ``[low, high]``.
         """
 
+    def check_env(self, spec: Any) -> None:
+        """Raise ``UserError`` if this policy cannot act in ``spec`` (an ``envs.EnvSpec``; default: it can)."""
+        del spec
+
     def batch_noise(self, seed: int, episodes: np.ndarray, n_steps: int, action_size: int) -> np.ndarray:
         """``(len(episodes), n_steps, action_size)``: ``episode_noise`` stacked over episodes."""
         return np.stack([self.episode_noise(seed, int(e), n_steps, action_size) for e in episodes])
@@ -101,13 +105,27 @@ class ColoredNoisePolicy(Policy):
 
 
 POLICIES = {"random": RandomPolicy, "colored": ColoredNoisePolicy}
+#: all policy names (``ppo`` is imported on first use: it needs a checkpoint)
+NAMES = ("random", "colored", "ppo")
 
 
 def make(name: str, **kwargs: Any) -> Policy:
-    """Build a policy by name (``random`` or ``colored``) with its keyword options."""
-    if name not in POLICIES:
-        raise errors.UserError(f"unknown policy {name!r}; allowed: {', '.join(POLICIES)}")
-    return POLICIES[name](**kwargs)
+    """Build a policy by name (``random``, ``colored`` or ``ppo``) with its keyword options."""
+    if name == "ppo":
+        from dynsparse.policies.ppo import PPOPolicy
+
+        if "checkpoint" not in kwargs:
+            raise errors.UserError("policy 'ppo' needs a checkpoint folder (checkpoint=DIR; --policy ppo:DIR)")
+
+        cls: type[Policy] = PPOPolicy
+    elif name in POLICIES:
+        cls = POLICIES[name]
+    else:
+        raise errors.UserError(f"unknown policy {name!r}; allowed: {', '.join(NAMES)}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise errors.UserError(f"bad options for policy {name!r}: {e}") from None
 
 
 def from_config(config: dict[str, Any]) -> Policy:

@@ -1,0 +1,406 @@
+"""Train a PPO policy with brax's trainer and Playground's published DM-Control hyper-parameters.
+
+``train(TrainConfig(env="CheetahRun"), out)`` runs ``brax.training.agents.ppo.train`` with
+``mujoco_playground.config.dm_control_suite_params.brax_ppo_config(env)`` (optionally a scaled
+step budget and overrides), on the accelerator JAX finds (GPU when present, else CPU), in float32,
+on the MJX JAX implementation (``impl="jax"``, the one dynsparse differentiates). Exploration uses
+colored noise of exponent ``noise_beta`` (see ``ppo_networks``; beta 0 is brax's white noise).
+
+After every evaluation the checkpoint in ``out`` is replaced (crash-safe, see ``checkpoint``), so an
+interrupted run leaves its latest evaluated policy, marked ``"complete": false``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dynsparse import errors
+from dynsparse.policies import checkpoint
+from dynsparse.policies import noise as noise_lib
+from dynsparse.versions import package_versions
+
+#: brax ``ppo.train`` keywords a user may override (numbers and booleans only)
+_NOT_OVERRIDABLE = {"environment", "num_timesteps", "network_factory", "wrap_env_fn", "progress_fn",
+                    "policy_params_fn", "seed", "eval_env", "randomization_fn", "save_checkpoint_path",
+                    "restore_checkpoint_path", "restore_params", "wrap_env", "vision", "augment_pixels",
+                    "learning_rate_schedule", "normalize_observations_mode", "max_devices_per_host",
+                    "training_metrics_steps"}
+VERSIONS = ("dynsparse", "jax", "jaxlib", "brax", "flax", "optax", "mujoco", "mujoco-mjx", "playground")
+DEFAULT_TRAIN_BETA = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training run.
+
+    Attributes:
+      env: a DM-Control-suite name in MuJoCo Playground (``CheetahRun``, ...).
+      timesteps: environment steps to train; ``None`` = the published budget times ``budget_scale``.
+      budget_scale: fraction (> 0) of the published budget, used when ``timesteps`` is ``None``.
+      noise_beta: exploration-noise exponent (0 white, 0.5 the paper's best for PPO, 1 pink, 2 red).
+      seed: training seed.
+      overrides: brax ``ppo.train`` keywords replacing published values (``num_envs``, ...).
+      policy_hidden, value_hidden: hidden layer widths (brax's defaults, as Playground uses).
+    """
+
+    env: str
+    timesteps: int | None = None
+    budget_scale: float = 1.0
+    noise_beta: float = DEFAULT_TRAIN_BETA
+    seed: int = 0
+    overrides: tuple[tuple[str, Any], ...] = ()
+    policy_hidden: tuple[int, ...] = (32, 32, 32, 32)
+    value_hidden: tuple[int, ...] = (256, 256, 256, 256, 256)
+
+    def validated(self) -> "TrainConfig":
+        """Check every field (raises ``UserError`` naming the first bad value)."""
+        names = dm_control_names()
+        if self.env not in names:
+            raise errors.UserError(
+                f"train-policy supports the DM-Control suite environments of MuJoCo Playground; {self.env!r} is not one "
+                f"(allowed: {', '.join(names)})"
+            )
+        if self.timesteps is not None and (isinstance(self.timesteps, bool) or not isinstance(self.timesteps, (int, np.integer)) or self.timesteps <= 0):
+            raise errors.UserError(f"timesteps must be an integer > 0, got {self.timesteps!r}")
+        if not (isinstance(self.budget_scale, (int, float)) and math.isfinite(self.budget_scale) and self.budget_scale > 0):
+            raise errors.UserError(f"budget-scale must be a finite number > 0, got {self.budget_scale!r}")
+        noise_lib.check_beta(self.noise_beta)
+        for name in ("policy_hidden", "value_hidden"):
+            sizes = getattr(self, name)
+            if not sizes or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0 for s in sizes):
+                raise errors.UserError(f"{name.replace('_', '-')} must be layer widths > 0, got {sizes!r}")
+        rl = self.rl_config()
+        for key in ("num_envs", "batch_size", "num_minibatches", "unroll_length", "num_evals", "episode_length"):
+            if not isinstance(rl[key], int) or rl[key] <= 0:
+                raise errors.UserError(f"{key} must be an integer > 0, got {rl[key]!r}")
+        if (rl["batch_size"] * rl["num_minibatches"]) % rl["num_envs"]:
+            raise errors.UserError(
+                f"batch_size * num_minibatches ({rl['batch_size']} * {rl['num_minibatches']}) must be a multiple of "
+                f"num_envs ({rl['num_envs']}), as brax's PPO requires"
+            )
+        return self
+
+    def rl_config(self) -> dict[str, Any]:
+        """The brax ``ppo.train`` keywords: published values, budget, overrides."""
+        from mujoco_playground.config import dm_control_suite_params
+
+        published = dict(dm_control_suite_params.brax_ppo_config(self.env))
+        rl = dict(published)
+        rl["num_timesteps"] = int(self.timesteps) if self.timesteps is not None else max(1, round(published["num_timesteps"] * self.budget_scale))
+        allowed = overridable_keys()
+        for key, value in self.overrides:
+            if key not in allowed:
+                raise errors.UserError(f"cannot set {key!r}; allowed: {', '.join(sorted(allowed))}")
+            expected = type(rl[key]) if key in rl else type(allowed[key])
+            try:
+                rl[key] = _cast(value, expected)
+            except (TypeError, ValueError):
+                raise errors.UserError(f"{key}={value!r} is not a valid {expected.__name__}") from None
+        return rl
+
+
+def _cast(value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes"):
+                return True
+            if value.lower() in ("0", "false", "no"):
+                return False
+            raise ValueError(value)
+        return bool(value)
+    if kind is int:
+        f = float(value)
+        if not f.is_integer():
+            raise ValueError(value)
+        return int(f)
+    if kind is float:
+        f = float(value)
+        if not math.isfinite(f):
+            raise ValueError(value)
+        return f
+    raise TypeError(kind)
+
+
+@functools.lru_cache(maxsize=1)
+def overridable_keys() -> dict[str, Any]:
+    """brax ``ppo.train`` keywords with number/bool defaults that ``--set`` may change."""
+    from brax.training.agents.ppo import train as ppo
+
+    out: dict[str, Any] = {}
+    for name, p in inspect.signature(ppo.train).parameters.items():
+        if name in _NOT_OVERRIDABLE:
+            continue
+        default = p.default
+        if isinstance(default, (bool, int, float)) or default is None and name in ("max_grad_norm", "episode_length", "clipping_epsilon_value", "normalize_until_count"):
+            out[name] = 0.0 if default is None else default
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def dm_control_names() -> tuple[str, ...]:
+    from mujoco_playground import registry
+
+    return tuple(registry.dm_control_suite.ALL_ENVS)
+
+
+@dataclasses.dataclass
+class EvalPoint:
+    """One evaluation: steps trained, mean/std episode return, seconds since start."""
+
+    steps: int
+    return_mean: float
+    return_std: float
+    elapsed_s: float
+
+
+def make_colored_noise_wrapper(n_obs: int, nu: int, beta: float, length: int) -> Callable[..., Any]:
+    """A brax ``wrap_env_fn``: Playground's training wrappers, then ``ColoredNoiseWrapper``."""
+    from mujoco_playground._src import wrapper as pg_wrapper
+
+    def wrap(env: Any, episode_length: int, action_repeat: int, randomization_fn: Any = None) -> Any:
+        inner = pg_wrapper.wrap_for_brax_training(env, episode_length=episode_length, action_repeat=action_repeat,
+                                                  randomization_fn=randomization_fn)
+        return ColoredNoiseWrapper(inner, n_obs, nu, beta, length)
+
+    return wrap
+
+
+def _colored_noise_wrapper_class() -> type:
+    from mujoco_playground._src import wrapper as pg_wrapper
+
+    class _ColoredNoiseWrapper(pg_wrapper.Wrapper):
+        """Appends this step's exploration noise ``eps_t`` (``nu`` values) to the observation.
+
+        Operates on the batched (training-wrapped) environment. Each environment holds a colored
+        noise sequence of ``length`` steps; it advances one entry per step and is redrawn when the
+        episode ends (only then is the FFT computed: ``lax.cond`` on any episode ending).
+        """
+
+        def __init__(self, env: Any, n_obs: int, nu: int, beta: float, length: int):
+            super().__init__(env)
+            self.n_obs, self.nu, self.beta, self.length = n_obs, nu, float(beta), int(length)
+
+        def _draw(self, key: Any, n: int) -> Any:
+            import jax.numpy as jnp
+
+            x = noise_lib.colored_noise_jax(key, self.beta, self.length, n * self.nu)
+            return jnp.transpose(x.reshape(self.length, n, self.nu), (1, 0, 2))
+
+        def _with_noise(self, state: Any) -> Any:
+            import jax.numpy as jnp
+
+            noise, t = state.info["cn_noise"], state.info["cn_t"]
+            eps = jnp.take_along_axis(noise, (t % self.length)[:, None, None], axis=1)[:, 0]
+            return state.replace(obs=jnp.concatenate([state.obs, eps.astype(state.obs.dtype)], axis=-1))
+
+        def reset(self, rng: Any) -> Any:
+            import jax
+            import jax.numpy as jnp
+
+            state = self.env.reset(rng)
+            n = rng.shape[0]
+            key = jax.random.fold_in(rng[0], 0xC0105ED)
+            key, sub = jax.random.split(key)
+            state.info["cn_key"] = key
+            state.info["cn_noise"] = self._draw(sub, n)
+            state.info["cn_t"] = jnp.zeros((n,), jnp.int32)
+            return self._with_noise(state)
+
+        def step(self, state: Any, action: Any) -> Any:
+            import jax
+            import jax.numpy as jnp
+
+            # The inner (vmapped) wrappers see neither the noise entries nor this wrapper's info.
+            info = {k: v for k, v in state.info.items() if not k.startswith("cn_")}
+            inner = state.replace(obs=state.obs[..., : self.n_obs], info=info)
+            nxt = self.env.step(inner, action)
+            done = nxt.done > 0
+            old = state.info["cn_noise"]
+            key = state.info["cn_key"]
+            n = old.shape[0]
+
+            def redraw(key: Any) -> tuple[Any, Any]:
+                key, sub = jax.random.split(key)
+                return key, jnp.where(done[:, None, None], self._draw(sub, n), old)
+
+            key, noise = jax.lax.cond(jnp.any(done), redraw, lambda k: (k, old), key)
+            nxt.info["cn_key"] = key
+            nxt.info["cn_noise"] = noise
+            nxt.info["cn_t"] = jnp.where(done, 0, state.info["cn_t"] + 1).astype(jnp.int32)
+            return self._with_noise(nxt)
+
+        @property
+        def observation_size(self) -> Any:
+            return self.n_obs + self.nu
+
+    return _ColoredNoiseWrapper
+
+
+def ColoredNoiseWrapper(env: Any, n_obs: int, nu: int, beta: float, length: int) -> Any:
+    """``_ColoredNoiseWrapper`` (defined lazily: it subclasses Playground's wrapper)."""
+    return _colored_noise_wrapper_class()(env, n_obs, nu, beta, length)
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages a checkpoint depends on."""
+    return package_versions(VERSIONS)
+
+
+def train(config: TrainConfig, out: str | Path, on_eval: Callable[[EvalPoint, int], None] | None = None) -> dict[str, Any]:
+    """Train and save a checkpoint in ``out`` (refused if ``out`` exists and is not empty).
+
+    Args:
+      config: the run (validated here).
+      out: checkpoint folder; rewritten after every evaluation.
+      on_eval: called with each evaluation and the total step budget.
+
+    Returns:
+      The checkpoint's ``policy.json`` content.
+
+    Raises:
+      UserError: bad configuration, or ``out`` already holds something.
+    """
+    import jax
+
+    config = config.validated()
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise errors.UserError(f"{out} already exists and is not empty; choose a new --out (nothing was changed)")
+    rl = config.rl_config()
+    previous_x64 = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", False)  # brax PPO trains in float32
+    try:
+        return _train(config, rl, out, on_eval)
+    finally:
+        jax.config.update("jax_enable_x64", previous_x64)
+
+
+def jax_compat() -> list[str]:
+    """Restore the JAX APIs brax 0.14.2's PPO trainer calls that newer JAX removed; names what it added.
+
+    ``jax.device_put_replicated`` (removed in JAX 0.10) is rebuilt from ``jax.device_put`` with a
+    sharding over the devices' leading axis. Only used where JAX lacks it (e.g. a GPU machine with a
+    newer JAX than the pinned set).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    added = []
+    if not hasattr(jax, "device_put_replicated"):
+        def device_put_replicated(x: Any, devices: Any) -> Any:
+            mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+            sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+            return jax.tree_util.tree_map(lambda a: jax.device_put(jnp.stack([jnp.asarray(a)] * len(devices)), sharding), x)
+
+        jax.device_put_replicated = device_put_replicated
+        added.append("jax.device_put_replicated")
+    return added
+
+
+def _train(config: TrainConfig, rl: dict[str, Any], out: Path, on_eval: Callable[[EvalPoint, int], None] | None) -> dict[str, Any]:
+    import jax
+    from brax.training.agents.ppo import train as ppo
+    from mujoco_playground import registry
+
+    from dynsparse.policies import ppo_networks
+
+    compat = jax_compat()
+    env = registry.load(config.env, config_overrides={"impl": "jax"})
+    eval_env = registry.load(config.env, config_overrides={"impl": "jax"})
+    n_obs = env.observation_size
+    if not isinstance(n_obs, int):
+        raise errors.UserError(f"{config.env} has a structured observation {n_obs!r}; train-policy needs a flat one")
+    nu = env.action_size
+    network = {"policy_hidden": list(config.policy_hidden), "value_hidden": list(config.value_hidden),
+               "activation": "swish", "distribution": "tanh_normal", "min_std": 0.001}
+    factory = ppo_networks.make_network_factory(nu, config.policy_hidden, config.value_hidden, network["activation"])
+    kwargs = dict(rl)
+    num_timesteps = kwargs.pop("num_timesteps")
+    kwargs.pop("episode_length", None)
+    start = time.time()
+    curve: list[EvalPoint] = []
+    latest: dict[str, Any] = {}
+    base_meta = {
+        "env": config.env, "obs_size": int(n_obs), "action_size": int(nu), "network": network,
+        "normalize_observations": bool(rl.get("normalize_observations", False)),
+        "noise": {"beta": float(config.noise_beta), "length": int(rl["episode_length"]), "kind": "colored, per episode"},
+        "training": {
+            "trainer": "brax.training.agents.ppo.train", "impl": "jax", "dtype": "float32", "seed": config.seed,
+            "budget_timesteps": int(num_timesteps), "budget_scale": config.budget_scale if config.timesteps is None else None,
+            "hyperparameters": {k: v for k, v in rl.items()},
+            "overrides": {k: v for k, v in config.overrides},
+            "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+            "jax_compat": compat,
+        },
+        "evaluation_protocol": "brax Evaluator: mean undiscounted return of num_eval_envs episodes of episode_length steps, "
+                               "stochastic policy with the training noise",
+        "versions": versions(),
+        "python": platform.python_version(),
+    }
+
+    def keep_params(step: int, make_policy: Any, params: Any) -> None:
+        del make_policy
+        latest["step"], latest["params"] = int(step), jax.device_get(params)
+
+    def on_progress(step: int, metrics: dict[str, Any]) -> None:
+        if "eval/episode_reward" not in metrics:
+            return
+        point = EvalPoint(int(step), float(metrics["eval/episode_reward"]),
+                          float(metrics.get("eval/episode_reward_std", float("nan"))), time.time() - start)
+        curve.append(point)
+        if latest.get("step") != int(step):  # brax's first evaluation (step 0) comes before its parameters
+            return
+        _save(out, base_meta, latest["params"], curve, complete=False, steps_done=latest["step"],
+              num_eval_envs=int(kwargs.get("num_eval_envs", 128)))
+        if on_eval is not None:
+            on_eval(point, int(num_timesteps))
+
+    _, params, _ = ppo.train(
+        environment=env, eval_env=eval_env, num_timesteps=num_timesteps, episode_length=rl["episode_length"],
+        network_factory=factory, seed=config.seed, progress_fn=on_progress, policy_params_fn=keep_params,
+        wrap_env_fn=make_colored_noise_wrapper(int(n_obs), int(nu), config.noise_beta, int(rl["episode_length"])),
+        **kwargs,
+    )
+    latest["params"] = jax.device_get(params)
+    return _save(out, base_meta, latest["params"], curve, complete=True, steps_done=latest.get("step", num_timesteps),
+                 num_eval_envs=int(kwargs.get("num_eval_envs", 128)), wall_s=time.time() - start)
+
+
+def _count(count: Any) -> np.ndarray:
+    """The normaliser's sample count as a uint64 scalar (brax keeps it as ``UInt64(hi, lo)``)."""
+    if hasattr(count, "hi"):
+        return np.asarray((int(np.asarray(count.hi)) << 32) + int(np.asarray(count.lo)), np.uint64)
+    return np.asarray(count)
+
+
+def _save(out: Path, base_meta: dict[str, Any], params: Any, curve: list[EvalPoint], complete: bool, steps_done: int,
+          num_eval_envs: int, wall_s: float | None = None) -> dict[str, Any]:
+    normalizer, policy, value = params
+    arrays = {
+        "normalizer/mean": np.asarray(normalizer.mean), "normalizer/std": np.asarray(normalizer.std),
+        "normalizer/count": _count(normalizer.count), "normalizer/summed_variance": np.asarray(normalizer.summed_variance),
+    }
+    arrays.update(checkpoint.flatten(policy, "policy/"))
+    arrays.update(checkpoint.flatten(value, "value/"))
+    last = curve[-1] if curve else None
+    meta = {
+        **base_meta,
+        "complete": complete,
+        "training": {**base_meta["training"], "steps_done": int(steps_done),
+                     "wall_s": wall_s if wall_s is not None else (last.elapsed_s if last else None)},
+        "evaluation": None if last is None else {
+            "steps": last.steps, "return_mean": last.return_mean, "return_std": last.return_std, "episodes": num_eval_envs,
+        },
+        "curve": [dataclasses.asdict(p) for p in curve],
+    }
+    checkpoint.save(out, meta, arrays)
+    return checkpoint.read_meta(out)
