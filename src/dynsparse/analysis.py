@@ -337,6 +337,10 @@ def _pick_episode(requested: int | None, per_step_switch: np.ndarray, counted: n
 def _policy_label(policy: Any) -> str:
     if not isinstance(policy, dict):
         return str(policy)
+    if policy.get("name") == "ppo":
+        ret = policy.get("eval_return")
+        ret_text = "return ?" if ret is None else f"eval return {ret:.1f}"
+        return f"ppo ({ret_text}, beta {policy.get('beta')}, scale {policy.get('scale')})"
     extras = ", ".join(f"{k} {v}" for k, v in policy.items() if k != "name")
     return f"{policy.get('name')}" + (f" ({extras})" if extras else "")
 

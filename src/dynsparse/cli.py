@@ -64,9 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("env", help="Playground registry name, e.g. CheetahRun")
     c.add_argument("--episodes", type=_positive_int, default=2)
     c.add_argument("--steps", type=_positive_int, default=300, help="control steps per episode")
-    c.add_argument("--policy", default="random", help="random | colored")
-    c.add_argument("--beta", type=float, default=1.0, help="colored-noise exponent in [0, 2] (0 white, 1 pink, 2 red)")
-    c.add_argument("--noise-scale", type=float, default=1.0, help="colored noise std as a fraction of the action half-range")
+    c.add_argument("--policy", default="random", help="random | colored | ppo:DIR (a train-policy checkpoint)")
+    c.add_argument("--noise-beta", "--beta", dest="beta", type=float, default=None,
+                   help="colored-noise exponent in [0, 2] (0 white, 1 pink, 2 red); default 1 for colored, "
+                        "the trained beta for ppo")
+    c.add_argument("--noise-scale", type=float, default=None,
+                   help="colored: noise std as a fraction of the action half-range; ppo: multiplies the policy's "
+                        "sigma (0 = deterministic); default 1")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--backend", default="autodiff", help="autodiff | finite_diff")
     c.add_argument("--dtype", default="float64", help="float64 (float32 is not supported yet)")
@@ -75,6 +79,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=_positive_int, default=16, help="episodes simulated together")
     c.add_argument("--chunk-steps", type=_positive_int, default=100, help="steps per compiled chunk and per stored chunk")
     c.add_argument("--out", required=True, help="output Zarr store; rerun the same command to resume")
+
+    t = sub.add_parser("train-policy", help="train a PPO policy (brax, Playground's published hyper-parameters)")
+    t.add_argument("env", help="a DM-Control suite name in Playground, e.g. CheetahRun")
+    t.add_argument("--out", required=True, help="checkpoint folder (must not exist); rewritten after every evaluation")
+    t.add_argument("--timesteps", type=_positive_int, default=None, help="environment steps (default: the published budget)")
+    t.add_argument("--budget-scale", type=_positive_float, default=1.0,
+                   help="fraction of the published step budget, when --timesteps is not given (default 1)")
+    t.add_argument("--noise-beta", type=float, default=None,
+                   help="exploration colored-noise exponent in [0, 2] (default 0.5; 0 = brax's white noise)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a brax ppo.train keyword, e.g. --set num_envs=256 (repeatable)")
+    t.add_argument("--policy-hidden", default="32,32,32,32", help="policy MLP widths (default brax's 32,32,32,32)")
+    t.add_argument("--value-hidden", default="256,256,256,256,256", help="value MLP widths (default 256 x 5)")
 
     s = sub.add_parser("structure", help="print the global-structure (Q1) table of a dataset")
     s.add_argument("path")
@@ -111,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--quick", action="store_true", help="a small version (2 episodes x 100 steps) for smoke tests")
     q.add_argument("--envs", default=None, help="comma-separated subset of the eight tasks (default: all eight)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--policies", default=None, metavar="DIR",
+                   help="collect with the PPO checkpoints DIR/ENV (train-policy) instead of random actions")
+    q.add_argument("--noise-beta", type=float, default=None, help="with --policies: exploration noise exponent (default: as trained)")
+    q.add_argument("--noise-scale", type=float, default=None, help="with --policies: multiplies each policy's sigma (default 1)")
     return p
 
 
@@ -154,10 +176,7 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 def _cmd_collect(args: argparse.Namespace) -> int:
     from dynsparse import collect, jaxcache
 
-    if args.policy == "colored":
-        policy = {"name": "colored", "beta": args.beta, "scale": args.noise_scale}
-    else:
-        policy = {"name": args.policy}
+    policy = policy_config(args.policy, args.beta, args.noise_scale)
     config = collect.CollectConfig(
         env=args.env, episodes=args.episodes, steps=args.steps, policy=policy, seed=args.seed,
         backend=args.backend, dtype=args.dtype, check_every=args.check_every,
@@ -170,6 +189,84 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(f"wrote {path} ({config.episodes} episodes x {config.steps} steps, backend {config.backend})")
+    return 0
+
+
+def policy_config(spec: str, beta: float | None, scale: float | None) -> dict:
+    """``--policy`` and its noise options as a policy configuration.
+
+    ``random``, ``colored`` or ``ppo:DIR``; ``beta``/``scale`` ``None`` take the policy's defaults.
+    """
+    from dynsparse.policies import base
+
+    name, _, arg = spec.partition(":")
+    if name == "ppo":
+        if not arg:
+            raise errors.UserError("--policy ppo needs a checkpoint folder: --policy ppo:DIR")
+        policy: dict = {"name": "ppo", "checkpoint": arg}
+        if beta is not None:
+            policy["beta"] = beta
+        if scale is not None:
+            policy["scale"] = scale
+        return policy
+    if arg or name not in base.NAMES:
+        raise errors.UserError(f"unknown policy {spec!r}; allowed: random, colored, ppo:DIR")
+    if name == "colored":
+        return {"name": "colored", "beta": 1.0 if beta is None else beta, "scale": 1.0 if scale is None else scale}
+    if beta is not None or scale is not None:
+        raise errors.UserError(f"--noise-beta and --noise-scale apply to colored and ppo policies, not {name!r}")
+    return {"name": name}
+
+
+def _widths(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise errors.UserError(f"{flag} {text!r} must be comma-separated integers, e.g. 32,32") from None
+    return widths
+
+
+def _cmd_train_policy(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dynsparse import jaxcache
+    from dynsparse.policies import ppo_train
+
+    overrides = []
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise errors.UserError(f"--set {item!r} must be KEY=VALUE, e.g. num_envs=256")
+        overrides.append((key.strip(), value.strip()))
+    config = ppo_train.TrainConfig(
+        env=args.env, timesteps=args.timesteps, budget_scale=args.budget_scale,
+        noise_beta=ppo_train.DEFAULT_TRAIN_BETA if args.noise_beta is None else args.noise_beta,
+        seed=args.seed, overrides=tuple(overrides),
+        policy_hidden=_widths("--policy-hidden", args.policy_hidden), value_hidden=_widths("--value-hidden", args.value_hidden),
+    ).validated()
+    jaxcache.enable(args.jax_cache)
+    bar = None
+
+    def on_eval(point: object, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"train {args.env}", unit="step", unit_scale=True, file=sys.stderr)
+        bar.update(max(0, point.steps - bar.n))
+        bar.set_postfix_str(f"return {point.return_mean:.1f} +- {point.return_std:.1f}")
+
+    try:
+        meta = ppo_train.train(config, args.out, on_eval=on_eval)
+    except KeyboardInterrupt:
+        print(f"dynsparse: interrupted; {args.out} holds the last evaluated policy, if any (\"complete\": false); "
+              "training does not resume: train again into a new folder", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if bar is not None:
+            bar.close()
+    ev = meta["evaluation"] or {}
+    print(f"wrote {args.out}: {args.env}, {meta['training']['steps_done']} steps, evaluation return "
+          f"{ev.get('return_mean', float('nan')):.1f} +- {ev.get('return_std', float('nan')):.1f} "
+          f"({meta['training']['wall_s']:.0f} s on {meta['training']['device']})")
     return 0
 
 
@@ -272,7 +369,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     from dynsparse import jaxcache, reproduce
 
-    kw = {"seed": args.seed}
+    kw: dict = {"seed": args.seed}
+    if args.policies is not None:
+        kw.update(policies=args.policies, noise_beta=args.noise_beta, noise_scale=args.noise_scale)
+    elif args.noise_beta is not None or args.noise_scale is not None:
+        raise errors.UserError("--noise-beta and --noise-scale apply to --policies (PPO) studies")
     if args.envs:
         names = tuple(x.strip() for x in args.envs.split(",") if x.strip())
         unknown = [x for x in names if x not in reproduce.STUDY_ENVS]
@@ -280,6 +381,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             raise errors.UserError(f"--envs {unknown[0]!r} is not one of the study's tasks; allowed: {', '.join(reproduce.STUDY_ENVS)}")
         kw["envs"] = names
     config = reproduce.StudyConfig.quick(**kw) if args.quick else reproduce.StudyConfig.full(**kw)
+    reproduce.preflight(args.out, config)  # refuse a bad study before any progress bar
     jaxcache.enable(args.jax_cache)
     total = 2 * len(config.envs) + 1
     stages = tqdm(total=total, desc="study", unit="stage", file=sys.stderr, position=0)
@@ -310,6 +412,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {
+    "train-policy": _cmd_train_policy,
     "envs": _cmd_envs, "collect": _cmd_collect, "structure": _cmd_structure, "validate": _cmd_validate,
     "analyze": _cmd_analyze, "report": _cmd_report, "reproduce": _cmd_reproduce,
 }

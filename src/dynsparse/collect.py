@@ -80,9 +80,11 @@ class CollectConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise errors.UserError(f"{name.replace('_', '-')} must be a finite number > 0, got {value!r}")
-        policies_base.from_config(self.policy)  # raises on a bad policy
+        # Raises on a bad policy; the policy's own configuration is what the dataset records
+        # (a PPO checkpoint resolved to its absolute path, parameter digest and noise beta).
+        policy = policies_base.from_config(self.policy).config()
         return dataclasses.replace(
-            self, batch_size=min(self.batch_size, self.episodes), chunk_steps=min(self.chunk_steps, self.steps)
+            self, policy=policy, batch_size=min(self.batch_size, self.episodes), chunk_steps=min(self.chunk_steps, self.steps)
         )
 
     def identity(self) -> dict[str, Any]:
@@ -133,6 +135,7 @@ def collect(
         spec = envs.load(config.env, config.dtype)
     envs.require_nq_equals_nv(spec.name, spec.mj_model)
     policy = policies_base.from_config(config.policy)
+    policy.check_env(spec)
     if config.policy["name"] == "random" and not (np.isfinite(spec.action_low).all() and np.isfinite(spec.action_high).all()):
         raise errors.UserError(f"policy 'random' needs finite action bounds; {config.env} has unlimited actuators: use --policy colored")
     layout = dataset.Layout(
@@ -206,6 +209,9 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
         "dtype": config.dtype,
         "seed": config.seed,
         "policy": json.dumps(config.policy),
+        # exploration noise of the colored and PPO policies (also inside "policy"), NaN for random
+        "noise_beta": float(config.policy.get("beta", float("nan"))),
+        "noise_scale": float(config.policy.get("scale", float("nan"))),
         "episodes": config.episodes,
         "steps": config.steps,
         "n_substeps": spec.n_substeps,

@@ -44,6 +44,12 @@ class StudyConfig:
     steps: int = 1000
     policy: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_POLICY))
     seed: int = 0
+    #: a folder of ``train-policy`` checkpoints, one per task (``DIR/CheetahRun``, ...): collect
+    #: with those PPO policies instead of ``policy``
+    policies: str | None = None
+    #: PPO exploration noise: exponent (``None``: each policy's trained beta) and sigma scale
+    noise_beta: float | None = None
+    noise_scale: float | None = None
     check_every: int = 50
     batch_size: int = 10
     chunk_steps: int = 100
@@ -57,9 +63,20 @@ class StudyConfig:
     def quick(cls, **kw: Any) -> "StudyConfig":
         return cls(**{"episodes": 2, "steps": 100, "check_every": 25, "batch_size": 2, "max_points": 200, **kw})
 
+    def policy_for(self, env: str) -> dict[str, Any]:
+        """The policy configuration of one task: ``policy``, or its PPO checkpoint under ``policies``."""
+        if self.policies is None:
+            return dict(self.policy)
+        policy: dict[str, Any] = {"name": "ppo", "checkpoint": str(Path(self.policies).resolve() / env)}
+        if self.noise_beta is not None:
+            policy["beta"] = self.noise_beta
+        if self.noise_scale is not None:
+            policy["scale"] = self.noise_scale
+        return policy
+
     def collect_config(self, env: str) -> collect.CollectConfig:
         return collect.CollectConfig(
-            env=env, episodes=self.episodes, steps=self.steps, policy=dict(self.policy), seed=self.seed,
+            env=env, episodes=self.episodes, steps=self.steps, policy=self.policy_for(env), seed=self.seed,
             check_every=self.check_every, batch_size=self.batch_size, chunk_steps=self.chunk_steps,
         ).validated()
 
@@ -67,7 +84,10 @@ class StudyConfig:
         return analysis.AnalyzeOptions(max_points=self.max_points, seed=self.seed)
 
     def identity(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        d = dataclasses.asdict(self)
+        if self.policies is not None:
+            d["policies"] = str(Path(self.policies).resolve())
+        return json.loads(json.dumps(d))
 
 
 @dataclasses.dataclass
@@ -125,6 +145,52 @@ def _analysis_pool(pipeline: bool) -> Iterator[Any]:
     pool.shutdown(wait=True)
 
 
+def preflight(out: str | Path, config: StudyConfig) -> tuple[dict[str, collect.CollectConfig], analysis.AnalyzeOptions]:
+    """Every check ``reproduce`` makes before it touches anything: names, checkpoints, options, ``out``.
+
+    Returns:
+      The validated collection configuration of each environment and the analysis options.
+
+    Raises:
+      UserError: the first problem, named.
+    """
+    from dynsparse import envs as envs_lib
+
+    out = Path(out)
+    for env in config.envs:
+        envs_lib.check_name(env)
+    if config.policies is not None:
+        missing = [env for env in config.envs if not (Path(config.policies) / env / "policy.json").is_file()]
+        if missing:
+            raise errors.UserError(
+                f"--policies {config.policies} has no checkpoint for {', '.join(missing)} (expected "
+                f"{Path(config.policies) / missing[0] / 'policy.json'}); train them with `dynsparse train-policy ENV --out DIR/ENV`"
+            )
+    configs = {env: config.collect_config(env) for env in config.envs}
+    options = config.analyze_options().validated()
+    _check_study(out, config)
+    return configs, options
+
+
+def _policy_sentence(config: StudyConfig, configs: dict[str, collect.CollectConfig]) -> str:
+    """How the data was generated, for the report's introduction (HTML)."""
+    import html
+
+    if config.policies is None:
+        return f"policy <code>{html.escape(json.dumps(config.policy))}</code>"
+    parts = []
+    for env, c in configs.items():
+        p = c.policy
+        ret = p.get("eval_return")
+        parts.append(f"{env} {'-' if ret is None else f'{ret:.1f}'}")
+    p0 = next(iter(configs.values())).policy
+    return (
+        f"PPO policies from <code>{html.escape(str(config.policies))}</code> acting with colored exploration noise "
+        f"(beta {'as trained' if config.noise_beta is None else p0['beta']}, sigma scale {p0['scale']}; "
+        f"evaluation returns when trained: {html.escape(', '.join(parts))})"
+    )
+
+
 def reproduce(out: str | Path, config: StudyConfig = StudyConfig(),
               on_stage: Callable[[StageEvent], None] | None = None,
               on_collect_progress: Callable[[collect.Progress], None] | None = None,
@@ -139,15 +205,10 @@ def reproduce(out: str | Path, config: StudyConfig = StudyConfig(),
       UserError: a bad configuration (checked for every environment before anything runs) or an
         ``out`` folder of another study.
     """
-    from dynsparse import envs as envs_lib
     from dynsparse.report import build
 
     out = Path(out)
-    for env in config.envs:
-        envs_lib.check_name(env)
-    configs = {env: config.collect_config(env) for env in config.envs}
-    options = config.analyze_options().validated()
-    _check_study(out, config)
+    configs, options = preflight(out, config)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{STUDY_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(config.identity(), indent=1))
@@ -193,8 +254,7 @@ def reproduce(out: str | Path, config: StudyConfig = StudyConfig(),
     t0 = time.perf_counter()
     scale = f"{config.episodes} episodes x {config.steps} steps per environment"
     intro = (
-        f"<p>The study of {len(config.envs)} DM-Control tasks: {scale}, policy "
-        f"<code>{json.dumps(config.policy)}</code> (the default until trained policies exist), seed {config.seed}, "
+        f"<p>The study of {len(config.envs)} DM-Control tasks: {scale}, {_policy_sentence(config, configs)}, seed {config.seed}, "
         f"Jacobians by MJX autodiff, checked against native finite differences every {config.check_every} steps. "
         "Every number below rests on this policy and this much data.</p>"
     )
