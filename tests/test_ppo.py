@@ -266,3 +266,5 @@ def test_report_and_study_name_the_policy_and_its_return(tmp_path):
     sentence = reproduce._policy_sentence(cfg, configs)
     assert "CartpoleBalance 999.8" in sentence and "ReacherHard 974.0" in sentence and "beta as trained" in sentence
     assert not (tmp_path / "study").exists()  # preflight touches nothing
+    plain = reproduce.StudyConfig.quick(envs=("CartpoleBalance",))
+    assert '<code>{"name": "random"}</code>' in reproduce._policy_sentence(plain, {})

@@ -177,7 +177,7 @@ def _policy_sentence(config: StudyConfig, configs: dict[str, collect.CollectConf
     import html
 
     if config.policies is None:
-        return f"policy <code>{html.escape(json.dumps(config.policy))}</code>"
+        return f"policy <code>{html.escape(json.dumps(config.policy), quote=False)}</code>"
     parts = []
     for env, c in configs.items():
         p = c.policy
