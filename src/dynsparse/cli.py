@@ -94,6 +94,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--policy-hidden", default="32,32,32,32", help="policy MLP widths (default brax's 32,32,32,32)")
     t.add_argument("--value-hidden", default="256,256,256,256,256", help="value MLP widths (default 256 x 5)")
 
+    lp = sub.add_parser("learn", help="train MLP world models (5 losses x seeds) and compare their Jacobian sparsity with the truth")
+    lp.add_argument("datasets", nargs="+", help="datasets from `dynsparse collect` (pooled per environment)")
+    lp.add_argument("--out", required=True, help="output folder (written whole; never overwritten)")
+    lp.add_argument("--losses", default="all", help="all, or comma-separated: mse, mse+mse_j, mse+mae_j, mse+l1_j, mse+sae_j")
+    lp.add_argument("--seeds", type=_positive_int, default=3, help="seeds per loss (default 3)")
+    lp.add_argument("--quick", action="store_true", help="30 epochs, 128x128 network (smoke tests)")
+    lp.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default 100; 30 with --quick)")
+    lp.add_argument("--batch-size", type=_positive_int, default=256)
+    lp.add_argument("--hidden", default=None, help="hidden widths (default 512,512; 128,128 with --quick)")
+    lp.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate, cosine-decayed to 1e-3 of it")
+    lp.add_argument("--jac-weight", type=_positive_float, default=1.0, help="weight of the Jacobian term (default 1)")
+    lp.add_argument("--residual", action="store_true", help="predict s' - s instead of s'")
+    lp.add_argument("--model-threshold", type=_positive_float, default=1e-6, help="model Jacobian entry is zero below this")
+    lp.add_argument("--true-threshold", type=_positive_float, default=1e-12, help="ground-truth entry is zero below this")
+    lp.add_argument("--test-fraction", type=float, default=0.2, help="share of episodes held out (default 0.2, at least 1)")
+
     s = sub.add_parser("structure", help="print the global-structure (Q1) table of a dataset")
     s.add_argument("path")
     s.add_argument("--threshold", type=_positive_float, default=1e-12, help="zero threshold (default 1e-12)")
@@ -270,6 +286,44 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_learn(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from dynsparse.learn import model, run
+
+    losses = model.check_losses([x.strip() for x in args.losses.split(",") if x.strip()])
+    base = run.LearnOptions.quick() if args.quick else run.LearnOptions()
+    train = base.train
+    if args.hidden is not None:
+        train = dataclasses.replace(train, hidden=_widths("--hidden", args.hidden))
+    if args.epochs is not None:
+        train = dataclasses.replace(train, epochs=args.epochs)
+    train = dataclasses.replace(train, batch_size=args.batch_size, lr=args.lr, jac_weight=args.jac_weight)
+    options = dataclasses.replace(
+        base, losses=losses, seeds=args.seeds, residual=args.residual, model_threshold=args.model_threshold,
+        true_threshold=args.true_threshold, test_fraction=args.test_fraction, train=train,
+    ).validated()
+    bar = None
+
+    def on_event(event: object) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=event.total, desc="learn", unit="model", file=sys.stderr)
+        bar.update(event.done - bar.n)
+        if event.loss:
+            bar.set_postfix_str(f"{event.env} {event.loss} seed {event.seed}")
+
+    try:
+        out = run.learn(args.datasets, args.out, options, on_event=on_event)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"wrote {out} (runs.csv, tests.csv, figures/mse.png, figures/sparsity.png)")
+    return 0
+
+
 class _ProgressBar:
     """tqdm bar over steps, created at the first progress report (it knows where a resume starts)."""
 
@@ -412,7 +466,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {
-    "train-policy": _cmd_train_policy,
+    "train-policy": _cmd_train_policy, "learn": _cmd_learn,
     "envs": _cmd_envs, "collect": _cmd_collect, "structure": _cmd_structure, "validate": _cmd_validate,
     "analyze": _cmd_analyze, "report": _cmd_report, "reproduce": _cmd_reproduce,
 }

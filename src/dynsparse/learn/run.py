@@ -1,0 +1,249 @@
+"""``dynsparse learn``: train every (environment, loss, seed) world model and compare them.
+
+For each environment (its datasets pooled), the episodes are split once (seeded), normalisation is
+fitted on the training split, and every loss variant is trained with every seed. Each run is
+evaluated on the test split, and so is the untrained model of each seed. Outputs in ``out``:
+``runs.csv`` and ``runs.json`` (one row per run), ``tests.csv`` (paired Wilcoxon signed-rank tests
+of each Jacobian-loss variant against ``mse`` over (environment, seed) pairs), ``learn.json``
+(options, splits, normalisers, tests; its presence marks a finished ``learn`` folder) and two
+box-plot figures. ``dynsparse report`` adds a learnability section for such folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynsparse import errors
+from dynsparse.learn import data as data_lib
+from dynsparse.learn import evaluate, model
+
+MARKER = "learn.json"
+METRICS = ("mse_norm", "relative_sparsity", "zero_precision", "zero_recall", "shd")
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnOptions:
+    """Everything that defines a ``learn`` run."""
+
+    losses: tuple[str, ...] = model.LOSSES
+    seeds: int = 3
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    residual: bool = False
+    model_threshold: float = 1e-6
+    true_threshold: float = 1e-12
+    train: model.TrainOptions = model.TrainOptions()
+
+    @classmethod
+    def quick(cls, **kw: Any) -> "LearnOptions":
+        return cls(**{"train": model.TrainOptions(epochs=30, hidden=(128, 128)), **kw})
+
+    def validated(self) -> "LearnOptions":
+        model.check_losses(self.losses)
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds <= 0:
+            raise errors.UserError(f"seeds must be an integer > 0, got {self.seeds!r}")
+        for name in ("model_threshold", "true_threshold"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+                raise errors.UserError(f"{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise errors.UserError(f"test-fraction {self.test_fraction!r} must be in (0, 1)")
+        self.train.validated()
+        return self
+
+
+@dataclasses.dataclass
+class Event:
+    """Progress: ``done`` of ``total`` runs finished; the current (env, loss, seed)."""
+
+    done: int
+    total: int
+    env: str
+    loss: str
+    seed: int
+
+
+def load_groups(paths: Sequence[str | Path]) -> dict[str, tuple[data_lib.Transitions, dict[str, Any]]]:
+    """Datasets pooled per environment (episode indices offset so they stay distinct).
+
+    Raises:
+      UserError: two datasets of one environment with different state or action variables.
+    """
+    groups: dict[str, tuple[data_lib.Transitions, dict[str, Any]]] = {}
+    for path in paths:
+        tr, info = data_lib.load(path)
+        env = info["env"]
+        if env not in groups:
+            groups[env] = (tr, {**info, "paths": [str(path)]})
+            continue
+        prev, pinfo = groups[env]
+        if (pinfo["state_names"], pinfo["action_names"]) != (info["state_names"], info["action_names"]):
+            raise errors.UserError(
+                f"{path} and {pinfo['paths'][0]} both say env {env!r} but have different state or action variables; "
+                "pass datasets of one environment definition"
+            )
+        shifted = dataclasses.replace(tr, episode=tr.episode + int(prev.episode.max()) + 1)
+        pooled = data_lib.Transitions(*(np.concatenate([getattr(prev, f.name), getattr(shifted, f.name)])
+                                        for f in dataclasses.fields(data_lib.Transitions)))
+        groups[env] = (pooled, {**pinfo, "paths": pinfo["paths"] + [str(path)]})
+    return groups
+
+
+def learn(paths: Sequence[str | Path], out: str | Path, options: LearnOptions = LearnOptions(),
+          on_event: Callable[[Event], None] | None = None) -> Path:
+    """Run the comparison; write ``out`` whole (temporary folder, then renamed) or not at all.
+
+    Raises:
+      UserError: bad options or datasets (checked before any training), or an existing ``out``.
+    """
+    options = options.validated()
+    out = Path(out)
+    if out.exists():
+        raise errors.UserError(f"{out} already exists; choose a new --out (nothing was changed)")
+    groups = load_groups(paths)
+    splits = {env: data_lib.split_by_episode(tr, options.test_fraction, options.split_seed) for env, (tr, _) in groups.items()}
+    total = len(groups) * len(options.losses) * options.seeds
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        rows, summary = _run_all(groups, splits, options, total, on_event)
+        _write(tmp, rows, summary, options)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _prepare(train: data_lib.Transitions, residual: bool, true_threshold: float) -> tuple[data_lib.Normalizer, Any]:
+    x, y = data_lib.inputs(train), data_lib.targets(train, residual)
+    norm = data_lib.Normalizer.fit(x, y)
+    return norm, lambda tr: _arrays(tr, norm, residual, true_threshold)
+
+
+def _arrays(tr: data_lib.Transitions, norm: data_lib.Normalizer, residual: bool, true_threshold: float) -> dict[str, np.ndarray]:
+    j = data_lib.jacobian_targets(tr, residual)
+    return {
+        "x": (data_lib.inputs(tr) - norm.x_mean) / norm.x_std,
+        "y": (data_lib.targets(tr, residual) - norm.y_mean) / norm.y_std,
+        "J": data_lib.normalised_jacobian(j, norm),
+        "zero": (np.abs(j) < true_threshold).astype(np.float64),
+    }
+
+
+def _run_all(groups: dict, splits: dict, options: LearnOptions, total: int,
+             on_event: Callable[[Event], None] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {"envs": {}}
+    done = 0
+    for env, (_, info) in groups.items():
+        train_tr, test_tr, train_eps, test_eps = splits[env]
+        norm, arrays = _prepare(train_tr, options.residual, options.true_threshold)
+        train_data, test_data = arrays(train_tr), arrays(test_tr)
+        jac_true = np.concatenate([test_tr.J_s, test_tr.J_a], axis=2)
+        summary["envs"][env] = {
+            "datasets": info["paths"], "train_episodes": train_eps.tolist(), "test_episodes": test_eps.tolist(),
+            "train_steps": len(train_tr), "test_steps": len(test_tr), "normalizer": norm.to_dict(),
+            "state_names": info["state_names"], "action_names": info["action_names"],
+        }
+        for loss in options.losses:
+            for seed in range(options.seeds):
+                if on_event:
+                    on_event(Event(done, total, env, loss, seed))
+                t0 = time.perf_counter()
+                apply, params, history = model.train(loss, train_data, options.train, seed)
+                seconds = time.perf_counter() - t0
+                row = _evaluate(apply, params, test_data, norm, jac_true, options)
+                rows.append({"env": env, "loss": loss, "seed": seed, "trained": True, "train_s": round(seconds, 3),
+                             "epochs": options.train.epochs, "s_per_epoch": round(seconds / options.train.epochs, 5),
+                             "final_train_loss": history[-1], **row})
+                if loss == options.losses[0]:
+                    net = model.make_network(train_data["y"].shape[1], tuple(options.train.hidden))
+                    untrained = model.init_params(net, train_data["x"].shape[1], seed)
+                    row0 = _evaluate(net.apply, untrained, test_data, norm, jac_true, options)
+                    rows.append({"env": env, "loss": "untrained", "seed": seed, "trained": False, "train_s": 0.0,
+                                 "epochs": 0, "s_per_epoch": float("nan"), "final_train_loss": float("nan"), **row0})
+                done += 1
+        if on_event:
+            on_event(Event(done, total, env, "", -1))
+    return rows, summary
+
+
+def _evaluate(apply: Any, params: Any, test: dict[str, np.ndarray], norm: data_lib.Normalizer,
+              jac_true: np.ndarray, options: LearnOptions) -> dict[str, Any]:
+    import jax.numpy as jnp
+
+    pred = np.asarray(apply(params, jnp.asarray(test["x"], jnp.float32)), np.float64)
+    jac_model = evaluate.raw_jacobian(apply, params, test["x"], norm, options.residual)
+    return evaluate.metrics(pred, test["y"], jac_model, jac_true, options.model_threshold, options.true_threshold)
+
+
+def wilcoxon_tests(rows: list[dict[str, Any]], losses: Sequence[str]) -> list[dict[str, Any]]:
+    """Paired two-sided Wilcoxon signed-rank tests of each variant against ``mse`` per metric,
+    pairs = (env, seed) runs present for both. p is NaN with fewer than 2 pairs or all differences 0."""
+    from scipy import stats
+
+    by = {(r["env"], r["seed"], r["loss"]): r for r in rows if r["trained"]}
+    out = []
+    for loss in losses:
+        if loss == "mse":
+            continue
+        for metric in METRICS:
+            pairs = [(by[(e, s, loss)][metric], by[(e, s, "mse")][metric]) for (e, s, lo) in by
+                     if lo == loss and (e, s, "mse") in by]
+            pairs = [(a, b) for a, b in pairs if np.isfinite(a) and np.isfinite(b)]
+            diff = np.array([a - b for a, b in pairs], float)
+            p = float("nan")
+            if len(pairs) >= 2 and np.any(diff != 0):
+                p = float(stats.wilcoxon([a for a, _ in pairs], [b for _, b in pairs]).pvalue)
+            out.append({"loss": loss, "metric": metric, "pairs": len(pairs),
+                        "median_difference": float(np.median(diff)) if diff.size else float("nan"), "p_value": p})
+    return out
+
+
+def _write(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any], options: LearnOptions) -> None:
+    import pandas as pd
+
+    from dynsparse.learn import figures
+
+    pd.DataFrame(rows).to_csv(folder / "runs.csv", index=False)
+    (folder / "runs.json").write_text(json.dumps(rows, indent=1))
+    tests = wilcoxon_tests(rows, options.losses)
+    pd.DataFrame(tests).to_csv(folder / "tests.csv", index=False)
+    summary["options"] = json.loads(json.dumps(dataclasses.asdict(options)))
+    summary["tests"] = tests
+    (folder / MARKER).write_text(json.dumps(summary, indent=1))
+    figures.write(folder, rows, options.losses)
+
+
+def existing(folder: str | Path) -> dict[str, Any] | None:
+    """``learn.json`` of a finished ``learn`` folder, else ``None``."""
+    path = Path(folder) / MARKER
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def mean_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (env, loss): mean over seeds of every metric and of the seconds per epoch."""
+    keys = sorted({(r["env"], r["loss"]) for r in rows}, key=lambda k: (k[0], ["untrained", *model.LOSSES].index(k[1])))
+    out = []
+    for env, loss in keys:
+        sel = [r for r in rows if r["env"] == env and r["loss"] == loss]
+        row: dict[str, Any] = {"env": env, "loss": loss, "seeds": len(sel)}
+        for m in (*METRICS, "sparsity_model", "sparsity_true", "s_per_epoch"):
+            vals = np.array([r[m] for r in sel], float)
+            row[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        out.append(row)
+    return out
