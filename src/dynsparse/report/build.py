@@ -1,4 +1,5 @@
-"""``report``: analysis folders -> one self-contained HTML report with the cross-env table.
+"""``report``: analysis folders -> one self-contained HTML report with the cross-env table
+(and a learnability section for each ``dynsparse learn`` folder given).
 
 Output folder: ``index.html`` (usable offline: every image is embedded), ``table.csv`` and
 ``report.json`` (the cross-env table and where each row came from), and ``figures/`` with the
@@ -37,16 +38,27 @@ def build(folders: Sequence[str | Path], out: str | Path, title: str = "dynspars
     """
     import pandas as pd
 
+    from dynsparse.learn import run as learn_run
+
     if not folders:
         raise errors.UserError("no analysis folders given; allowed: one or more folders written by `dynsparse analyze`")
     out = Path(out)
     _check_out(out)
     analyses = []
+    learned = []
     for folder in map(Path, folders):
+        if learn_run.existing(folder) is not None:
+            learned.append(folder)
+            continue
         summary = analysis.existing_summary(folder)
         if summary is None:
-            raise errors.UserError(f"{str(folder)!r} is not a finished analysis (no readable {analysis.SUMMARY}); run `dynsparse analyze` first")
+            raise errors.UserError(
+                f"{str(folder)!r} is not a finished analysis (no readable {analysis.SUMMARY}) nor a `dynsparse learn` "
+                f"folder (no {learn_run.MARKER}); run `dynsparse analyze` first"
+            )
         analyses.append((summary, folder))
+    if not analyses:
+        raise errors.UserError("no analysis folders given (only learn folders); a report needs at least one `dynsparse analyze` folder")
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     extra: dict[int, str] = {}
@@ -59,12 +71,13 @@ def build(folders: Sequence[str | Path], out: str | Path, title: str = "dynspars
             fig = figures.coverage(curves, f"{env}: global zeros vs data pooled, by policy")
             path = figures.save(fig, out / "figures" / f"coverage_{env}", ("png", "svg"))[0]
             extra[idx[0]] = html.figure_block(path, "coverage", env)
-    page = html.page(title, analyses, intro, extra)
+    page = html.page(title, analyses, intro, extra, appendix="".join(html.learn_section(f) for f in learned))
     index = out / "index.html"
     tmp = out / f".index.html.{os.getpid()}"
     tmp.write_text(page)
     tmp.replace(index)
     rows = [s["table"] for s, _ in analyses]
     pd.DataFrame(rows).to_csv(out / "table.csv", index=False)
-    (out / MARKER).write_text(json.dumps({"analyses": [str(f) for _, f in analyses], "table": rows}, indent=1))
+    (out / MARKER).write_text(json.dumps({"analyses": [str(f) for _, f in analyses], "learn": [str(f) for f in learned],
+                                          "table": rows}, indent=1))
     return index

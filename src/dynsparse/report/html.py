@@ -197,14 +197,49 @@ def check_paragraph(summary: dict[str, Any]) -> str:
     return f"<p{cls}>{text}</p>"
 
 
+def learn_section(folder: Path) -> str:
+    """The learnability section of one ``dynsparse learn`` folder: both figures, the mean table
+    per (environment, loss) and the paired tests against ``mse``."""
+    import pandas as pd
+
+    from dynsparse.learn import run as learn_run
+
+    rows = pd.read_csv(folder / "runs.csv").to_dict("records")
+    summary = learn_run.existing(folder) or {}
+    tests = summary.get("tests", [])
+    opts = summary.get("options", {})
+    means = learn_run.mean_table(rows)
+    cols = ["env", "loss", "seeds", "mse_norm", "relative_sparsity", "zero_precision", "zero_recall", "shd",
+            "sparsity_model", "sparsity_true", "s_per_epoch"]
+    figs = "".join(
+        f"<figure>{_img(folder / 'figures' / f'{stem}.png', f'learn_{stem}', caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for stem, caption in (("mse", "Normalised next-state test MSE per loss variant (boxes over environments, "
+                                       "mean over seeds; grey: the untrained networks)."),
+                              ("sparsity", "Model Jacobian sparsity relative to the ground truth (1, dashed) per loss "
+                                           "variant; grey: the untrained networks."))
+    )
+    model_thr, true_thr = opts.get("model_threshold"), opts.get("true_threshold")
+    return (
+        f'<section class="learn"><h2>Learnability &mdash; {html.escape(str(folder))}</h2>'
+        f"<p>MLP world models trained on the datasets' transitions (split by episode), evaluated on held-out "
+        f"episodes. Model Jacobian entries count as zero below {_fmt(model_thr)}, ground-truth entries below "
+        f"{_fmt(true_thr)}. Paired two-sided Wilcoxon signed-rank tests of each Jacobian-loss variant against "
+        f"<code>mse</code> over (environment, seed) pairs.</p>{figs}"
+        f"<h3>Means over seeds</h3>{_rows_table(means, cols, 'learn-table')}"
+        f"<h3>Tests against mse</h3>{_rows_table(tests, ['loss', 'metric', 'pairs', 'median_difference', 'p_value'], 'learn-tests')}"
+        "</section>"
+    )
+
+
 def page(title: str, analyses: Sequence[tuple[dict[str, Any], Path]], intro: str = "",
-         extra: dict[int, str] | None = None) -> str:
+         extra: dict[int, str] | None = None, appendix: str = "") -> str:
     """A whole self-contained HTML document: the cross-env table, then one section per analysis.
 
     Args:
       analyses: ``(summary, folder)`` pairs.
       intro: HTML put under the title.
       extra: analysis index -> extra HTML put in its section (e.g. an overlay figure).
+      appendix: HTML put after the sections (the learnability sections).
     """
     anchors = [f"env-{i}-{a[0]['env']}" for i, a in enumerate(analyses)]
     sections = [section(s, f, anchors[i], (extra or {}).get(i, "")) for i, (s, f) in enumerate(analyses)]
@@ -213,5 +248,5 @@ def page(title: str, analyses: Sequence[tuple[dict[str, Any], Path]], intro: str
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>{intro}"
         f"<h2>All environments</h2>{cross_env_table([s['table'] for s, _ in analyses], anchors)}"
-        + "\n".join(sections) + "</body></html>\n"
+        + "\n".join(sections) + appendix + "</body></html>\n"
     )
