@@ -86,7 +86,7 @@ def split_by_episode(tr: Transitions, test_fraction: float, seed: int) -> tuple[
         raise errors.UserError(
             f"{episodes.size} episode(s) with counted steps: a split by episode needs at least 2 (collect more --episodes)"
         )
-    n_test = min(episodes.size - 1, max(1, int(round(test_fraction * episodes.size))))
+    n_test = min(episodes.size - 1, max(1, round(test_fraction * episodes.size)))
     perm = np.random.default_rng(seed).permutation(episodes)
     test_eps, train_eps = np.sort(perm[:n_test]), np.sort(perm[n_test:])
     return (tr.take(np.isin(tr.episode, train_eps)), tr.take(np.isin(tr.episode, test_eps)), train_eps, test_eps)

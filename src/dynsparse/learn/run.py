@@ -41,7 +41,7 @@ class LearnOptions:
     residual: bool = False
     model_threshold: float = 1e-6
     true_threshold: float = 1e-12
-    train: model.TrainOptions = model.TrainOptions()
+    train: model.TrainOptions = dataclasses.field(default_factory=model.TrainOptions)
 
     @classmethod
     def quick(cls, **kw: Any) -> "LearnOptions":

@@ -213,10 +213,10 @@ def learn_section(folder: Path) -> str:
             "sparsity_model", "sparsity_true", "s_per_epoch"]
     figs = "".join(
         f"<figure>{_img(folder / 'figures' / f'{stem}.png', f'learn_{stem}', caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
-        for stem, caption in (("mse", "Normalised next-state test MSE per loss variant (boxes over environments, "
-                                       "mean over seeds; grey: the untrained networks)."),
-                              ("sparsity", "Model Jacobian sparsity relative to the ground truth (1, dashed) per loss "
-                                           "variant; grey: the untrained networks."))
+        for stem, caption in (("mse", ("Normalised next-state test MSE per loss variant (boxes over environments, "
+                                        "mean over seeds; grey: the untrained networks).")),
+                              ("sparsity", ("Model Jacobian sparsity relative to the ground truth (1, dashed) per loss "
+                                            "variant; grey: the untrained networks.")))
     )
     model_thr, true_thr = opts.get("model_threshold"), opts.get("true_threshold")
     return (
