@@ -193,3 +193,21 @@ def test_mixed_environment_definitions_are_refused(bouncer_store, tmp_path, caps
     monkeypatch.setattr(data_lib, "load", fake)
     with pytest.raises(errors.UserError, match="both say env 'Bouncer' but have different state or action variables"):
         run.load_groups([bouncer_store, str(bouncer_store) + "#second"])
+
+
+def test_datasets_of_different_environments_need_per_env(bouncer_store, tmp_path, capsys, monkeypatch):
+    real = data_lib.load
+
+    def fake(path):
+        tr, info = real(str(path).replace("#other", ""))
+        if str(path).endswith("#other"):
+            info = {**info, "env": "OtherEnv"}
+        return tr, info
+
+    monkeypatch.setattr(data_lib, "load", fake)
+    paths = [bouncer_store, str(bouncer_store) + "#other"]
+    with pytest.raises(errors.UserError, match=r"datasets of different environments mixed in one run: Bouncer \(.*\), OtherEnv"):
+        run.load_groups(paths)
+    assert sorted(run.load_groups(paths, per_env=True)) == ["Bouncer", "OtherEnv"]
+    code = cli.main(["learn", *map(str, paths), "--out", str(tmp_path / "o")])
+    assert code == 2 and "--per-env" in capsys.readouterr().err and not (tmp_path / "o").exists()

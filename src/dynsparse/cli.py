@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     lp.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate, cosine-decayed to 1e-3 of it")
     lp.add_argument("--jac-weight", type=_positive_float, default=1.0, help="weight of the Jacobian term (default 1)")
     lp.add_argument("--residual", action="store_true", help="predict s' - s instead of s'")
+    lp.add_argument("--per-env", action="store_true",
+                    help="datasets of several environments: one comparison per environment, tests and figures across them")
     lp.add_argument("--model-threshold", type=_positive_float, default=1e-6, help="model Jacobian entry is zero below this")
     lp.add_argument("--true-threshold", type=_positive_float, default=1e-12, help="ground-truth entry is zero below this")
     lp.add_argument("--test-fraction", type=float, default=0.2, help="share of episodes held out (default 0.2, at least 1)")
@@ -302,7 +304,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         train = dataclasses.replace(train, epochs=args.epochs)
     train = dataclasses.replace(train, batch_size=args.batch_size, lr=args.lr, jac_weight=args.jac_weight)
     options = dataclasses.replace(
-        base, losses=losses, seeds=args.seeds, residual=args.residual, model_threshold=args.model_threshold,
+        base, losses=losses, seeds=args.seeds, residual=args.residual, per_env=args.per_env, model_threshold=args.model_threshold,
         true_threshold=args.true_threshold, test_fraction=args.test_fraction, train=train,
     ).validated()
     bar = None

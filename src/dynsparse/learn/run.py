@@ -39,6 +39,7 @@ class LearnOptions:
     test_fraction: float = 0.2
     split_seed: int = 0
     residual: bool = False
+    per_env: bool = False
     model_threshold: float = 1e-6
     true_threshold: float = 1e-12
     train: model.TrainOptions = dataclasses.field(default_factory=model.TrainOptions)
@@ -72,11 +73,16 @@ class Event:
     seed: int
 
 
-def load_groups(paths: Sequence[str | Path]) -> dict[str, tuple[data_lib.Transitions, dict[str, Any]]]:
+def load_groups(paths: Sequence[str | Path], per_env: bool = False) -> dict[str, tuple[data_lib.Transitions, dict[str, Any]]]:
     """Datasets pooled per environment (episode indices offset so they stay distinct).
 
+    Args:
+      per_env: allow datasets of several environments (a separate comparison per environment,
+        then across them); without it, datasets of different environments are an error.
+
     Raises:
-      UserError: two datasets of one environment with different state or action variables.
+      UserError: datasets of different environments without ``per_env``, or two datasets of one
+        environment with different state or action variables.
     """
     groups: dict[str, tuple[data_lib.Transitions, dict[str, Any]]] = {}
     for path in paths:
@@ -95,6 +101,12 @@ def load_groups(paths: Sequence[str | Path]) -> dict[str, tuple[data_lib.Transit
         pooled = data_lib.Transitions(*(np.concatenate([getattr(prev, f.name), getattr(shifted, f.name)])
                                         for f in dataclasses.fields(data_lib.Transitions)))
         groups[env] = (pooled, {**pinfo, "paths": pinfo["paths"] + [str(path)]})
+    if len(groups) > 1 and not per_env:
+        listed = ", ".join(f"{env} ({info['paths'][0]})" for env, (_, info) in groups.items())
+        raise errors.UserError(
+            f"datasets of different environments mixed in one run: {listed}; a world model learns one environment: "
+            "pass one environment's datasets, or --per-env to train each environment separately and compare across them"
+        )
     return groups
 
 
@@ -109,7 +121,7 @@ def learn(paths: Sequence[str | Path], out: str | Path, options: LearnOptions = 
     out = Path(out)
     if out.exists():
         raise errors.UserError(f"{out} already exists; choose a new --out (nothing was changed)")
-    groups = load_groups(paths)
+    groups = load_groups(paths, options.per_env)
     splits = {env: data_lib.split_by_episode(tr, options.test_fraction, options.split_seed) for env, (tr, _) in groups.items()}
     total = len(groups) * len(options.losses) * options.seeds
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
