@@ -26,6 +26,10 @@ def main() -> None:
     if mode == "sigint":
         from dynsparse import cli
 
+        # Ctrl-C in a terminal raises KeyboardInterrupt; a process started in the background by a
+        # non-interactive shell (as CI may start the test run) inherits SIGINT ignored: undo that.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
         original = dataset.write_unit
 
         def write_unit(path, layout, u, arrays):
