@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import one_error_line
+
 from dynsparse import cli, dataset
 
 
@@ -18,11 +20,6 @@ def _run(capsys, *argv):
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[-1]
 
 
 def _tree_hash(path: Path) -> str:
@@ -51,7 +48,7 @@ def _store(tmp_path: Path, name: str = "other.zarr", **overrides) -> Path:
 
 def test_unknown_env_suggests_close_names(capsys, tmp_path):
     code, _, err = _run(capsys, "collect", "CheetaRun", "--out", str(tmp_path / "x.zarr"))
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == cli.EXIT_USER_ERROR
     assert "'CheetaRun'" in line and "CheetahRun" in line
     assert not (tmp_path / "x.zarr").exists()
@@ -61,7 +58,7 @@ def test_unknown_env_through_the_installed_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dynsparse.cli", "collect", "WalkerRn", "--out", str(tmp_path / "x.zarr")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert _one_error_line(proc.stderr).startswith("dynsparse: error: unknown environment 'WalkerRn'")
+    assert one_error_line(proc.stderr).startswith("dynsparse: error: unknown environment 'WalkerRn'")
 
 
 @pytest.mark.parametrize("flag,value", [("--episodes", "0"), ("--episodes", "-3"), ("--steps", "0"), ("--steps", "x")])
@@ -69,7 +66,7 @@ def test_non_positive_sizes(capsys, tmp_path, flag, value):
     with pytest.raises(SystemExit) as exc:
         cli.main(["collect", "CartpoleBalance", flag, value, "--out", str(tmp_path / "x.zarr")])
     assert exc.value.code == 2
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert flag in line and repr(value) in line and "allowed" in line
 
 
@@ -77,15 +74,15 @@ def test_non_positive_sizes(capsys, tmp_path, flag, value):
 def test_beta_out_of_range(capsys, tmp_path, beta):
     code, _, err = _run(capsys, "collect", "CartpoleBalance", "--policy", "colored", "--beta", beta, "--out", str(tmp_path / "x.zarr"))
     assert code == 2
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert "beta" in line and "0.0 <= beta <= 2.0" in line
 
 
 def test_unknown_policy_and_backend(capsys, tmp_path):
     code, _, err = _run(capsys, "collect", "CartpoleBalance", "--policy", "expert", "--out", str(tmp_path / "x.zarr"))
-    assert code == 2 and "unknown policy 'expert'" in _one_error_line(err)
+    assert code == 2 and "unknown policy 'expert'" in one_error_line(err)
     code, _, err = _run(capsys, "collect", "CartpoleBalance", "--backend", "magic", "--out", str(tmp_path / "x.zarr"))
-    assert code == 2 and "unknown backend 'magic'" in _one_error_line(err)
+    assert code == 2 and "unknown backend 'magic'" in one_error_line(err)
 
 
 @pytest.mark.parametrize("threshold", ["0", "-1e-9", "nan", "inf"])
@@ -94,7 +91,7 @@ def test_bad_threshold(capsys, tmp_path, threshold):
     with pytest.raises(SystemExit) as exc:
         cli.main(["structure", str(store), f"--threshold={threshold}"])
     assert exc.value.code == 2
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "--threshold" in line and repr(threshold) in line and "finite number > 0" in line
 
 
@@ -102,7 +99,7 @@ def test_output_path_holding_another_run_is_refused_untouched(capsys, tmp_path):
     store = _store(tmp_path, episodes=2)
     before = _tree_hash(store)
     code, _, err = _run(capsys, "collect", "CartpoleBalance", "--episodes", "5", "--steps", "4", "--out", str(store))
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2
     assert "different configuration" in line and "episodes: stored 2, requested 5" in line
     assert _tree_hash(store) == before
@@ -113,7 +110,7 @@ def test_output_path_that_is_not_a_store_is_refused_untouched(capsys, tmp_path):
     target.mkdir()
     (target / "keep.txt").write_text("precious")
     code, _, err = _run(capsys, "collect", "CartpoleBalance", "--out", str(target))
-    assert code == 2 and "not a dynsparse dataset" in _one_error_line(err)
+    assert code == 2 and "not a dynsparse dataset" in one_error_line(err)
     assert (target / "keep.txt").read_text() == "precious"
     file_target = tmp_path / "file.zarr"
     file_target.write_text("x")
@@ -144,7 +141,7 @@ def test_truncated_chunk_is_reported_by_validate_and_structure(capsys, tmp_path)
     assert code == 1
     assert "variable 'J_s' at episodes 0-1, steps 0-3 is unreadable" in out
     code, _, err = _run(capsys, "structure", str(store))
-    assert code == 2 and "J_s" in _one_error_line(err)
+    assert code == 2 and "J_s" in one_error_line(err)
 
 
 def test_store_without_metadata(capsys, tmp_path):
@@ -153,14 +150,14 @@ def test_store_without_metadata(capsys, tmp_path):
     code, out, _ = _run(capsys, "validate", str(store))
     assert code == 1 and "not a dynsparse dataset" in out
     code, _, err = _run(capsys, "structure", str(store))
-    assert code == 2 and "not a dynsparse dataset" in _one_error_line(err)
+    assert code == 2 and "not a dynsparse dataset" in one_error_line(err)
     code, _, err = _run(capsys, "collect", "CartpoleBalance", "--out", str(store))
-    assert code == 2 and "not a dynsparse dataset" in _one_error_line(err)
+    assert code == 2 and "not a dynsparse dataset" in one_error_line(err)
 
 
 def test_missing_dataset(capsys, tmp_path):
     code, _, err = _run(capsys, "structure", str(tmp_path / "nope.zarr"))
-    assert code == 2 and "does not exist" in _one_error_line(err)
+    assert code == 2 and "does not exist" in one_error_line(err)
 
 
 def test_store_missing_a_variable(capsys, tmp_path):
@@ -172,7 +169,7 @@ def test_store_missing_a_variable(capsys, tmp_path):
     meta["metadata"] = {k: v for k, v in meta["metadata"].items() if not k.startswith("fd_disagree/")}
     (store / ".zmetadata").write_text(json.dumps(meta))
     code, _, err = _run(capsys, "structure", str(store))
-    assert code == 2 and "lacks variable(s) fd_disagree" in _one_error_line(err)
+    assert code == 2 and "lacks variable(s) fd_disagree" in one_error_line(err)
 
 
 def test_checkpoint_mid_episode_without_state_is_refused(capsys, tmp_path):
@@ -182,5 +179,5 @@ def test_checkpoint_mid_episode_without_state_is_refused(capsys, tmp_path):
     code, out, _ = _run(capsys, "validate", str(store))
     assert code == 1 and "resumes mid-episode (unit 1) but holds no simulator state" in out
     code, _, err = _run(capsys, "collect", "CartpoleBalance", "--episodes", "2", "--steps", "8", "--chunk-steps", "4", "--out", str(store))
-    assert code == 2 and "holds no simulator state" in _one_error_line(err)
+    assert code == 2 and "holds no simulator state" in one_error_line(err)
     assert _tree_hash(store) == before

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import one_error_line
+
 from dynsparse import cli, errors
 from dynsparse.policies import base, checkpoint, ppo
 
@@ -24,11 +26,6 @@ POLICIES = ROOT / "policies"
 STUDY_ENVS = ("BallInCup", "CartpoleBalance", "CheetahRun", "ReacherHard", "FingerSpin", "FingerTurnEasy",
               "WalkerRun", "SwimmerSwimmer6")
 
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[-1]
 
 
 def _fake_spec(name: str, obs: int, nu: int) -> types.SimpleNamespace:
@@ -191,7 +188,7 @@ def test_cli_collect_refuses_a_checkpoint_of_another_env(capsys, tmp_path):
     out = tmp_path / "x.zarr"
     code = cli.main(["collect", "CartpoleBalance", "--policy", f"ppo:{POLICIES / 'CheetahRun'}", "--out", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and "trained on CheetahRun, not CartpoleBalance" in _one_error_line(err)
+    assert code == 2 and "trained on CheetahRun, not CartpoleBalance" in one_error_line(err)
     assert not out.exists()
 
 
@@ -202,7 +199,7 @@ def test_cli_collect_refuses_a_checkpoint_of_another_env(capsys, tmp_path):
 ])
 def test_cli_collect_policy_errors(capsys, tmp_path, argv, match):
     code = cli.main(["collect", "CartpoleBalance", *argv, "--out", str(tmp_path / "x.zarr")])
-    assert code == 2 and match in _one_error_line(capsys.readouterr().err)
+    assert code == 2 and match in one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -216,7 +213,7 @@ def test_cli_collect_policy_errors(capsys, tmp_path, argv, match):
 ])
 def test_cli_train_policy_errors(capsys, tmp_path, argv, match):
     code = cli.main(["train-policy", *argv, "--out", str(tmp_path / "p")])
-    assert code == 2 and match in _one_error_line(capsys.readouterr().err)
+    assert code == 2 and match in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "p").exists()
 
 
@@ -225,7 +222,7 @@ def test_train_policy_refuses_a_non_empty_out(tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     code = cli.main(["train-policy", "CartpoleBalance", "--out", str(out), "--timesteps", "100"])
-    assert code == 2 and "already exists and is not empty" in _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "already exists and is not empty" in one_error_line(capsys.readouterr().err)
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -234,7 +231,7 @@ def test_reproduce_names_every_missing_checkpoint(tmp_path, capsys):
     shutil.copytree(POLICIES / "CartpoleBalance", pol / "CartpoleBalance")
     code = cli.main(["reproduce", "--quick", "--envs", "CartpoleBalance,CheetahRun,WalkerRun", "--policies", str(pol),
                      "--out", str(tmp_path / "study")])
-    assert code == 2 and "has no checkpoint for CheetahRun, WalkerRun" in _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "has no checkpoint for CheetahRun, WalkerRun" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "study").exists()
 
 
