@@ -1,55 +1,62 @@
-"""Control-step Jacobians per second on one environment, per backend and batch size.
+"""Control-step Jacobians per second on one environment, per method, batch size and thread count.
 
-Every row is printed beside a plain single-thread loop over native ``mujoco.mjd_transitionFD``
-(centred, tolerance 0, chained over substeps) measured in the same run on the same states, as a
-ratio (>1: faster than that baseline). Compile time is reported separately and excluded.
+Every row is printed as a ratio against the baseline, a plain single-thread Python loop over
+native ``mujoco.mjd_transitionFD`` (centred, tolerance 0, chained over substeps) on the same
+states, measured in the same run (best of ``--repeat``). The native rows run in a subprocess in
+which JAX never ran: after a computation XLA's worker threads keep spinning for a while, and on
+this machine's two SMT siblings that slowed a native loop in the same process by up to 1.8x
+(measured: 1475-1679 vs 2543-2701 CheetahRun Jacobians/s), which would flatter every ratio.
+Rows:
 
-usage: python benchmarks/jacobians.py [--env CheetahRun] [--batches 1 64 256] [--states 256]
+- native finite differences, thread-parallel (``mjd_transitionFD`` releases the GIL);
+- dynsparse's ``finite_diff`` backend (single thread);
+- the autodiff methods (``dynsparse.jacobians.autodiff``) at each batch size: compile seconds
+  (first call; near zero once the JAX persistent cache at ``$DYNSPARSE_JAX_CACHE`` is warm,
+  ``--jax-cache off`` to measure cold), and XLA's temporary memory per Jacobian;
+- the autodiff default split over two CPU devices (``--devices 2``; XLA runs one program per
+  device concurrently);
+- one batched control step without Jacobians (the primal): the last column expresses each
+  path's cost in primal MJX steps, against the theoretical ``2 nv + nu`` tangent directions.
+
+The correctness guard compares every method with ``reference`` on the largest batch's states:
+identical zero decisions at the default threshold (1e-12) and values within 1e-6 relative;
+the script exits 1 if it fails.
+
+usage: python benchmarks/jacobians.py [--env CheetahRun] [--batches 16 64 256] [--states 256]
+       [--methods substep reference] [--threads 2] [--devices 2] [--cores N] [--repeat 3]
+       [--jax-cache off]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
 
-import jax
 import mujoco
 import numpy as np
 
-from dynsparse import envs
-from dynsparse.jacobians import autodiff, finite_diff
+from dynsparse.jacobians import finite_diff
+
+# ----------------------------------------------------------------------------- native (no JAX)
 
 
-def sample_states(spec: envs.EnvSpec, n: int, steps: int = 50, seed: int = 0):
-    """``n`` batched mjx.Data states after ``steps`` uniform random actions, and next actions."""
-    env = spec.env
-    keys = jax.random.split(jax.random.PRNGKey(seed), n)
+def plain_fd_loop(spec: Any, inputs: list[finite_diff.StepInputs], model: mujoco.MjModel | None = None) -> float:
+    """Baseline: seconds for a plain loop of chained mjd_transitionFD over ``inputs``.
 
-    @jax.jit
-    def roll(keys):
-        def one(key):
-            state = env.reset(key)
-            acts = jax.random.uniform(key, (steps + 1, spec.nu), minval=-1, maxval=1)
-            state, _ = jax.lax.scan(lambda s, a: (env.step(s, a), None), state, acts[:-1])
-            return state.data, acts[-1]
-        return jax.vmap(one)(keys)
-
-    return roll(keys)
-
-
-def native_inputs(data, actions, i: int) -> finite_diff.StepInputs:
-    take = lambda x: np.asarray(x[i])  # noqa: E731
-    return finite_diff.StepInputs(
-        qpos=take(data.qpos), qvel=take(data.qvel), warmstart=take(data.qacc_warmstart), ctrl=take(actions),
-        act=take(data.act), mocap_pos=take(data.mocap_pos), mocap_quat=take(data.mocap_quat), time=float(data.time[i]),
-    )
-
-
-def plain_fd_loop(spec: envs.EnvSpec, inputs: list[finite_diff.StepInputs]) -> float:
-    """Baseline: seconds for a plain loop of chained mjd_transitionFD over ``inputs``."""
-    m = copy.deepcopy(spec.mj_model)
-    m.opt.tolerance = 0.0
+    ``spec`` needs ``n_substeps`` and ``mj_model`` (an ``EnvSpec`` or a namespace).
+    """
+    if model is None:
+        model = finite_diff.fd_model(spec.mj_model)
+    m = model
     d = mujoco.MjData(m)
     nx = 2 * m.nv + m.na
     a_k, b_k = np.zeros((nx, nx)), np.zeros((nx, m.nu))
@@ -67,58 +74,195 @@ def plain_fd_loop(spec: envs.EnvSpec, inputs: list[finite_diff.StepInputs]) -> f
     return time.perf_counter() - t0
 
 
-def timed(fn, *args, repeat: int = 3) -> float:
+def threaded_fd(spec: Any, inputs: list[finite_diff.StepInputs], threads: int) -> float:
+    """Seconds for the same loop split over ``threads`` threads (one MjData each)."""
+    model = finite_diff.fd_model(spec.mj_model)
+    parts = [inputs[i::threads] for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(lambda part: plain_fd_loop(spec, part, model), parts))
+        return time.perf_counter() - t0
+
+
+def best_of(fn: Callable[[], Any], repeat: int) -> float:
+    """Smallest wall time of ``repeat`` calls of ``fn()`` (which blocks until done)."""
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        fn()
         best = min(best, time.perf_counter() - t0)
     return best
 
 
-def main() -> None:
+def native_rates(spec: Any, inputs: list[finite_diff.StepInputs], threads: list[int], repeat: int) -> dict[str, float]:
+    """Jacobians per second of the baseline, the threaded loops and the ``finite_diff`` backend."""
+    n = len(inputs)
+    plain_fd_loop(spec, inputs[:16])  # warm-up (page in MuJoCo, allocate)
+    rates = {"baseline": n / best_of(lambda: plain_fd_loop(spec, inputs), repeat)}
+    for t in threads:
+        rates[f"threads{t}"] = n / best_of(lambda: threaded_fd(spec, inputs, t), repeat)
+    fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps)
+    rates["finite_diff"] = n / best_of(lambda: [fd(x) for x in inputs], repeat)
+    return rates
+
+
+def native_worker(folder: Path) -> None:
+    """Subprocess entry: read the model and inputs written by ``run_native``, print rates as JSON."""
+    import types
+
+    job = json.loads((folder / "job.json").read_text())
+    spec = types.SimpleNamespace(mj_model=mujoco.MjModel.from_binary_path(str(folder / "model.mjb")), n_substeps=job["n_substeps"])
+    arrays = dict(np.load(folder / "inputs.npz"))
+    inputs = [finite_diff.StepInputs.from_arrays(arrays, (i,)) for i in range(len(arrays["qpos"]))]
+    print(json.dumps(native_rates(spec, inputs, job["threads"], job["repeat"])))
+
+
+def run_native(spec: Any, inputs: list[finite_diff.StepInputs], threads: list[int], repeat: int) -> dict[str, float]:
+    """``native_rates`` in a fresh subprocess (pinned to this process's cores, no JAX)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        mujoco.mj_saveModel(spec.mj_model, str(folder / "model.mjb"), None)
+        fields = [f for f in finite_diff.StepInputs.__dataclass_fields__]
+        np.savez(folder / "inputs.npz", **{f: np.stack([np.asarray(getattr(x, f)) for x in inputs]) for f in fields})
+        (folder / "job.json").write_text(json.dumps({"n_substeps": spec.n_substeps, "threads": threads, "repeat": repeat}))
+        out = subprocess.run([sys.executable, __file__, "--native-worker", str(folder)], check=True, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- autodiff (JAX)
+
+
+def sample_states(spec: Any, n: int, steps: int = 50, seed: int = 0):
+    """``n`` batched mjx.Data states after ``steps`` uniform random actions, and next actions."""
+    import jax
+
+    env = spec.env
+    keys = jax.random.split(jax.random.PRNGKey(seed), n)
+
+    @jax.jit
+    def roll(keys):
+        def one(key):
+            state = env.reset(key)
+            acts = jax.random.uniform(key, (steps + 1, spec.nu), minval=-1, maxval=1)
+            state, _ = jax.lax.scan(lambda s, a: (env.step(s, a), None), state, acts[:-1])
+            return state.data, acts[-1]
+        return jax.vmap(one)(keys)
+
+    return roll(keys)
+
+
+def native_inputs(data: Any, actions: Any, i: int) -> finite_diff.StepInputs:
+    take = lambda x: np.asarray(x[i])  # noqa: E731
+    return finite_diff.StepInputs(
+        qpos=take(data.qpos), qvel=take(data.qvel), warmstart=take(data.qacc_warmstart), ctrl=take(actions),
+        act=take(data.act), mocap_pos=take(data.mocap_pos), mocap_quat=take(data.mocap_quat), time=float(data.time[i]),
+    )
+
+
+def temp_bytes(compiled: Any) -> float:
+    """XLA's temporary buffer bytes of a compiled function (NaN if not reported)."""
+    try:
+        return float(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return float("nan")
+
+
+def main(args: argparse.Namespace) -> None:
+    import jax
+
+    from dynsparse import envs, jaxcache
+    from dynsparse.jacobians import autodiff, compare
+
+    if args.jax_cache != "off":
+        jaxcache.enable(args.jax_cache)
+    for m in args.methods:
+        autodiff.check_method(m)
+    spec = envs.load(args.env)
+    bmax = max(args.batches)
+    data, actions = sample_states(spec, max(args.states, bmax))
+    inputs = [native_inputs(data, actions, i) for i in range(args.states)]
+    native = run_native(spec, inputs, args.threads, args.repeat)
+    base_rate = native["baseline"]
+    rows: list[tuple[str, object, float, float, float]] = [
+        *((f"native mjd_transitionFD, {t} threads", "-", native[f"threads{t}"], float("nan"), float("nan")) for t in args.threads),
+        ("finite_diff backend (dynsparse)", "-", native["finite_diff"], float("nan"), float("nan")),
+    ]
+
+    results = {}
+    for method in args.methods:
+        fn = jax.vmap(autodiff.make_jacobian_fn(spec, method))
+        for b in args.batches:
+            sub = jax.tree_util.tree_map(lambda x: x[:b], data)
+            act = actions[:b]
+            t0 = time.perf_counter()
+            compiled = jax.jit(fn).lower(sub, act).compile()
+            out = jax.block_until_ready(compiled(sub, act))
+            compile_s = time.perf_counter() - t0
+            rate = b / best_of(lambda: jax.block_until_ready(compiled(sub, act)), args.repeat)
+            rows.append((f"autodiff {method}", b, rate, compile_s, temp_bytes(compiled) / b / 2**20))
+            if b == bmax:
+                results[method] = np.concatenate([np.asarray(out[0]), np.asarray(out[1])], axis=-1)
+
+    n_dev = min(args.devices, jax.local_device_count())
+    if n_dev > 1 and bmax % n_dev == 0:
+        split = jax.pmap(jax.vmap(autodiff.make_jacobian_fn(spec)))
+        parts = jax.tree_util.tree_map(lambda x: x[:bmax].reshape((n_dev, bmax // n_dev) + x.shape[1:]), (data, actions))
+        t0 = time.perf_counter()
+        jax.block_until_ready(split(*parts))
+        compile_s = time.perf_counter() - t0
+        rate = bmax / best_of(lambda: jax.block_until_ready(split(*parts)), args.repeat)
+        rows.append((f"autodiff {autodiff.DEFAULT_METHOD}, {n_dev} CPU devices", bmax, rate, compile_s, float("nan")))
+
+    primal = jax.jit(jax.vmap(lambda d, a: envs.make_control_step(spec)(d, envs.state_of(d), a)[0]))
+    sub = jax.tree_util.tree_map(lambda x: x[:bmax], data)
+    jax.block_until_ready(primal(sub, actions[:bmax]))
+    primal_rate = bmax / best_of(lambda: jax.block_until_ready(primal(sub, actions[:bmax])), args.repeat)
+
+    cores = len(os.sched_getaffinity(0))
+    print(f"\n{args.env}: control-step Jacobians per second (n_substeps={spec.n_substeps}, nv={spec.nv}, nu={spec.nu}: "
+          f"2nv+nu = {2 * spec.nv + spec.nu} tangent directions), {cores} core(s), {jax.default_backend()}")
+    print(f"{'path':<40}{'batch':>6}{'jac/s':>11}{'vs baseline':>13}{'compile s':>11}{'MiB/jac':>9}{'primal steps/jac':>18}")
+    print(f"{'plain mjd_transitionFD loop (baseline)':<40}{'-':>6}{base_rate:>11.1f}{1.0:>12.2f}x{'':>11}{'':>9}"
+          f"{primal_rate / base_rate:>18.1f}")
+    for name, b, rate, comp, mib in rows:
+        comp_s = f"{comp:>11.1f}" if np.isfinite(comp) else f"{'':>11}"
+        mib_s = f"{mib:>9.2f}" if np.isfinite(mib) else f"{'':>9}"
+        print(f"{name:<40}{b!s:>6}{rate:>11.1f}{rate / base_rate:>12.2f}x{comp_s}{mib_s}{primal_rate / rate:>18.1f}")
+    print(f"{'primal control step (no Jacobian)':<40}{bmax:>6}{primal_rate:>11.1f}{primal_rate / base_rate:>12.2f}x")
+    if "reference" in results:
+        for method, jac in results.items():
+            if method == "reference":
+                continue
+            agree = compare.method_agreement(results["reference"], jac)
+            verdict = "PASS" if agree.passes() else "FAIL"
+            print(f"guard {method} vs reference on {bmax} states: zero-decision mismatches {agree.zero_mismatch} "
+                  f"of {agree.entries}, max relative difference {agree.max_rel_err:.2e} (<= {compare.GUARD_RTOL:g}): {verdict}")
+            if not agree.passes():
+                sys.exit(1)
+
+
+def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--env", default="CheetahRun")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
-    p.add_argument("--states", type=int, default=256)
-    args = p.parse_args()
-    spec = envs.load(args.env)
-    n = max(args.states, max(args.batches))
-    data, actions = sample_states(spec, n)
-    inputs = [native_inputs(data, actions, i) for i in range(n)]
-
-    plain_fd_loop(spec, inputs[:16])  # warm-up (page in MuJoCo, allocate)
-    base_s = min(plain_fd_loop(spec, inputs) for _ in range(2))
-    base_rate = n / base_s
-    rows = [("plain mjd_transitionFD loop (baseline)", "-", base_rate, 1.0, 0.0)]
-
-    fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps)
-    for x in inputs[:16]:
-        fd(x)  # warm-up
-    for b in args.batches:
-        t0 = time.perf_counter()
-        for x in inputs[:b]:
-            fd(x)
-        rate = b / (time.perf_counter() - t0)
-        rows.append(("finite_diff (dynsparse)", b, rate, rate / base_rate, 0.0))
-
-    jac = autodiff.make_jacobian_fn(spec)
-    batched = jax.jit(jax.vmap(jac))
-    for b in args.batches:
-        sub = jax.tree_util.tree_map(lambda x: x[:b], data)
-        act = actions[:b]
-        t0 = time.perf_counter()
-        jax.block_until_ready(batched(sub, act))
-        compile_s = time.perf_counter() - t0
-        rate = b / timed(batched, sub, act)
-        rows.append(("autodiff (jit(vmap(jacfwd)))", b, rate, rate / base_rate, compile_s))
-
-    print(f"\n{args.env}: control-step Jacobians per second (n_substeps={spec.n_substeps}, "
-          f"state {spec.state_size}, action {spec.nu}), {jax.device_count()} {jax.default_backend()} device(s)")
-    print(f"{'backend':<42}{'batch':>6}{'jac/s':>12}{'vs baseline':>13}{'compile s':>11}")
-    for name, b, rate, ratio, comp in rows:
-        print(f"{name:<42}{b!s:>6}{rate:>12.1f}{ratio:>12.2f}x{comp:>11.1f}")
+    p.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
+    p.add_argument("--states", type=int, default=256, help="states of the native rows")
+    p.add_argument("--methods", nargs="+", default=["substep", "reference"])
+    p.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts of the parallel native row")
+    p.add_argument("--devices", type=int, default=2, help="CPU devices of the split row (1: no such row)")
+    p.add_argument("--cores", type=int, default=None, help="pin this process (JAX included) to the first N cores")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--jax-cache", default=None, help="'off', or a folder (default: dynsparse's cache)")
+    p.add_argument("--native-worker", default=None, help=argparse.SUPPRESS)
+    return p.parse_args()
 
 
 if __name__ == "__main__":
-    main()
+    ARGS = _parse()
+    if ARGS.native_worker:
+        native_worker(Path(ARGS.native_worker))
+        sys.exit(0)
+    if ARGS.cores:  # before JAX starts its thread pools; the native subprocess inherits it
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: ARGS.cores]))
+    if ARGS.devices > 1:  # before JAX starts
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={ARGS.devices}"
+    main(ARGS)

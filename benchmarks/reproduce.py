@@ -6,7 +6,8 @@ JAX cache) and the rest, and the analysis time by stage (t-SNE, figures, ...). T
 measured in the same run on the same recorded states, is a plain single-thread Python loop of
 chained native ``mujoco.mjd_transitionFD`` (centred, tolerance 0) over ``--baseline-steps`` steps
 of each dataset, extrapolated to the study's size; the ratio is baseline / study (> 1: the study
-is faster than that loop would be for its Jacobians alone).
+is faster than that loop would be for its Jacobians alone). The baseline runs in a JAX-free
+subprocess (see benchmarks/jacobians.py for why).
 
 usage: python benchmarks/reproduce.py [--quick] [--envs A,B] [--out DIR] [--baseline-steps 300]
 (paper scale: 8 envs x 10 episodes x 1000 steps; target: under 5 minutes on 2 CPU cores)
@@ -29,7 +30,7 @@ from dynsparse import envs, jaxcache, reproduce
 from dynsparse.jacobians import finite_diff
 
 sys.path.insert(0, str(Path(__file__).parent))
-from jacobians import plain_fd_loop  # noqa: E402
+from jacobians import run_native  # noqa: E402
 
 
 def baseline_seconds_per_step(store: Path, n: int) -> float:
@@ -47,8 +48,7 @@ def baseline_seconds_per_step(store: Path, n: int) -> float:
                                mocap_quat=d0.mocap_quat.copy(), time=0.0)
         for s, a, w in zip(state, action, warm)
     ]
-    plain_fd_loop(spec, inputs[:16])  # warm-up
-    return plain_fd_loop(spec, inputs) / len(inputs)
+    return 1.0 / run_native(spec, inputs, threads=[], repeat=1)["baseline"]  # in a JAX-free subprocess
 
 
 def main() -> None:

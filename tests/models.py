@@ -89,3 +89,33 @@ BOUNCER = """
   </actuator>
 </mujoco>
 """
+
+#: a planar two-link arm with every constraint kind the Jacobian paths must handle: joint limits,
+#: friction loss, damping, a tip that touches the floor (contact with friction), an equality-free
+#: tendon-free tree, and a sensor (the fast path disables sensors; the state must not change).
+LIMITED_ARM = """
+<mujoco model="limited_arm">
+  <option timestep="0.005"/>
+  <worldbody>
+    <geom name="floor" type="plane" size="2 2 0.1"/>
+    <body name="upper" pos="0 0 0.3">
+      <joint name="shoulder" type="hinge" axis="0 1 0" range="-100 100" damping="0.05"/>
+      <geom name="upper" type="capsule" fromto="0 0 0 0.2 0 0" size="0.03" mass="0.5"/>
+      <body name="lower" pos="0.2 0 0">
+        <joint name="elbow" type="hinge" axis="0 1 0" range="-120 20" frictionloss="0.02"/>
+        <geom name="lower" type="capsule" fromto="0 0 0 0.2 0 0" size="0.025" mass="0.3"/>
+        <site name="tip" pos="0.2 0 0"/>
+        <body name="slider" pos="0.1 0 0">
+          <joint name="slide" type="slide" axis="1 0 0" range="-0.05 0.05" damping="1"/>
+          <geom name="bob" type="sphere" size="0.05" mass="0.2"/>
+        </body>
+      </body>
+    </body>
+  </worldbody>
+  <actuator>
+    <motor name="shoulder" joint="shoulder" ctrlrange="-1 1" gear="2"/>
+    <motor name="elbow" joint="elbow" ctrlrange="-1 1" gear="1"/>
+  </actuator>
+  <sensor><framepos objtype="site" objname="tip"/><velocimeter site="tip"/></sensor>
+</mujoco>
+"""

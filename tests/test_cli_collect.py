@@ -22,6 +22,7 @@ def test_collect_structure_validate(tmp_path, capsys):
     assert list(ds["state_in"].values) == ["qpos:slider", "qpos:hinge_1", "qvel:slider", "qvel:hinge_1"]
     assert ds.attrs["env"] == "CartpoleBalance" and ds.attrs["backend"] == "autodiff"
     assert ds.attrs["dtype"] == "float64" and ds.attrs["n_substeps"] == 1
+    assert ds.attrs["jacobian_method"].startswith("forward-mode autodiff (jax.jacfwd) through MJX per physics substep")
     assert json.loads(ds.attrs["policy"]) == {"name": "random"}
     assert json.loads(ds.attrs["versions"])["mujoco"]
     assert json.loads(ds.attrs["config"])["check_every"] == 4

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dynsparse import dataset, envs, errors
+from dynsparse.jacobians import autodiff
 from dynsparse.jacobians import compare as compare_lib
 from dynsparse.jacobians import finite_diff
 from dynsparse.policies import base as policies_base
@@ -223,6 +224,10 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
         "solver_iterations": int(spec.mj_model.opt.iterations),
         "solver_tolerance": float(spec.mj_model.opt.tolerance),
         "jacobian_definition": dataset.JACOBIAN_DEFINITION,
+        "jacobian_method": (
+            autodiff.METHOD_DESCRIPTIONS[autodiff.DEFAULT_METHOD] if config.backend == "autodiff"
+            else f"native mujoco.mjd_transitionFD, centred, eps={config.fd_eps}, chained over substeps"
+        ),
         "contact_definition": envs.CONTACT_DEFINITION,
         "finite_diff": (
             f"native mujoco.mjd_transitionFD, centred, eps={config.fd_eps}, opt.tolerance=0, chained "

@@ -69,3 +69,42 @@ def compare(
     mismatch = int(np.sum((za & (np.abs(b) >= floor)) | (zb & (np.abs(a) >= floor))))
     disagree = int(np.sum(diff > rtol * big + atol))
     return Agreement(rel, float(diff.max(initial=0.0)), disagree, mismatch)
+
+
+#: The guard every faster exact path must pass against the reference autodiff path.
+GUARD_RTOL = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodAgreement:
+    """How two exact (autodiff) methods agree on the same steps.
+
+    Attributes:
+      zero_mismatch: entries one method calls zero (``|x| < threshold``) and the other not.
+      max_rel_err: largest ``|a - b| / max(|a|, |b|)`` over entries that either method calls
+        nonzero (0.0 if none; NaN if either has NaN/Inf).
+      entries: entries compared.
+    """
+
+    zero_mismatch: int
+    max_rel_err: float
+    entries: int
+
+    def passes(self, rtol: float = GUARD_RTOL) -> bool:
+        """Identical zero decisions and values within ``rtol`` relative."""
+        return self.zero_mismatch == 0 and self.max_rel_err <= rtol
+
+
+def method_agreement(a: np.ndarray, b: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> MethodAgreement:
+    """Compare two exact methods' Jacobians of the same steps (equal shapes, any leading axes)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return MethodAgreement(int(a.size), float("nan"), int(a.size))
+    za, zb = np.abs(a) < threshold, np.abs(b) < threshold
+    big = np.maximum(np.abs(a), np.abs(b))
+    mask = ~(za & zb)
+    rel = float(np.max(np.abs(a - b)[mask] / big[mask])) if mask.any() else 0.0
+    return MethodAgreement(int(np.sum(za != zb)), rel, int(a.size))

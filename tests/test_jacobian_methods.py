@@ -1,0 +1,120 @@
+"""The fast exact path (``substep``) against the reference autodiff path (``reference``).
+
+Guard (issue 6): identical zero decisions at the default threshold, values within 1e-6 relative,
+the same next state and the same solver flag, on states from real rollouts.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from helpers import one_error_line
+from models import BOUNCER, LIMITED_ARM
+
+from dynsparse import envs, errors
+from dynsparse.jacobians import autodiff, compare
+
+
+def rollout_states(spec: envs.EnvSpec, n: int, steps: int, seed: int = 0):
+    """``n`` batched ``mjx.Data`` states after ``steps`` uniform random actions, and an action each."""
+    env = spec.env
+    low, high = np.nan_to_num(spec.action_low, neginf=-1.0), np.nan_to_num(spec.action_high, posinf=1.0)
+
+    @jax.jit
+    def roll(keys):
+        def one(key):
+            state = env.reset(key)
+            acts = jax.random.uniform(key, (steps + 1, spec.nu), minval=low, maxval=high)
+            state, datas = jax.lax.scan(lambda s, a: (env.step(s, a), s.data), state, acts[:-1])
+            return datas, acts[:-1]
+        return jax.vmap(one)(keys)
+
+    datas, acts = roll(jax.random.split(jax.random.PRNGKey(seed), n))
+    flat = lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])  # noqa: E731
+    return jax.tree_util.tree_map(flat, datas), flat(acts)
+
+
+def both_methods(spec: envs.EnvSpec, data, actions):
+    out = {}
+    for method in ("reference", "substep"):
+        out[method] = [np.asarray(x) for x in jax.jit(jax.vmap(autodiff.make_jacobian_fn(spec, method)))(data, actions)]
+    return out["reference"], out["substep"]
+
+
+def assert_guard(ref, new, expect_zeros: bool = True):
+    j_ref = np.concatenate([ref[0], ref[1]], axis=-1)
+    j_new = np.concatenate([new[0], new[1]], axis=-1)
+    agreement = compare.method_agreement(j_ref, j_new)
+    assert agreement.zero_mismatch == 0, agreement
+    assert agreement.max_rel_err <= compare.GUARD_RTOL, agreement
+    assert agreement.passes()
+    # some entries are exact zeros and some are not: the comparison is not vacuous
+    if expect_zeros:
+        assert 0 < int(np.sum(np.abs(j_ref) < 1e-12)) < j_ref.size
+    np.testing.assert_array_equal(new[2], ref[2])  # next state: the same simulation, bit for bit
+    np.testing.assert_array_equal(new[3], ref[3])  # solver-start flag
+    return agreement
+
+
+def test_substep_equals_reference_on_cartpole(cartpole):
+    data, actions = rollout_states(cartpole, 4, 12)
+    assert_guard(*both_methods(cartpole, data, actions))
+
+
+@pytest.mark.slow  # the limited arm below covers contacts too, faster
+def test_substep_equals_reference_with_contacts_over_two_substeps():
+    spec = envs.from_mjcf(BOUNCER, name="Bouncer", n_substeps=2, init_noise=0.05)
+    data, actions = rollout_states(spec, 4, 30)
+    ref, new = both_methods(spec, data, actions)
+    assert_guard(ref, new)
+    # contact and flight steps were both compared: friction couples x and z only in contact
+    coupled = np.abs(ref[0][:, 0, 3]) > 1e-12
+    assert coupled.any() and not coupled.all()
+
+
+def test_substep_equals_reference_with_limits_friction_loss_contact_and_sensors():
+    spec = envs.from_mjcf(LIMITED_ARM, name="LimitedArm", n_substeps=3, init_noise=0.3)
+    assert spec.mj_model.nsensor > 0
+    data, actions = rollout_states(spec, 4, 40, seed=3)
+    ref, new = both_methods(spec, data, actions)
+    assert_guard(ref, new, expect_zeros=False)  # every variable moves every other here
+    # limits and contacts were active at some of the compared steps
+    assert int(np.asarray(jax.vmap(envs.count_contacts)(data)).max()) > 0
+
+
+def test_method_agreement_counts_zero_decisions_and_relative_error():
+    a = np.array([[0.0, 1.0, 2e-13, 5.0]])
+    b = np.array([[0.0, 1.0 + 1e-7, 3e-12, 5.0]])  # entry 2: zero vs nonzero at threshold 1e-12
+    agreement = compare.method_agreement(a, b)
+    assert agreement.zero_mismatch == 1
+    assert agreement.max_rel_err == pytest.approx((3e-12 - 2e-13) / 3e-12)
+    assert not agreement.passes()
+    close = compare.method_agreement(a[:, :2], b[:, :2])
+    assert close.zero_mismatch == 0 and close.max_rel_err == pytest.approx(1e-7 / (1 + 1e-7))
+    assert close.passes() and not close.passes(rtol=1e-8)
+    assert compare.method_agreement(np.zeros(3), np.zeros(3)) == compare.MethodAgreement(0, 0.0, 3)
+    assert np.isnan(compare.method_agreement(np.array([np.nan]), np.array([0.0])).max_rel_err)
+
+
+def test_unknown_method_is_one_line_error(cartpole):
+    with pytest.raises(errors.UserError) as exc:
+        autodiff.make_jacobian_fn(cartpole, "jacrev")
+    assert one_error_line(str(exc.value)) == "unknown autodiff method 'jacrev'; allowed: substep, reference"
+
+
+def test_the_default_method_is_the_substep_chain():
+    assert autodiff.DEFAULT_METHOD == "substep"
+    assert set(autodiff.METHOD_DESCRIPTIONS) == set(autodiff.METHODS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", ["CheetahRun", "WalkerRun"])
+def test_substep_equals_reference_on_the_target_envs(env):
+    spec = envs.load(env)
+    data, actions = rollout_states(spec, 2, 40)
+    idx = np.arange(0, 80, 5)  # 16 states spread over both trajectories (contacts included)
+    data = jax.tree_util.tree_map(lambda x: x[idx], data)
+    ref, new = both_methods(spec, data, actions[idx])
+    assert_guard(ref, new)
+    assert int(np.asarray(jax.vmap(envs.count_contacts)(data)).max()) > 0
