@@ -11,10 +11,11 @@ Rows:
 - native finite differences, thread-parallel (``mjd_transitionFD`` releases the GIL);
 - dynsparse's ``finite_diff`` backend (single thread);
 - the autodiff methods (``dynsparse.jacobians.autodiff``) at each batch size: compile seconds
-  (first call; near zero once the JAX persistent cache at ``$DYNSPARSE_JAX_CACHE`` is warm,
+  (compiled with ``dynsparse.xla.compiler_options()``, as collection does; compile seconds of the
+  first call; near zero once the JAX persistent cache at ``$DYNSPARSE_JAX_CACHE`` is warm,
   ``--jax-cache off`` to measure cold), and XLA's temporary memory per Jacobian;
-- the autodiff default split over two CPU devices (``--devices 2``; XLA runs one program per
-  device concurrently);
+- the autodiff default compiled with XLA's default options (dynsparse turns the CPU fusion
+  emitters off, see ``dynsparse.xla``), and split over two CPU devices (``--devices 2``);
 - one batched control step without Jacobians (the primal): the last column expresses each
   path's cost in primal MJX steps, against the theoretical ``2 nv + nu`` tangent directions.
 
@@ -97,12 +98,14 @@ def best_of(fn: Callable[[], Any], repeat: int) -> float:
 def native_rates(spec: Any, inputs: list[finite_diff.StepInputs], threads: list[int], repeat: int) -> dict[str, float]:
     """Jacobians per second of the baseline, the threaded loops and the ``finite_diff`` backend."""
     n = len(inputs)
-    plain_fd_loop(spec, inputs[:16])  # warm-up (page in MuJoCo, allocate)
-    rates = {"baseline": n / best_of(lambda: plain_fd_loop(spec, inputs), repeat)}
-    for t in threads:
-        rates[f"threads{t}"] = n / best_of(lambda: threaded_fd(spec, inputs, t), repeat)
+    plain_fd_loop(spec, inputs)  # warm-up (page in MuJoCo, allocate, let the clock settle)
     fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps)
-    rates["finite_diff"] = n / best_of(lambda: [fd(x) for x in inputs], repeat)
+    rates = {"baseline": 0.0, "finite_diff": 0.0, **{f"threads{t}": 0.0 for t in threads}}
+    for _ in range(repeat):  # interleaved, best of each: drifts of the machine hit all rows alike
+        rates["baseline"] = max(rates["baseline"], n / plain_fd_loop(spec, inputs))
+        for t in threads:
+            rates[f"threads{t}"] = max(rates[f"threads{t}"], n / threaded_fd(spec, inputs, t))
+        rates["finite_diff"] = max(rates["finite_diff"], n / best_of(lambda: [fd(x) for x in inputs], 1))
     return rates
 
 
@@ -119,6 +122,7 @@ def native_worker(folder: Path) -> None:
 
 def run_native(spec: Any, inputs: list[finite_diff.StepInputs], threads: list[int], repeat: int) -> dict[str, float]:
     """``native_rates`` in a fresh subprocess (pinned to this process's cores, no JAX)."""
+    time.sleep(1.0)  # let this process's XLA worker threads stop spinning (they share the cores)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         mujoco.mj_saveModel(spec.mj_model, str(folder / "model.mjb"), None)
@@ -170,7 +174,7 @@ def temp_bytes(compiled: Any) -> float:
 def main(args: argparse.Namespace) -> None:
     import jax
 
-    from dynsparse import envs, jaxcache
+    from dynsparse import envs, jaxcache, xla
     from dynsparse.jacobians import autodiff, compare
 
     if args.jax_cache != "off":
@@ -195,7 +199,7 @@ def main(args: argparse.Namespace) -> None:
             sub = jax.tree_util.tree_map(lambda x: x[:b], data)
             act = actions[:b]
             t0 = time.perf_counter()
-            compiled = jax.jit(fn).lower(sub, act).compile()
+            compiled = jax.jit(fn, compiler_options=xla.compiler_options()).lower(sub, act).compile()
             out = jax.block_until_ready(compiled(sub, act))
             compile_s = time.perf_counter() - t0
             rate = b / best_of(lambda: jax.block_until_ready(compiled(sub, act)), args.repeat)
@@ -203,18 +207,27 @@ def main(args: argparse.Namespace) -> None:
             if b == bmax:
                 results[method] = np.concatenate([np.asarray(out[0]), np.asarray(out[1])], axis=-1)
 
-    n_dev = min(args.devices, jax.local_device_count())
-    if n_dev > 1 and bmax % n_dev == 0:
-        split = jax.pmap(jax.vmap(autodiff.make_jacobian_fn(spec)))
-        parts = jax.tree_util.tree_map(lambda x: x[:bmax].reshape((n_dev, bmax // n_dev) + x.shape[1:]), (data, actions))
-        t0 = time.perf_counter()
-        jax.block_until_ready(split(*parts))
-        compile_s = time.perf_counter() - t0
-        rate = bmax / best_of(lambda: jax.block_until_ready(split(*parts)), args.repeat)
-        rows.append((f"autodiff {autodiff.DEFAULT_METHOD}, {n_dev} CPU devices", bmax, rate, compile_s, float("nan")))
-
-    primal = jax.jit(jax.vmap(lambda d, a: envs.make_control_step(spec)(d, envs.state_of(d), a)[0]))
+    default_fn = jax.vmap(autodiff.make_jacobian_fn(spec))
     sub = jax.tree_util.tree_map(lambda x: x[:bmax], data)
+    extra = []
+    if xla.compiler_options():  # the same path compiled with XLA's default options
+        extra.append((f"autodiff {autodiff.DEFAULT_METHOD}, XLA default options", jax.jit(default_fn), (sub, actions[:bmax])))
+    n_dev = min(args.devices, jax.local_device_count())
+    if n_dev > 1 and bmax % n_dev == 0:  # the batch split over CPU devices (one program each)
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        sharding = NamedSharding(Mesh(np.array(jax.devices()[:n_dev]), ("batch",)), PartitionSpec("batch"))
+        split = jax.device_put((sub, actions[:bmax]), sharding)
+        extra.append((f"autodiff {autodiff.DEFAULT_METHOD}, {n_dev} CPU devices", jax.jit(default_fn, compiler_options=xla.compiler_options()), split))
+    for name, f, f_args in extra:
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*f_args))
+        compile_s = time.perf_counter() - t0
+        rate = bmax / best_of(lambda: jax.block_until_ready(f(*f_args)), args.repeat)  # noqa: B023
+        rows.append((name, bmax, rate, compile_s, float("nan")))
+
+    primal = jax.jit(jax.vmap(lambda d, a: envs.make_control_step(spec)(d, envs.state_of(d), a)[0]),
+                     compiler_options=xla.compiler_options())
     jax.block_until_ready(primal(sub, actions[:bmax]))
     primal_rate = bmax / best_of(lambda: jax.block_until_ready(primal(sub, actions[:bmax])), args.repeat)
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsparse import envs
+from dynsparse import envs, xla
 from dynsparse.jacobians import autodiff
 from dynsparse.policies import Policy
 
@@ -111,4 +111,4 @@ def _chunk_fn(spec: envs.EnvSpec, policy_json: str, with_jacobians: bool) -> Cal
         (state, alive), out = jax.lax.scan(step, (state, alive), noise)
         return state, alive, out
 
-    return jax.jit(jax.vmap(one_env))
+    return jax.jit(jax.vmap(one_env), compiler_options=xla.compiler_options())
