@@ -26,7 +26,7 @@ import mujoco
 import numpy as np
 import xarray as xr
 
-from dynsparse import envs, jaxcache, reproduce
+from dynsparse import envs, jaxcache, reproduce, xla
 from dynsparse.jacobians import finite_diff
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -61,6 +61,7 @@ def main() -> None:
     kw = {"envs": tuple(args.envs.split(","))} if args.envs else {}
     config = reproduce.StudyConfig.quick(**kw) if args.quick else reproduce.StudyConfig.full(**kw)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="dynsparse-study-"))
+    xla.use_cpu_cores()  # as the CLI does
     jaxcache.enable()
 
     first_chunk: dict[str, float] = {}

@@ -12,6 +12,10 @@ import pytest
 # test starts), so each (env, batch shape) compiles once per machine.
 os.environ.setdefault("DYNSPARSE_JAX_CACHE", str(Path(tempfile.gettempdir()) / "dynsparse-test-jax-cache"))
 
+# One CPU device in this process and in the subprocesses tests start (results compared bit for
+# bit against in-process references); tests of the split over devices ask for 2 explicitly.
+os.environ.setdefault("DYNSPARSE_CPU_DEVICES", "1")
+
 from dynsparse import jaxcache  # noqa: E402
 
 jaxcache.enable()

@@ -192,7 +192,7 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from dynsparse import collect, jaxcache
+    from dynsparse import collect, jaxcache, xla
 
     policy = policy_config(args.policy, args.beta, args.noise_scale)
     config = collect.CollectConfig(
@@ -200,6 +200,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         backend=args.backend, dtype=args.dtype, check_every=args.check_every,
         batch_size=args.batch_size, chunk_steps=args.chunk_steps,
     ).validated()
+    xla.use_cpu_cores()
     jaxcache.enable(args.jax_cache)
     bar = _ProgressBar(f"collect {args.env}")
     try:
@@ -423,7 +424,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dynsparse import jaxcache, reproduce
+    from dynsparse import jaxcache, reproduce, xla
 
     kw: dict = {"seed": args.seed}
     if args.policies is not None:
@@ -438,6 +439,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         kw["envs"] = names
     config = reproduce.StudyConfig.quick(**kw) if args.quick else reproduce.StudyConfig.full(**kw)
     reproduce.preflight(args.out, config)  # refuse a bad study before any progress bar
+    xla.use_cpu_cores()
     jaxcache.enable(args.jax_cache)
     total = 2 * len(config.envs) + 1
     stages = tqdm(total=total, desc="study", unit="stage", file=sys.stderr, position=0)

@@ -200,6 +200,14 @@ def _steps_done(layout: dataset.Layout, next_unit: int) -> int:
     return done
 
 
+def _devices(batch_size: int) -> int:
+    """How many devices each compiled chunk's episode batch is split over."""
+    from dynsparse import rollout
+
+    sharding = rollout.batch_sharding(batch_size)
+    return 1 if sharding is None else len(sharding.device_set)
+
+
 def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
     versions = dataset.package_versions()
     return {
@@ -224,6 +232,8 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
         "solver_iterations": int(spec.mj_model.opt.iterations),
         "solver_tolerance": float(spec.mj_model.opt.tolerance),
         "jacobian_definition": dataset.JACOBIAN_DEFINITION,
+        # episodes are split over this many CPU devices (round-off differs from one device)
+        "devices": _devices(config.batch_size),
         "jacobian_method": (
             autodiff.METHOD_DESCRIPTIONS[autodiff.DEFAULT_METHOD] if config.backend == "autodiff"
             else f"native mujoco.mjd_transitionFD, centred, eps={config.fd_eps}, chained over substeps"
@@ -270,6 +280,11 @@ class _Runner:
             treedef = jax.tree_util.tree_structure(template)
             carry = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(x) for x in checkpoint.carry])
         noise = None
+        sharding = self._rollout.batch_sharding(layout.batch_size)
+
+        def put(tree: Any) -> Any:
+            return tree if sharding is None else jax.device_put(tree, sharding)
+
         for unit in range(checkpoint.next_unit, layout.n_units):
             b, c = divmod(unit, layout.n_chunks)
             if noise is None or c == 0:
@@ -279,7 +294,7 @@ class _Runner:
             elif carry is None:  # excluded by _existing_checkpoint
                 raise RuntimeError(f"no simulator state to continue unit {unit}")
             t0 = c * layout.chunk_steps
-            states, alive, outputs = self.chunk_fn(carry[0], carry[1], noise[:, t0:t0 + layout.chunk_steps])
+            states, alive, outputs = self.chunk_fn(put(carry[0]), put(carry[1]), put(noise[:, t0:t0 + layout.chunk_steps]))
             carry = (states, alive)
             arrays = self._unit_arrays(unit, jax.device_get(outputs))
             dataset.write_unit(self.out, layout, unit, arrays)

@@ -50,6 +50,22 @@ def _strong(x: jax.Array, dtype: Any) -> jax.Array:
     return x
 
 
+def batch_sharding(batch: int) -> Any:
+    """A sharding that splits the leading (episode) axis over the CPU devices, or ``None``
+    (one device, another backend, or a batch the device count does not divide).
+
+    Every leaf of the chunk function's inputs has the batch as its leading axis, so the
+    compiled chunk runs one slice of the episodes on each device; results differ from a
+    one-device run only by round-off.
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.local_devices()
+    if jax.default_backend() != "cpu" or len(devices) < 2 or batch % len(devices):
+        return None
+    return NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec("batch"))
+
+
 def make_chunk_fn(spec: envs.EnvSpec, policy: Policy, with_jacobians: bool) -> Callable[..., Any]:
     """Jitted ``chunk(states, alive, noise) -> (states, alive, outputs)``, cached per
     ``(spec, policy configuration, with_jacobians)`` so a process traces and compiles it once.
