@@ -17,8 +17,10 @@ Two methods compute the same derivative of ``dynsparse.envs.make_control_step`` 
   inertia and its factorisation, collision detection, constraint Jacobians). In the whole-step
   ``reference`` every direction flows through every substep's position stage (after the first
   substep the position depends on everything). Measured (``benchmarks/jacobians.py``, 2-core
-  CPU): 1.4-1.9x the reference's throughput; zero decisions identical and values equal to the
-  reference to ~1e-9 relative (round-off of the different summation order; tested).
+  CPU, batch 64-256): 2.0x the reference's throughput on CheetahRun, 3.1x on WalkerRun, 2.5x on
+  SwimmerSwimmer6 (0.8x on CartpoleBalance, where the second primal pass weighs most); zero
+  decisions identical and values equal to the reference to <1e-8 relative (round-off of the
+  different summation order; tested).
 
 Known limit (both methods; measured on FingerSpin, pinned in the tests): when a substep's
 constraint solver starts at a point whose gradient is already below tolerance, MJX runs zero
