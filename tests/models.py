@@ -119,3 +119,78 @@ LIMITED_ARM = """
   <sensor><framepos objtype="site" objname="tip"/><velocimeter site="tip"/></sensor>
 </mujoco>
 """
+
+#: a free sphere (isotropic inertia: no gyroscopic torque) in zero gravity, pushed and twisted by
+#: two motors on its free joint; over one Euler step of h: v' = v + h u_f / m, x' = x + h v',
+#: w' = w + h u_t / I (local frame), and the rotation read at the nominal next orientation moves
+#: by R(h w')^T dr: d r'/d r = R(h w')^T.
+FREE_SPHERE = """
+<mujoco model="free_sphere">
+  <option timestep="0.01" gravity="0 0 0"/>
+  <worldbody>
+    <body name="ball" pos="0 0 1">
+      <freejoint name="root"/>
+      <geom type="sphere" size="0.1" mass="2" contype="0" conaffinity="0"/>
+    </body>
+  </worldbody>
+  <actuator>
+    <motor name="push" joint="root" gear="0 0 1 0 0 0" ctrlrange="-1 1"/>
+    <motor name="twist" joint="root" gear="0 0 0 1 0 0" ctrlrange="-1 1"/>
+  </actuator>
+</mujoco>
+"""
+SPHERE_DT = 0.01
+
+#: a small legged robot: a free-floating box torso with two hinge legs (hip and knee) ending in
+#: sphere feet on a floor, under gravity; a ball-jointed tail; 3 substeps per control step. The
+#: feet touch the floor at reset (contact-rich free-base dynamics without any download).
+LEGGED = """
+<mujoco model="legged">
+  <option timestep="0.005"/>
+  <default>
+    <joint damping="0.05" limited="true" range="-1 1"/>
+    <geom friction="0.8 0.02 0.01"/>
+    <motor ctrlrange="-1 1" gear="5"/>
+  </default>
+  <worldbody>
+    <geom name="floor" type="plane" size="5 5 0.1"/>
+    <body name="torso" pos="0 0 0.455">
+      <freejoint name="root"/>
+      <geom name="torso" type="box" size="0.2 0.1 0.05" mass="2"/>
+      <body name="front" pos="0.15 0 -0.05">
+        <joint name="front_hip" type="hinge" axis="0 1 0"/>
+        <geom type="capsule" fromto="0 0 0 0 0 -0.2" size="0.03" mass="0.2"/>
+        <body pos="0 0 -0.2">
+          <joint name="front_knee" type="hinge" axis="0 1 0"/>
+          <geom type="capsule" fromto="0 0 0 0 0 -0.18" size="0.025" mass="0.1"/>
+          <geom name="front_foot" type="sphere" pos="0 0 -0.18" size="0.03" mass="0.05"/>
+        </body>
+      </body>
+      <body name="back" pos="-0.15 0 -0.05">
+        <joint name="back_hip" type="hinge" axis="0 1 0"/>
+        <geom type="capsule" fromto="0 0 0 0 0 -0.2" size="0.03" mass="0.2"/>
+        <body pos="0 0 -0.2">
+          <joint name="back_knee" type="hinge" axis="0 1 0"/>
+          <geom type="capsule" fromto="0 0 0 0 0 -0.18" size="0.025" mass="0.1"/>
+          <geom name="back_foot" type="sphere" pos="0 0 -0.18" size="0.03" mass="0.05"/>
+        </body>
+      </body>
+      <body name="tail" pos="-0.2 0 0.05">
+        <joint name="tail" type="ball" range="0 0.8" limited="true"/>
+        <geom type="capsule" fromto="0 0 0 -0.15 0 0" size="0.015" mass="0.05" contype="0" conaffinity="0"/>
+      </body>
+    </body>
+  </worldbody>
+  <contact>
+    <exclude body1="torso" body2="front"/>
+    <exclude body1="torso" body2="back"/>
+  </contact>
+  <actuator>
+    <motor name="front_hip" joint="front_hip"/>
+    <motor name="front_knee" joint="front_knee"/>
+    <motor name="back_hip" joint="back_hip"/>
+    <motor name="back_knee" joint="back_knee"/>
+  </actuator>
+</mujoco>
+"""
+LEGGED_SUBSTEPS = 3

@@ -32,18 +32,23 @@ def test_walker_substeps():
 def test_free_joint_names():
     xml = """<mujoco><worldbody><body><freejoint name="root"/><geom size=".1"/>
              <body><joint name="ball" type="ball"/><geom size=".1"/></body></body></worldbody></mujoco>"""
-    state, action = envs.variable_names(mujoco.MjModel.from_xml_string(xml))
-    assert state[:7] == tuple(f"qpos:root:{a}" for a in ("x", "y", "z", "qw", "qx", "qy", "qz"))
-    assert state[7:11] == tuple(f"qpos:ball:{a}" for a in ("qw", "qx", "qy", "qz"))
-    assert state[11:17] == tuple(f"qvel:root:{a}" for a in ("x", "y", "z", "rx", "ry", "rz"))
-    assert state[17:] == ("qvel:ball:rx", "qvel:ball:ry", "qvel:ball:rz") and action == ()
+    model = mujoco.MjModel.from_xml_string(xml)
+    raw = envs.qstate_names(model)
+    assert raw[:7] == tuple(f"qpos:root:{a}" for a in ("x", "y", "z", "qw", "qx", "qy", "qz"))
+    assert raw[7:11] == tuple(f"qpos:ball:{a}" for a in ("qw", "qx", "qy", "qz"))
+    assert raw[11:17] == tuple(f"qvel:root:{a}" for a in ("x", "y", "z", "rx", "ry", "rz"))
+    assert raw[17:] == ("qvel:ball:rx", "qvel:ball:ry", "qvel:ball:rz")
+    state, action = envs.variable_names(model)  # the tangent space: 2 nv
+    assert state[:6] == tuple(f"qpos:root:{a}" for a in ("x", "y", "z", "rx", "ry", "rz"))
+    assert state[6:9] == ("qpos:ball:rx", "qpos:ball:ry", "qpos:ball:rz")
+    assert state[9:] == raw[11:] and action == ()
 
 
-def test_free_joint_env_is_refused_clearly(tmp_path):
-    config = collect.CollectConfig(env="HumanoidRun", episodes=1, steps=1, policy={"name": "random"})
-    with pytest.raises(errors.UserError, match=r"free or ball joints \(nq=28 != nv=27\)"):
-        collect.collect(config, tmp_path / "h.zarr")
-    assert not (tmp_path / "h.zarr").exists()
+def test_humanoid_state_is_the_tangent_space():
+    spec = envs.load("HumanoidRun")
+    assert (spec.nq, spec.nv, spec.state_size, spec.qstate_size) == (28, 27, 54, 55)
+    assert spec.state_names[:6] == tuple(f"qpos:root:{a}" for a in ("x", "y", "z", "rx", "ry", "rz"))
+    assert spec.qstate_names[3] == "qpos:root:qw" and len(spec.qstate_names) == 55
 
 
 def test_locomotion_without_assets_fails_fast_without_network(monkeypatch, tmp_path):

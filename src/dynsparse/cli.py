@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dynsparse", description="How sparse are the true dynamics of MuJoCo Playground environments?")
     p.add_argument("--jax-cache", default=None, help="JAX compilation cache directory, or 'off' (default: $DYNSPARSE_JAX_CACHE or ~/.cache/dynsparse/jax)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--menagerie", default=None, metavar="PATH",
+                   help="local mujoco_menagerie checkout for the locomotion/manipulation environments "
+                        "(default: $DYNSPARSE_MENAGERIE, else Playground's own location)")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("envs", help="list the environments with their state and action sizes")
@@ -79,6 +82,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=_positive_int, default=16, help="episodes simulated together")
     c.add_argument("--chunk-steps", type=_positive_int, default=100, help="steps per compiled chunk and per stored chunk")
     c.add_argument("--out", required=True, help="output Zarr store; rerun the same command to resume")
+    c.add_argument("--menagerie", default=argparse.SUPPRESS, metavar="PATH", help="as the global --menagerie")
+
+    w = sub.add_parser("sweep", help="a grid of (env, policy, seed, threshold) jobs on local processes or a Dask cluster")
+    w.add_argument("config", help="sweep configuration (.toml or .json): envs, policies, seeds, thresholds, collection settings")
+    w.add_argument("--out", required=True, help="sweep folder; rerun the same command to run what is not done")
+    w.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="address of a running Dask scheduler (e.g. tcp://host:8786; --out on a shared file system); "
+                        "default: a local cluster of worker processes")
+    w.add_argument("--workers", type=_positive_int, default=None, help="local worker processes (default: cores, at most the runs)")
+    w.add_argument("--only", action="append", default=[], metavar="JOB", help="run only this job (repeatable); ids as in summary.csv")
+    w.add_argument("--menagerie", default=argparse.SUPPRESS, metavar="PATH", help="as the global --menagerie")
 
     t = sub.add_parser("train-policy", help="train a PPO policy (brax, Playground's published hyper-parameters)")
     t.add_argument("env", help="a DM-Control suite name in Playground, e.g. CheetahRun")
@@ -160,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _route_mujoco_warnings()
     try:
+        if args.menagerie is not None:
+            from dynsparse import envs
+
+            envs.use_menagerie(args.menagerie)
         return _COMMANDS[args.command](args)
     except errors.UserError as exc:
         print(f"dynsparse: error: {exc}", file=sys.stderr)
@@ -183,8 +201,8 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     print(f"{'environment':<24}{'nq':>4}{'nv':>4}{'state':>7}{'action':>8}{'substeps':>10}{'dt':>8}  note")
     for name in envs.dm_control_names():
         info = envs.static_info(name)
-        note = "" if info["nq"] == info["nv"] else "free/ball joints: not supported yet"
-        print(f"{name:<24}{info['nq']:>4}{info['nv']:>4}{info['nq'] + info['nv']:>7}{info['nu']:>8}{info['n_substeps']:>10}{info['dt']:>8.4g}  {note}")
+        note = "" if info["nq"] == info["nv"] else "free/ball joints: state is the tangent space (2 nv)"
+        print(f"{name:<24}{info['nq']:>4}{info['nv']:>4}{2 * info['nv']:>7}{info['nu']:>8}{info['n_substeps']:>10}{info['dt']:>8.4g}  {note}")
     others = envs.other_names()
     if others:
         print(f"\nlocomotion/manipulation ({len(others)}): need mujoco_menagerie at {envs.menagerie_path()}: {', '.join(others)}")
@@ -194,7 +212,9 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 def _cmd_collect(args: argparse.Namespace) -> int:
     from dynsparse import collect, jaxcache, xla
 
-    policy = policy_config(args.policy, args.beta, args.noise_scale)
+    from dynsparse.policies import base as policies_base
+
+    policy = policies_base.config_from_text(args.policy, args.beta, args.noise_scale)
     config = collect.CollectConfig(
         env=args.env, episodes=args.episodes, steps=args.steps, policy=policy, seed=args.seed,
         backend=args.backend, dtype=args.dtype, check_every=args.check_every,
@@ -211,30 +231,33 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def policy_config(spec: str, beta: float | None, scale: float | None) -> dict:
-    """``--policy`` and its noise options as a policy configuration.
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
 
-    ``random``, ``colored`` or ``ppo:DIR``; ``beta``/``scale`` ``None`` take the policy's defaults.
-    """
-    from dynsparse.policies import base
+    from dynsparse import sweep
 
-    name, _, arg = spec.partition(":")
-    if name == "ppo":
-        if not arg:
-            raise errors.UserError("--policy ppo needs a checkpoint folder: --policy ppo:DIR")
-        policy: dict = {"name": "ppo", "checkpoint": arg}
-        if beta is not None:
-            policy["beta"] = beta
-        if scale is not None:
-            policy["scale"] = scale
-        return policy
-    if arg or name not in base.NAMES:
-        raise errors.UserError(f"unknown policy {spec!r}; allowed: random, colored, ppo:DIR")
-    if name == "colored":
-        return {"name": "colored", "beta": 1.0 if beta is None else beta, "scale": 1.0 if scale is None else scale}
-    if beta is not None or scale is not None:
-        raise errors.UserError(f"--noise-beta and --noise-scale apply to colored and ppo policies, not {name!r}")
-    return {"name": name}
+    if not args.verbose:  # Dask's scheduler/nanny chatter (worker start/stop) only with -v
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+    config = sweep.load_config(args.config)
+    jobs = config.jobs()
+    print(f"sweep: {len(jobs)} jobs ({len(config.runs())} collections) -> {args.out}", flush=True)
+
+    def on_event(state: str, job: "sweep.Job", payload: dict) -> None:
+        extra = f": {payload.get('error')}" if state == "failed" else f" ({payload.get('seconds', 0):.0f} s analysis)"
+        print(f"  {state:<6} {job.id}{extra}", flush=True)
+
+    # each worker uses --jax-cache, else its own default ($DYNSPARSE_JAX_CACHE or ~/.cache/dynsparse/jax)
+    outcomes = sweep.run_sweep(config, args.out, scheduler=args.scheduler, workers=args.workers, only=args.only,
+                               jax_cache=args.jax_cache, on_event=on_event)
+    rows = sweep.summary_rows(Path(args.out), config)
+    print(sweep.format_table(rows))
+    counts = {state: sum(o.state == state for o in outcomes) for state in ("done", "skipped", "failed", "not run")}
+    print(f"{counts['done']} done now, {counts['skipped']} done before, {counts['failed']} failed, "
+          f"{counts['not run']} not selected; summary: {args.out}/{sweep.SUMMARY_FILE}")
+    if counts["failed"]:
+        print("re-run a failed job alone with --only JOB (after fixing its cause), or rerun the command", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _widths(flag: str, text: str) -> tuple[int, ...]:
@@ -472,7 +495,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "train-policy": _cmd_train_policy, "learn": _cmd_learn,
     "envs": _cmd_envs, "collect": _cmd_collect, "structure": _cmd_structure, "validate": _cmd_validate,
-    "analyze": _cmd_analyze, "report": _cmd_report, "reproduce": _cmd_reproduce,
+    "analyze": _cmd_analyze, "report": _cmd_report, "reproduce": _cmd_reproduce, "sweep": _cmd_sweep,
 }
 
 

@@ -134,14 +134,13 @@ def collect(
     existing = _existing_checkpoint(out, config)
     if spec is None:
         spec = envs.load(config.env, config.dtype)
-    envs.require_nq_equals_nv(spec.name, spec.mj_model)
     policy = policies_base.from_config(config.policy)
     policy.check_env(spec)
     if config.policy["name"] == "random" and not (np.isfinite(spec.action_low).all() and np.isfinite(spec.action_high).all()):
         raise errors.UserError(f"policy 'random' needs finite action bounds; {config.env} has unlimited actuators: use --policy colored")
     layout = dataset.Layout(
         config.episodes, config.steps, spec.state_names, spec.action_names, config.batch_size,
-        config.chunk_steps, config.dtype, envs.contact_pairs(spec)[0],
+        config.chunk_steps, config.dtype, envs.contact_pairs(spec)[0], spec.qstate_names,
     )
     if existing is None:
         dataset.create(out, layout, _attrs(config, spec))

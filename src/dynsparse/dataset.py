@@ -3,9 +3,16 @@
 Layout (Zarr format 2, consolidated metadata, readable with plain ``xarray.open_zarr``):
 
 - dims ``episode``, ``step``, ``out`` (next-state variable), ``state_in``, ``action_in``, ``dof``,
-  ``contact_pair`` (the geom pairs the simulator can put in contact)
+  ``contact_pair`` (the geom pairs the simulator can put in contact), and for models with free or
+  ball joints (``nq != nv``) ``qstate``
 - coords: the named variables (``qpos:rootx``, ``qvel:bthigh``, ``act:bthigh``, ...)
-- data variables (E episodes, T steps, n = nq + nv, m = nu):
+- data variables (E episodes, T steps, n = 2 nv the tangent state, m = nu):
+
+The Jacobians' state coordinates (``out``, ``state_in``) are MuJoCo's tangent space ``[dq, dv]``
+(``dynsparse.tangent``; a free joint's ``qpos:root:x .. :z, :rx .. :rz``), which for hinge and
+slide joints is ``[qpos, qvel]`` itself. When ``nq != nv`` the stored states ``state`` and
+``next_state`` keep the simulator's ``[qpos, qvel]`` (quaternions included) on their own dim
+``qstate`` (``nq + nv`` names, a free joint's ``qpos:root:qw ..``) instead of ``state_in``/``out``.
 
   ===================== ======================== ==========================================
   name                  dims                     meaning
@@ -69,7 +76,9 @@ IDENTITY_KEYS = (
 
 JACOBIAN_DEFINITION = (
     "J_s = ds'/ds and J_a = ds'/da of one control step s' = f(s, a): the environment's "
-    "n_substeps MuJoCo steps with ctrl = a held; s = [qpos, qvel]; everything else in the "
+    "n_substeps MuJoCo steps with ctrl = a held; s = [qpos, qvel] in MuJoCo's tangent space [dq, dv] "
+    "(2 nv coordinates, as in mjd_transitionFD: free/ball-joint quaternions are perturbed by a local "
+    "rotation vector, q exp(dq/2), and read as log(q0^-1 q); identical to [qpos, qvel] when nq == nv); everything else in the "
     "simulator state (time, mocap, and the constraint solver's warm start qacc_warmstart at every "
     "substep) is held at its value on the recorded trajectory and not differentiated"
 )
@@ -97,6 +106,13 @@ class Layout:
     chunk_steps: int
     dtype: str
     contact_pair_names: tuple[str, ...] = ()
+    #: names of the stored ``[qpos, qvel]`` when they differ from ``state_names`` (``nq != nv``)
+    qstate_names: tuple[str, ...] = ()
+
+    @property
+    def separate_qstate(self) -> bool:
+        """Whether ``state``/``next_state`` live on their own ``qstate`` dim (``nq != nv``)."""
+        return bool(self.qstate_names) and tuple(self.qstate_names) != tuple(self.state_names)
 
     @property
     def n_batches(self) -> int:
@@ -121,10 +137,11 @@ def _variables(layout: Layout) -> dict[str, tuple[tuple[str, ...], str, Any]]:
     """name -> (dims, dtype, fill value)."""
     f = layout.dtype
     es = ("episode", "step")
+    separate = layout.separate_qstate
     return {
-        "state": (es + ("state_in",), f, np.nan),
+        "state": (es + ("qstate" if separate else "state_in",), f, np.nan),
         "action": (es + ("action_in",), f, np.nan),
-        "next_state": (es + ("out",), f, np.nan),
+        "next_state": (es + ("qstate" if separate else "out",), f, np.nan),
         "J_s": (es + ("out", "state_in"), f, np.nan),
         "J_a": (es + ("out", "action_in"), f, np.nan),
         "n_contacts": (es, "int32", -1),
@@ -165,6 +182,7 @@ def create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
     sizes = {
         "episode": layout.episodes, "step": layout.steps, "out": n, "state_in": n,
         "action_in": len(layout.action_names), "dof": len(dofs), "contact_pair": len(layout.contact_pair_names),
+        "qstate": len(layout.qstate_names),
     }
     chunk_of = {"episode": layout.batch_size, "step": layout.chunk_steps}
     data_vars = {}
@@ -183,6 +201,8 @@ def create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
         "action_in": list(layout.action_names), "dof": list(dofs),
         "contact_pair": np.asarray(layout.contact_pair_names, dtype=str),
     }
+    if layout.separate_qstate:
+        coords["qstate"] = list(layout.qstate_names)
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,10 +260,12 @@ def read_config(ds: Any) -> dict[str, Any]:
 def layout_of(config: dict[str, Any], ds: Any) -> Layout:
     """The layout a store's configuration and coords imply."""
     pairs = tuple(str(x) for x in ds["contact_pair"].values) if "contact_pair" in ds.coords else ()
+    qstate = tuple(str(x) for x in ds["qstate"].values) if "qstate" in ds.coords else ()
     return Layout(
         episodes=int(config["episodes"]), steps=int(config["steps"]), state_names=tuple(str(x) for x in ds["state_in"].values),
         action_names=tuple(str(x) for x in ds["action_in"].values), batch_size=int(config["batch_size"]),
         chunk_steps=int(config["chunk_steps"]), dtype=str(config["dtype"]), contact_pair_names=pairs,
+        qstate_names=qstate,
     )
 
 

@@ -4,6 +4,8 @@ The state of a control step is ``s = [qpos, qvel]`` (length ``nq + nv``) and the
 the environment's action exactly as a policy emits it (length ``nu``). One control step
 ``s' = f(s, a)`` runs the environment's ``n_substeps`` physics steps with ``ctrl = a`` held, as
 ``mujoco_playground._src.mjx_env.step`` does (MuJoCo itself clamps ``ctrl`` to ``ctrlrange``).
+Its Jacobians are taken in the tangent space of ``s`` (``2 nv`` coordinates; ``dynsparse.tangent``),
+which is ``[qpos, qvel]`` itself unless the model has free or ball joints.
 
 What ``f`` holds fixed: every part of ``mjx.Data`` other than ``qpos``/``qvel`` comes from the
 trajectory's own data at that step (time, mocap bodies, activations), and so does the constraint
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 
-from dynsparse import errors
+from dynsparse import errors, tangent
 
 jax.config.update("jax_enable_x64", True)
 
@@ -56,7 +58,12 @@ class EnvSpec:
       n_substeps: physics steps per control step.
       dt: control time step in seconds (``n_substeps * sim_dt``).
       sim_dt: physics time step in seconds.
-      state_names: ``nq + nv`` names, ``qpos:<joint>`` then ``qvel:<joint>``.
+      state_names: ``2 nv`` names of the Jacobians' state coordinates, the tangent space
+        ``[dq, dv]`` (see ``dynsparse.tangent``): ``qpos:<joint>`` (``qpos:<joint>:x .. :rz`` for a
+        free joint) then ``qvel:<joint>``. Equal to ``qstate_names`` when ``nq == nv``.
+      qstate_names: ``nq + nv`` names of the stored state ``[qpos, qvel]`` (a free joint's
+        ``qpos:<joint>:x, .., :qw, .., :qz``).
+      charts: the index sets mapping ``qpos`` to the tangent space.
       action_names: ``nu`` names, ``act:<actuator>``.
       action_low, action_high: ``(nu,)`` action bounds (the actuator ``ctrlrange``; +-inf where
         an actuator is not ``ctrllimited``).
@@ -76,6 +83,8 @@ class EnvSpec:
     action_names: tuple[str, ...]
     action_low: np.ndarray
     action_high: np.ndarray
+    qstate_names: tuple[str, ...]
+    charts: tangent.Charts
     dtype: str = "float64"
 
     @property
@@ -92,6 +101,12 @@ class EnvSpec:
 
     @property
     def state_size(self) -> int:
+        """Size of the Jacobians' (tangent) state, ``2 nv``."""
+        return 2 * self.nv
+
+    @property
+    def qstate_size(self) -> int:
+        """Size of the stored state ``[qpos, qvel]``, ``nq + nv``."""
         return self.nq + self.nv
 
     @property
@@ -125,8 +140,46 @@ def static_info(name: str) -> dict[str, Any]:
     return {"nq": spec.nq, "nv": spec.nv, "nu": spec.nu, "n_substeps": spec.n_substeps, "dt": spec.dt}
 
 
+#: Environment variable naming a local mujoco_menagerie checkout (same as ``--menagerie``).
+MENAGERIE_ENV = "DYNSPARSE_MENAGERIE"
+
+#: set once ``use_menagerie`` was given a path explicitly (it then wins over the variable)
+_menagerie_explicit = False
+
+
+def use_menagerie(path: str | None) -> None:
+    """Point Playground's locomotion and manipulation environments at a local mujoco_menagerie
+    checkout: ``path``, else ``$DYNSPARSE_MENAGERIE`` (unless a path was given before), else
+    Playground's default location.
+
+    Raises:
+      UserError: the path given (or in ``$DYNSPARSE_MENAGERIE``) is not an existing directory.
+    """
+    import os
+    from pathlib import Path
+
+    from mujoco_playground._src import mjx_env
+
+    global _menagerie_explicit
+    source = "--menagerie"
+    if path is None:
+        if _menagerie_explicit:
+            return
+        path, source = os.environ.get(MENAGERIE_ENV) or None, f"${MENAGERIE_ENV}"
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise errors.UserError(
+            f"{source} {str(path)!r} is not a directory; allowed: the path of a local mujoco_menagerie "
+            f"checkout (git clone https://github.com/google-deepmind/mujoco_menagerie)"
+        )
+    mjx_env.MENAGERIE_PATH = p.resolve()
+    _menagerie_explicit = _menagerie_explicit or source == "--menagerie"
+
+
 def menagerie_path() -> str:
-    """Where Playground looks for the mujoco_menagerie robot assets."""
+    """Where Playground looks for the mujoco_menagerie robot assets (after ``use_menagerie``)."""
     from mujoco_playground._src import mjx_env
 
     return str(mjx_env.MENAGERIE_PATH)
@@ -135,8 +188,9 @@ def menagerie_path() -> str:
 def check_name(name: str) -> None:
     """Raise ``UserError`` if ``name`` is not a loadable environment, suggesting close names.
 
-    Locomotion and manipulation environments need the mujoco_menagerie assets on disk; when they
-    are missing this raises instead of letting Playground clone them from the network.
+    Locomotion and manipulation environments need the mujoco_menagerie assets on disk (see
+    ``use_menagerie``); when they are missing this raises instead of letting Playground clone them
+    from the network.
     """
     dm = dm_control_names()
     if name in dm:
@@ -145,12 +199,13 @@ def check_name(name: str) -> None:
     if name in others:
         from mujoco_playground._src import mjx_env
 
+        use_menagerie(None)
         if not mjx_env.MENAGERIE_PATH.exists():
             raise errors.UserError(
                 f"environment {name!r} ({others[name]}) needs the mujoco_menagerie robot assets, "
-                f"which are missing: expected a checkout at {menagerie_path()} (git clone "
-                f"https://github.com/google-deepmind/mujoco_menagerie there and check out commit "
-                f"{mjx_env.MENAGERIE_COMMIT_SHA})"
+                f"which are missing: expected a checkout at {menagerie_path()}; pass --menagerie PATH "
+                f"(or set ${MENAGERIE_ENV}) to a local checkout of https://github.com/google-deepmind/mujoco_menagerie "
+                f"(commit {mjx_env.MENAGERIE_COMMIT_SHA})"
             )
         return
     close = difflib.get_close_matches(name, dm + tuple(others), n=3, cutoff=0.5)
@@ -160,15 +215,10 @@ def check_name(name: str) -> None:
     raise errors.UserError(f"unknown environment {name!r}{hint}")
 
 
-def variable_names(model: mujoco.MjModel) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Named state and action coordinates of a MuJoCo model.
-
-    Returns:
-      ``(state_names, action_names)``: ``nq + nv`` names ``qpos:<joint>`` / ``qvel:<joint>`` (a
-      free joint gives ``qpos:<joint>:x ... :qz`` and ``qvel:<joint>:x ... :rz``; a ball joint
-      ``:qw..:qz`` and ``:rx..:rz``), and ``nu`` names ``act:<actuator>``. Unnamed joints and
-      actuators are called ``joint<i>`` and ``actuator<i>``.
-    """
+def qstate_names(model: mujoco.MjModel) -> tuple[str, ...]:
+    """The ``nq + nv`` names of ``[qpos, qvel]``: ``qpos:<joint>`` / ``qvel:<joint>``; a free joint
+    gives ``qpos:<joint>:x ... :qz`` and ``qvel:<joint>:x ... :rz``, a ball joint ``:qw..:qz`` and
+    ``:rx..:rz``. Unnamed joints are called ``joint<i>``."""
     qpos_names: list[str] = []
     qvel_names: list[str] = []
     for j in range(model.njnt):
@@ -181,11 +231,24 @@ def variable_names(model: mujoco.MjModel) -> tuple[tuple[str, ...], tuple[str, .
         else:
             qpos_names.append(f"qpos:{jname}")
             qvel_names.append(f"qvel:{jname}")
+    return tuple(qpos_names + qvel_names)
+
+
+def variable_names(model: mujoco.MjModel) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Named Jacobian coordinates of a MuJoCo model.
+
+    Returns:
+      ``(state_names, action_names)``: the ``2 nv`` tangent-state names (``qpos:<joint>`` per
+      degree of freedom, a free joint's ``qpos:<joint>:x, :y, :z, :rx, :ry, :rz``, then the
+      ``qvel`` names of ``qstate_names``) and ``nu`` names ``act:<actuator>`` (unnamed actuators
+      are called ``actuator<i>``).
+    """
+    qvel_names = qstate_names(model)[model.nq:]
     act_names = [
         f"act:{mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_ACTUATOR, i) or f'actuator{i}'}"
         for i in range(model.nu)
     ]
-    return tuple(qpos_names + qvel_names), tuple(act_names)
+    return tangent.tangent_names(qvel_names), tuple(act_names)
 
 
 def action_bounds(model: mujoco.MjModel) -> tuple[np.ndarray, np.ndarray]:
@@ -194,16 +257,6 @@ def action_bounds(model: mujoco.MjModel) -> tuple[np.ndarray, np.ndarray]:
     low = np.where(limited, model.actuator_ctrlrange[:, 0], -np.inf)
     high = np.where(limited, model.actuator_ctrlrange[:, 1], np.inf)
     return low.astype(np.float64), high.astype(np.float64)
-
-
-def require_nq_equals_nv(spec_name: str, model: mujoco.MjModel) -> None:
-    """Refuse models with free or ball joints (quaternion coordinates), for now."""
-    if model.nq != model.nv:
-        raise errors.UserError(
-            f"environment {spec_name!r} has free or ball joints (nq={model.nq} != nv={model.nv}); "
-            "tangent-space Jacobians for quaternion coordinates are not supported yet: choose an "
-            "environment with nq == nv (`dynsparse envs` marks them)"
-        )
 
 
 @functools.lru_cache(maxsize=None)
@@ -221,22 +274,31 @@ def load(name: str, dtype: str = "float64") -> EnvSpec:
     check_name(name)
     from mujoco_playground import registry
 
-    overrides = {"impl": "jax"} if name in dm_control_names() else {}
-    env = registry.load(name, config_overrides=overrides)
+    dm = name in dm_control_names()
+    try:
+        # the differentiable MJX implementation (Playground's locomotion tasks default to "warp")
+        overrides = {"impl": "jax"} if dm or "impl" in registry.get_default_config(name) else {}
+        env = registry.load(name, config_overrides=overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        if dm:
+            raise
+        raise errors.UserError(
+            f"environment {name!r} could not be built from the mujoco_menagerie checkout at {menagerie_path()} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); point --menagerie (or "
+            f"${MENAGERIE_ENV}) at a complete checkout"
+        ) from exc
+    return _spec(name, env, dtype)
+
+
+def _spec(name: str, env: Any, dtype: str = "float64") -> EnvSpec:
+    """The ``EnvSpec`` of a Playground-style environment object (``mj_model``, ``n_substeps``, ``dt``)."""
     model = env.mj_model
     state_names, action_names = variable_names(model)
     low, high = action_bounds(model)
     return EnvSpec(
-        name=name,
-        env=env,
-        mj_model=model,
-        n_substeps=int(env.n_substeps),
-        dt=float(env.dt),
-        sim_dt=float(model.opt.timestep),
-        state_names=state_names,
-        action_names=action_names,
-        action_low=low,
-        action_high=high,
+        name=name, env=env, mj_model=model, n_substeps=int(env.n_substeps), dt=float(env.dt),
+        sim_dt=float(model.opt.timestep), state_names=state_names, action_names=action_names,
+        action_low=low, action_high=high, qstate_names=qstate_names(model), charts=tangent.charts(model),
         dtype=dtype,
     )
 
@@ -373,8 +435,9 @@ class MjcfEnv:
     """A minimal Playground-style environment around any MJCF model (reward 0, obs = state).
 
     Used for hand-built models whose Jacobians are known on paper, and for user models.
-    ``reset`` draws ``qpos = qpos0 + U(-init_noise, init_noise)`` and ``qvel = U(-init_noise,
-    init_noise)``; ``step`` holds ``ctrl = action`` for ``n_substeps`` MJX steps.
+    ``reset`` draws ``qpos = qpos0 + U(-init_noise, init_noise)`` (per degree of freedom: a
+    quaternion is turned by a rotation vector with such components and normalised) and ``qvel =
+    U(-init_noise, init_noise)``; ``step`` holds ``ctrl = action`` for ``n_substeps`` MJX steps.
     """
 
     def __init__(self, xml: str, n_substeps: int = 1, init_noise: float = 0.1):
@@ -393,7 +456,9 @@ class MjcfEnv:
 
         k1, k2 = jax.random.split(key)
         m = self.mj_model
-        qpos = jnp.asarray(m.qpos0) + jax.random.uniform(k1, (m.nq,), minval=-self.init_noise, maxval=self.init_noise)
+        dq = jax.random.uniform(k1, (m.nv,), minval=-self.init_noise, maxval=self.init_noise)
+        c = tangent.charts(m)
+        qpos = tangent.normalize_quaternions(c, tangent.retract(c, jnp.asarray(m.qpos0), dq))
         qvel = jax.random.uniform(k2, (m.nv,), minval=-self.init_noise, maxval=self.init_noise)
         data = mjx.make_data(self.mjx_model).replace(qpos=qpos, qvel=qvel)
         data = mjx.forward(self.mjx_model, data)
@@ -412,12 +477,4 @@ class MjcfEnv:
 
 def from_mjcf(xml: str, name: str = "mjcf", n_substeps: int = 1, init_noise: float = 0.1) -> EnvSpec:
     """An ``EnvSpec`` for an MJCF string (see ``MjcfEnv``); float64."""
-    env = MjcfEnv(xml, n_substeps, init_noise)
-    model = env.mj_model
-    state_names, action_names = variable_names(model)
-    low, high = action_bounds(model)
-    return EnvSpec(
-        name=name, env=env, mj_model=model, n_substeps=env.n_substeps, dt=env.dt,
-        sim_dt=float(model.opt.timestep), state_names=state_names, action_names=action_names,
-        action_low=low, action_high=high,
-    )
+    return _spec(name, MjcfEnv(xml, n_substeps, init_noise))

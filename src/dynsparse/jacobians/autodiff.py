@@ -1,9 +1,11 @@
 """Exact control-step Jacobians by forward-mode automatic differentiation through MJX.
 
-Two methods compute the same derivative of ``dynsparse.envs.make_control_step`` w.r.t. ``(s, a)``:
+Two methods compute the same derivative of ``dynsparse.envs.make_control_step`` w.r.t. ``(s, a)``,
+in the tangent space ``[dq, dv]`` of ``dynsparse.tangent`` (``2 nv`` coordinates, like
+``mjd_transitionFD``; ``[qpos, qvel]`` itself when there are no free or ball joints):
 
 ``reference``
-  ``jax.jacfwd`` of the whole control step: ``nq + nv + nu`` tangent directions carried through
+  ``jax.jacfwd`` of the whole control step: ``2 nv + nu`` tangent directions carried through
   all ``n_substeps`` physics steps at once. Simple and obviously right; the guard the other is
   checked against.
 
@@ -42,7 +44,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from dynsparse import envs, errors
+from dynsparse import envs, errors, tangent
 
 METHODS = ("substep", "reference")
 DEFAULT_METHOD = "substep"
@@ -70,18 +72,18 @@ def make_jacobian_fn(spec: envs.EnvSpec, method: str = DEFAULT_METHOD) -> Jacobi
     """Jacobians of one control step for one (unbatched) environment.
 
     Args:
-      spec: the environment (``nq == nv``).
+      spec: the environment.
       method: ``"substep"`` (default, faster) or ``"reference"`` (see the module docstring).
 
     Returns:
-      ``jac(data, a) -> (J_s, J_a, s_next, start_returned)`` with ``J_s`` ``(nq+nv, nq+nv)``,
-      ``J_a`` ``(nq+nv, nu)`` (units: state units per state/action unit, over one control step
-      of ``spec.dt`` seconds), ``s_next`` ``(nq+nv,)``, ``start_returned`` a bool scalar (some
-      substep's solver returned its start point with a constraint active). Not jitted: jit at
-      the outer boundary.
+      ``jac(data, a) -> (J_s, J_a, s_next, start_returned)`` with ``J_s`` ``(2nv, 2nv)`` and
+      ``J_a`` ``(2nv, nu)`` in the tangent space ``[dq, dv]`` (``dynsparse.tangent``; equal to
+      ``[qpos, qvel]`` when ``nq == nv``; units: state units per state/action unit, rotations in
+      radians, over one control step of ``spec.dt`` seconds), ``s_next`` the next ``[qpos,
+      qvel]`` ``(nq+nv,)``, ``start_returned`` a bool scalar (some substep's solver returned its
+      start point with a constraint active). Not jitted: jit at the outer boundary.
     """
     check_method(method)
-    envs.require_nq_equals_nv(spec.name, spec.mj_model)
     if method == "reference":
         return _reference(spec)
     return _substep_chain(spec)
@@ -89,12 +91,16 @@ def make_jacobian_fn(spec: envs.EnvSpec, method: str = DEFAULT_METHOD) -> Jacobi
 
 def _reference(spec: envs.EnvSpec) -> JacobianFn:
     f = envs.make_control_step(spec)
+    c, nv = spec.charts, spec.nv
 
     def jac(data: Any, a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        s = envs.state_of(data)
-        (j_s, j_a), (d_next, returned) = jax.jacfwd(
-            lambda s_, a_: f(data, s_, a_), argnums=(0, 1), has_aux=True
-        )(s, a)
+        def g(x: jax.Array, a_: jax.Array) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+            s = jnp.concatenate([tangent.retract(c, data.qpos, x[:nv]), data.qvel + x[nv:]])
+            s_next, aux = f(data, s, a_)
+            return tangent_state(c, s_next[: c.nq], s_next[c.nq:]), aux
+
+        x0 = jnp.zeros((2 * nv,), data.qpos.dtype)
+        (j_s, j_a), (d_next, returned) = jax.jacfwd(g, argnums=(0, 1), has_aux=True)(x0, a)
         return j_s, j_a, envs.state_of(d_next), returned
 
     return jac
@@ -106,25 +112,34 @@ def make_substep_jacobian_fn(spec: envs.EnvSpec) -> Callable[[Any, jax.Array], t
     Returns:
       ``sub(d, a) -> (d_next, A_k, B_k, start_returned)``: ``d`` is the nominal ``mjx.Data`` at
       the substep (its ``qacc_warmstart`` is held, not differentiated), ``a`` ``(nu,)`` the
-      control; ``A_k`` is ``(nq+nv, nq+nv)``, ``B_k`` ``(nq+nv, nu)`` over one substep of
-      ``spec.sim_dt`` seconds; ``d_next`` the nominal next data.
+      control; ``A_k`` is ``(2nv, 2nv)``, ``B_k`` ``(2nv, nu)`` (tangent space) over one substep
+      of ``spec.sim_dt`` seconds; ``d_next`` the nominal next data.
     """
     from mujoco import mjx
 
     model = without_sensors(spec.mjx_model)
+    c = spec.charts
 
     def sub(d: Any, a: jax.Array) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
         warm = jax.lax.stop_gradient(d.qacc_warmstart)
 
         def g(q: jax.Array, v: jax.Array, a_: jax.Array) -> tuple[jax.Array, Any]:
             d_next = mjx.step(model, d.replace(qpos=q, qvel=v, ctrl=a_, qacc_warmstart=warm))
-            return envs.state_of(d_next), d_next
+            return tangent_state(c, d_next.qpos, d_next.qvel), d_next
 
-        j_q, d_next = jax.jacfwd(g, argnums=0, has_aux=True)(d.qpos, d.qvel, a)
+        dq0 = jnp.zeros((c.nv,), d.qpos.dtype)
+        j_q, d_next = jax.jacfwd(lambda dq: g(tangent.retract(c, d.qpos, dq), d.qvel, a), has_aux=True)(dq0)
         j_v, j_a = jax.jacfwd(lambda v, a_: g(d.qpos, v, a_)[0], argnums=(0, 1))(d.qvel, a)
         return d_next, jnp.concatenate([j_q, j_v], axis=1), j_a, envs.solver_returned_start(d_next, warm)
 
     return sub
+
+
+def tangent_state(c: tangent.Charts, q: jax.Array, v: jax.Array) -> jax.Array:
+    """``(2nv,)`` ``[local(q), v]``: the position read in the tangent space at its own (constant)
+    value, so that ``jacfwd`` of it gives tangent-space output rows (zero-valued; only its
+    derivative is used)."""
+    return jnp.concatenate([tangent.local(c, jax.lax.stop_gradient(q), q), v])
 
 
 def without_sensors(model: Any) -> Any:

@@ -7,7 +7,8 @@ chain ``A = A_n ... A_1`` and ``B = sum_k A_n ... A_{k+1} B_k``. Each ``A_k`` is
 nominal substep state, whose solver warm start is the one the nominal trajectory carries: the
 same ``f`` as the autodiff backend (see ``dynsparse.envs``).
 
-For ``nq == nv`` (hinge and slide joints only) the tangent space equals ``[qpos, qvel]``.
+The tangent space is ``[dq, dv]`` (``2 nv``; see ``dynsparse.tangent``); for ``nq == nv`` (hinge
+and slide joints only) it equals ``[qpos, qvel]``. Activations (``na``) are held and dropped.
 """
 
 from __future__ import annotations
@@ -109,8 +110,6 @@ class FiniteDiffBackend:
     """Reusable native finite-difference evaluator for one environment (single thread)."""
 
     def __init__(self, model: mujoco.MjModel, n_substeps: int, eps: float = DEFAULT_EPS):
-        if model.nq != model.nv:
-            raise ValueError("finite_diff backend in [qpos, qvel] coordinates needs nq == nv")
         self.model = fd_model(model)
         self.data = mujoco.MjData(self.model)
         self.n_substeps = int(n_substeps)
@@ -118,7 +117,7 @@ class FiniteDiffBackend:
         self.nx = 2 * model.nv
 
     def __call__(self, x: StepInputs) -> tuple[np.ndarray, np.ndarray]:
-        """``(J_s, J_a)`` at ``x``: ``(nq+nv, nq+nv)`` and ``(nq+nv, nu)``, activations dropped."""
+        """``(J_s, J_a)`` at ``x``: ``(2nv, 2nv)`` and ``(2nv, nu)`` (tangent space), activations dropped."""
         a, b, _ = control_step_jacobian(self.model, self.data, x, self.n_substeps, self.eps)
         return a[: self.nx, : self.nx], b[: self.nx]
 

@@ -49,6 +49,12 @@ def load(path: str | Path) -> tuple[Transitions, dict[str, Any]]:
     from dynsparse import dataset
 
     ds = dataset.open_dataset(path)
+    if "qstate" in ds.dims:
+        raise errors.UserError(
+            f"{path}: environment {ds.attrs.get('env')!r} has free or ball joints (nq={ds.attrs.get('nq')} != "
+            f"nv={ds.attrs.get('nv')}); learning a world model on quaternion states is not supported yet: "
+            "use a dataset of an environment with hinge and slide joints only"
+        )
     names = ("valid", "finite", "state", "action", "next_state", "J_s", "J_a")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("s", "a", "s_next", "J_s", "J_a", "episode")}
     for block in dataset.iter_episode_blocks(ds, names):

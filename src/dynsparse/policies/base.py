@@ -132,3 +132,31 @@ def from_config(config: dict[str, Any]) -> Policy:
     """Inverse of ``Policy.config``."""
     cfg = dict(config)
     return make(cfg.pop("name"), **cfg)
+
+
+def config_from_text(text: str, beta: float | None = None, scale: float | None = None) -> dict[str, Any]:
+    """A policy configuration from its command-line form and noise options.
+
+    ``text`` is ``random``, ``colored`` or ``ppo:DIR``; ``beta``/``scale`` ``None`` take the
+    policy's defaults (colored: beta 1, scale 1; ppo: as trained).
+
+    Raises:
+      UserError: an unknown policy, ``ppo`` without a folder, or noise options for ``random``.
+    """
+    name, _, arg = text.partition(":")
+    if name == "ppo":
+        if not arg:
+            raise errors.UserError("--policy ppo needs a checkpoint folder: --policy ppo:DIR")
+        policy: dict[str, Any] = {"name": "ppo", "checkpoint": arg}
+        if beta is not None:
+            policy["beta"] = beta
+        if scale is not None:
+            policy["scale"] = scale
+        return policy
+    if arg or name not in NAMES:
+        raise errors.UserError(f"unknown policy {text!r}; allowed: random, colored, ppo:DIR")
+    if name == "colored":
+        return {"name": "colored", "beta": 1.0 if beta is None else beta, "scale": 1.0 if scale is None else scale}
+    if beta is not None or scale is not None:
+        raise errors.UserError(f"--noise-beta and --noise-scale apply to colored and ppo policies, not {name!r}")
+    return {"name": name}

@@ -1,0 +1,466 @@
+"""``sweep``: a grid of (env, policy, seed, threshold) jobs on Dask distributed.
+
+A sweep configuration (TOML or JSON) names lists of environments, policies, seeds and zero
+thresholds plus the collection settings shared by all jobs. Every (env, policy, seed) *run*
+collects one dataset (``OUT/runs/<run>/data.zarr``, resumable like ``collect``); every job analyses
+its run's dataset at its threshold (``OUT/runs/<run>/analysis-<threshold>``). Jobs execute on Dask
+distributed: an existing cluster (``scheduler="tcp://host:8786"``; ``OUT`` must then be on a file
+system the workers share) or, by default, a local cluster of worker processes.
+
+Durability and re-runs:
+
+- a job's outcome is written to ``OUT/status/<job>.json`` as soon as it is known (``done`` with its
+  table row, or ``failed`` with the error and traceback); a job whose status is ``done`` is never
+  recomputed;
+- a worker that dies mid-collection loses at most one unit: Dask re-runs the task on another
+  worker and the collection resumes from its checkpoint (the status records the unit it resumed
+  at);
+- running the same command again runs every job that is not done (failed or never finished);
+  ``only`` re-runs chosen jobs alone;
+- ``OUT/summary.csv`` holds one row per job (status, error, and the metrics of ``analyze``'s
+  cross-env table) and is rewritten at the end of every sweep.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from dynsparse import errors
+
+CONFIG_FILE = "sweep.json"
+SUMMARY_FILE = "summary.csv"
+STATUS_DIR = "status"
+
+#: Config keys that fix what a run's dataset holds: a sweep folder refuses another value.
+_COLLECT_KEYS = ("episodes", "steps", "batch_size", "chunk_steps", "check_every", "backend")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A grid of jobs (see the module docstring).
+
+    Attributes:
+      envs: Playground registry names.
+      policies: policies in ``collect --policy`` form (``random``, ``colored``, ``ppo:DIR``) or as
+        configuration dicts (``{"name": "colored", "beta": 2.0}``).
+      seeds: collection seeds.
+      thresholds: zero thresholds of the analyses (absolute, or relative with ``relative``).
+      episodes, steps, batch_size, chunk_steps, check_every, backend: as in ``collect``.
+      relative: thresholds scale with each row's L2 norm.
+      tsne: compute the t-SNE embedding in each analysis (slow; default off).
+    """
+
+    envs: tuple[str, ...]
+    policies: tuple[Any, ...] = ("random",)
+    seeds: tuple[int, ...] = (0,)
+    thresholds: tuple[float, ...] = (1e-12,)
+    episodes: int = 4
+    steps: int = 100
+    batch_size: int = 4
+    chunk_steps: int = 50
+    check_every: int = 0
+    backend: str = "autodiff"
+    relative: bool = False
+    tsne: bool = False
+
+    def validated(self) -> "SweepConfig":
+        """Check every field; raise ``UserError`` naming the first bad value."""
+        from dynsparse import collect, envs
+        from dynsparse.metrics import sparsity
+        from dynsparse.policies import base
+
+        for key in ("envs", "policies", "seeds", "thresholds"):
+            value = getattr(self, key)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+                raise errors.UserError(f"sweep {key} {value!r} is not allowed; allowed: a non-empty list")
+        for name in self.envs:
+            if not isinstance(name, str):
+                raise errors.UserError(f"sweep env {name!r} is not allowed; allowed: Playground names (`dynsparse envs`)")
+            envs.check_name(name)
+        policies = tuple(_policy_dict(p, base) for p in self.policies)
+        for seed in self.seeds:
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise errors.UserError(f"sweep seed {seed!r} is not allowed; allowed: integers")
+        for thr in self.thresholds:
+            sparsity.check_threshold(thr, "relative" if self.relative else "absolute")
+        for key in ("envs", "seeds", "thresholds"):
+            if len(set(getattr(self, key))) != len(getattr(self, key)):
+                raise errors.UserError(f"sweep {key} {list(getattr(self, key))!r} repeat a value; allowed: distinct values")
+        if len({json.dumps(p, sort_keys=True) for p in policies}) != len(policies):
+            raise errors.UserError(f"sweep policies {list(self.policies)!r} repeat a policy; allowed: distinct policies")
+        fixed = dataclasses.replace(
+            self, envs=tuple(self.envs), policies=policies, seeds=tuple(self.seeds),
+            thresholds=tuple(float(t) for t in self.thresholds),
+        )
+        for policy in policies:  # collection settings and policies (checkpoints), as `collect` checks them
+            collect.CollectConfig(**Run(fixed.envs[0], policy, fixed.seeds[0]).collect_kwargs(fixed)).validated()
+        return fixed
+
+    def runs(self) -> list["Run"]:
+        """Every (env, policy, seed), in grid order."""
+        return [Run(e, p, s) for e in self.envs for p in self.policies for s in self.seeds]
+
+    def jobs(self) -> list["Job"]:
+        """Every (env, policy, seed, threshold), in grid order."""
+        return [Job(r, t) for r in self.runs() for t in self.thresholds]
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _policy_dict(policy: Any, base: Any) -> dict[str, Any]:
+    if isinstance(policy, str):
+        return base.config_from_text(policy)
+    if isinstance(policy, dict) and isinstance(policy.get("name"), str):
+        return dict(policy)
+    raise errors.UserError(f"sweep policy {policy!r} is not allowed; allowed: 'random', 'colored', 'ppo:DIR' or a dict with a 'name'")
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read a sweep configuration from a ``.toml`` or ``.json`` file and validate it.
+
+    Raises:
+      UserError: unreadable file, unknown key, or a bad value (named).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise errors.UserError(f"sweep config {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            raw = tomllib.loads(text)
+        elif path.suffix == ".json":
+            raw = json.loads(text)
+        else:
+            raise errors.UserError(f"sweep config {str(path)!r} has suffix {path.suffix!r}; allowed: .toml, .json")
+    except (ValueError, TypeError) as exc:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise errors.UserError(f"sweep config {str(path)!r} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    return config_from_dict(raw, str(path))
+
+
+def config_from_dict(raw: Any, where: str = "sweep config") -> SweepConfig:
+    """``SweepConfig`` from a parsed mapping (validated)."""
+    if not isinstance(raw, dict):
+        raise errors.UserError(f"{where} must be a table/object of settings, not {type(raw).__name__}")
+    allowed = [f.name for f in dataclasses.fields(SweepConfig)]
+    unknown = [k for k in raw if k not in allowed]
+    if unknown:
+        raise errors.UserError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    if "envs" not in raw:
+        raise errors.UserError(f"{where}: 'envs' is missing; it lists the environments to sweep")
+    for key in ("episodes", "steps", "batch_size", "chunk_steps", "check_every"):
+        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
+            raise errors.UserError(f"{where}: {key} {raw[key]!r} is not allowed; allowed: an integer")
+    for key in ("relative", "tsne"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise errors.UserError(f"{where}: {key} {raw[key]!r} is not allowed; allowed: true or false")
+    return SweepConfig(**raw).validated()
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One collection: (env, policy configuration, seed)."""
+
+    env: str
+    policy: dict[str, Any]
+    seed: int
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def id(self) -> str:
+        return f"{self.env}__{_policy_slug(self.policy)}__seed{self.seed}"
+
+    def collect_kwargs(self, config: SweepConfig) -> dict[str, Any]:
+        return {
+            "env": self.env, "policy": self.policy, "seed": self.seed,
+            **{k: getattr(config, k) for k in _COLLECT_KEYS},
+            "batch_size": min(config.batch_size, config.episodes), "chunk_steps": min(config.chunk_steps, config.steps),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One analysis: a run at one threshold."""
+
+    run: Run
+    threshold: float
+
+    @property
+    def id(self) -> str:
+        return f"{self.run.id}__thr{self.threshold:g}"
+
+    def analysis_dir(self, out: Path) -> Path:
+        return out / "runs" / self.run.id / f"analysis-{self.threshold:g}"
+
+
+def _policy_slug(policy: dict[str, Any]) -> str:
+    name = policy["name"]
+    if name == "ppo":
+        folder = Path(str(policy["checkpoint"]))
+        digest = hashlib.sha1(json.dumps(policy, sort_keys=True).encode()).hexdigest()[:6]
+        return f"ppo-{folder.name}-{digest}"
+    extras = "-".join(f"{k[0]}{policy[k]:g}" if isinstance(policy[k], (int, float)) else f"{k}" for k in sorted(policy) if k != "name")
+    return name + (f"-{extras}" if extras else "")
+
+
+# ----------------------------------------------------------------------------- tasks (run on workers)
+
+
+def collect_task(kwargs: dict[str, Any], store: str, jax_cache: str | None) -> dict[str, Any]:
+    """Collect (or resume, or find complete) one run's dataset. Runs on a Dask worker.
+
+    Returns:
+      ``{"store": path, "resumed_at_unit": k, "units": n, "seconds": s}``.
+    """
+    from dynsparse import collect, dataset, jaxcache
+
+    jaxcache.enable(jax_cache)
+    t0 = time.time()
+    config = collect.CollectConfig(**kwargs)
+    resumed_at = dataset.read_checkpoint(Path(store)).next_unit if dataset.is_store(Path(store)) else 0
+    units = [0]
+
+    def progress(p: Any) -> None:
+        units[0] = p.n_units
+
+    collect.collect(config, Path(store), on_progress=progress)
+    return {"store": store, "resumed_at_unit": int(resumed_at), "units": int(units[0]), "seconds": time.time() - t0}
+
+
+def analyze_task(collected: dict[str, Any], out_dir: str, threshold: float, relative: bool, tsne: bool) -> dict[str, Any]:
+    """Analyse one run's dataset at one threshold. Runs on a Dask worker.
+
+    Returns:
+      ``{"row": the analysis table row, "collected": collect_task's result, "seconds": s}``.
+    """
+    from dynsparse import analysis
+
+    t0 = time.time()
+    options = analysis.AnalyzeOptions(threshold=threshold, kind="relative" if relative else "absolute", tsne=tsne)
+    folder = analysis.analyze(collected["store"], out_dir, options)
+    summary = analysis.existing_summary(Path(folder))
+    if summary is None:
+        raise RuntimeError(f"analysis {out_dir} wrote no readable summary")
+    return {"row": analysis.table_row(summary), "collected": collected, "seconds": time.time() - t0}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What happened to one job in this sweep call."""
+
+    job: Job
+    state: str  # "done", "failed", "skipped" (done before), "not run" (not selected)
+    error: str = ""
+
+
+def status_path(out: Path, job: Job) -> Path:
+    return out / STATUS_DIR / f"{job.id}.json"
+
+
+def read_status(out: Path, job: Job) -> dict[str, Any] | None:
+    """A job's recorded status, or None if it has none (or it is unreadable)."""
+    try:
+        return json.loads(status_path(out, job).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _check_folder(out: Path, config: SweepConfig) -> None:
+    """Refuse a folder that is not a sweep, or a sweep whose collections were made differently."""
+    cfg_file = out / CONFIG_FILE
+    if not out.exists():
+        return
+    if not cfg_file.exists():
+        if any(out.iterdir()):
+            raise errors.UserError(f"output folder {str(out)!r} exists and is not a dynsparse sweep; choose another --out")
+        return
+    try:
+        prior = json.loads(cfg_file.read_text())
+    except ValueError:
+        raise errors.UserError(f"{str(cfg_file)!r} is not valid JSON; choose another --out") from None
+    diffs = [f"{k}: stored {prior.get(k)!r}, requested {getattr(config, k)!r}" for k in _COLLECT_KEYS if prior.get(k) != getattr(config, k)]
+    if diffs:
+        raise errors.UserError(
+            f"sweep folder {str(out)!r} holds collections made with other settings ({'; '.join(diffs)}); "
+            "choose another --out"
+        )
+
+
+def run_sweep(
+    config: SweepConfig,
+    out: str | Path,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    only: Sequence[str] = (),
+    jax_cache: str | None = None,
+    on_event: Callable[[str, Job, dict[str, Any]], None] | None = None,
+) -> list[Outcome]:
+    """Run every job of ``config`` that is not done (or just the ``only`` ones), then write the summary.
+
+    Args:
+      config: a validated ``SweepConfig``.
+      out: the sweep folder (created; a folder of the same sweep is resumed).
+      scheduler: address of an existing Dask scheduler; None starts a local cluster of
+        ``workers`` processes (default: usable cores, at most the number of runs).
+      only: job ids to run alone (each must be a job of ``config``).
+      jax_cache: JAX compilation cache for the workers (None: the default, "off": none).
+      on_event: called as ``on_event(state, job, payload)`` when a job finishes or fails.
+
+    Returns:
+      One ``Outcome`` per job of the grid.
+
+    Raises:
+      UserError: bad ``only`` ids, a folder of another sweep, or an unreachable scheduler.
+    """
+    out = Path(out)
+    jobs = config.jobs()
+    known = {j.id for j in jobs}
+    bad = [j for j in only if j not in known]
+    if bad:
+        raise errors.UserError(f"--only {bad[0]!r} is not a job of this sweep; allowed: {', '.join(sorted(known))}")
+    _check_folder(out, config)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / CONFIG_FILE, config.to_json())
+
+    outcomes: dict[str, Outcome] = {}
+    todo: list[Job] = []
+    for job in jobs:
+        status = read_status(out, job)
+        if status is not None and status.get("state") == "done":
+            outcomes[job.id] = Outcome(job, "skipped")
+        elif only and job.id not in only:
+            outcomes[job.id] = Outcome(job, "not run", (status or {}).get("error", ""))
+        else:
+            todo.append(job)
+    if todo:
+        for outcome in _execute(todo, config, out, scheduler, workers, jax_cache, on_event):
+            outcomes[outcome.job.id] = outcome
+    write_summary(out, config)
+    return [outcomes[j.id] for j in jobs]
+
+
+def _execute(todo: list[Job], config: SweepConfig, out: Path, scheduler: str | None, workers: int | None,
+             jax_cache: str | None, on_event: Callable[[str, Job, dict[str, Any]], None] | None) -> list[Outcome]:
+    from distributed import Client, LocalCluster, as_completed
+
+    runs = list(dict.fromkeys(job.run for job in todo))
+    cluster = None
+    if scheduler is None:
+        n = workers or max(1, min(len(runs), len(os.sched_getaffinity(0))))
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        address = cluster.scheduler_address
+    else:
+        address = scheduler
+    try:
+        client = Client(address, timeout="20s", set_as_default=False)  # leave dask.compute in this process alone
+    except (OSError, TimeoutError) as exc:
+        if cluster is not None:
+            cluster.close()
+        raise errors.UserError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
+    outcomes = []
+    try:
+        collected = {
+            run.id: client.submit(collect_task, run.collect_kwargs(config), str(out / "runs" / run.id / "data.zarr"),
+                                  jax_cache, key=f"collect-{run.id}-{time.time_ns()}", pure=False)
+            for run in runs
+        }
+        futures = {}
+        for job in todo:
+            fut = client.submit(analyze_task, collected[job.run.id], str(job.analysis_dir(out)), job.threshold,
+                                config.relative, config.tsne, key=f"analyze-{job.id}-{time.time_ns()}", pure=False)
+            futures[fut] = job
+        for fut in as_completed(list(futures)):
+            job = futures[fut]
+            try:
+                result = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a job's failure is recorded, not raised
+                payload = {
+                    "state": "failed", "job": job.id, "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+                    "traceback": "".join(traceback.format_exception(exc)), "finished": time.time(),
+                }
+                _write_json(status_path(out, job), payload)
+                outcomes.append(Outcome(job, "failed", payload["error"]))
+            else:
+                payload = {"state": "done", "job": job.id, "finished": time.time(), **result}
+                _write_json(status_path(out, job), payload)
+                outcomes.append(Outcome(job, "done"))
+            if on_event:
+                on_event(payload["state"], job, payload)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return outcomes
+
+
+SUMMARY_KEYS = ("job", "env", "policy", "seed", "threshold", "status", "error")
+
+
+def write_summary(out: Path, config: SweepConfig) -> Path:
+    """Write ``OUT/summary.csv``: one row per job of ``config``, its status and metrics."""
+    rows = summary_rows(out, config)
+    metric_keys: list[str] = []
+    for row in rows:
+        metric_keys += [k for k in row if k not in SUMMARY_KEYS and k not in metric_keys]
+    path = out / SUMMARY_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(SUMMARY_KEYS) + metric_keys, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+def summary_rows(out: Path, config: SweepConfig) -> list[dict[str, Any]]:
+    """One dict per job: ids, ``status`` (done / failed / pending), ``error``, metrics when done."""
+    rows = []
+    for job in config.jobs():
+        status = read_status(out, job) or {}
+        row: dict[str, Any] = {
+            "job": job.id, "env": job.run.env, "policy": _policy_slug(job.run.policy), "seed": job.run.seed,
+            "threshold": job.threshold, "status": status.get("state", "pending"), "error": status.get("error", ""),
+        }
+        if status.get("state") == "done":
+            row.update({k: v for k, v in status["row"].items() if k not in ("env", "policy", "seed")})
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width text table of the summary (job, status, a few metrics or the error)."""
+    lines = [f"{'job':<48} {'status':<8} {'steps':>6} {'J_s zero%':>9} {'J_a zero%':>9} {'sparsity':>8}  error"]
+    for r in rows:
+        def num(key: str, fmt: str) -> str:
+            v = r.get(key)
+            return format(v, fmt) if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "-"
+
+        lines.append(
+            f"{r['job']:<48} {r['status']:<8} {num('counted_steps', 'd'):>6} {num('J_s_global_zero_pct', '.1f'):>9} "
+            f"{num('J_a_global_zero_pct', '.1f'):>9} {num('mean_sparsity_both', '.3f'):>8}  {r['error']}"
+        )
+    return "\n".join(lines)

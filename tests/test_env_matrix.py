@@ -1,0 +1,118 @@
+"""Every DM-Control environment of MuJoCo Playground through ``collect`` and ``analyze`` (short
+rollouts, autodiff cross-checked by native finite differences).
+
+Opt-in (``pytest -m matrix``, ~25-40 min on 2 CPU cores: one JIT compile per environment); the
+free-joint FishSwim check also runs with ``-m slow``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynsparse import analysis, collect, dataset, envs
+from dynsparse.metrics import structure
+
+ENVS = envs.dm_control_names()
+
+#: Known, measured autodiff-vs-finite-difference value disagreements at steps the solver flag does
+#: not mark: the Hopper's solver runs at most 4 iterations (opt.iterations = 4), so the simulated
+#: step is a truncated solve whose derivative differs between MJX's and MuJoCo's solvers at the
+#: penetrating first steps (e.g. HopperHop episode 0 step 0: 4.96 vs 48.95 for d qvel/d qpos).
+KNOWN_VALUE_GAPS = {"HopperHop", "HopperStand"}
+
+_collected: dict[str, Path] = {}
+
+
+def _collect(env: str, root: Path) -> Path:
+    if env not in _collected:
+        config = collect.CollectConfig(env=env, episodes=1, steps=6, policy={"name": "random"}, seed=0,
+                                       check_every=2, batch_size=1, chunk_steps=6)
+        _collected[env] = collect.collect(config, root / f"{env}.zarr")
+    return _collected[env]
+
+
+@pytest.fixture(scope="module")
+def matrix_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("matrix")
+
+
+def test_the_matrix_is_the_25_dm_control_tasks():
+    assert len(ENVS) == 25 and {"HumanoidRun", "FishSwim", "CartpoleBalance", "FingerSpin"} <= set(ENVS)
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("env", ENVS)
+def test_collect_and_analyze(env, matrix_root):
+    path = _collect(env, matrix_root)
+    spec = envs.load(env)
+    problems, _ = dataset.validate(path)
+    assert problems == []
+    ds = dataset.open_dataset(path)
+    assert ds.sizes["state_in"] == ds.sizes["out"] == 2 * spec.nv and ds.sizes["action_in"] == spec.nu
+    assert ("qstate" in ds.dims) == (spec.nq != spec.nv)
+    assert bool(np.asarray(ds["finite"].values).all())
+    summary = structure.check_summary(ds)
+    assert summary["checked_steps"] == 3
+    # the zero structure (what dynsparse measures) agrees with native finite differences everywhere
+    assert summary["steps_pattern_mismatch"] == 0, summary
+    out = analysis.analyze(path, matrix_root / f"{env}-analysis", analysis.AnalyzeOptions(tsne=False, shuffles=20))
+    row = analysis.table_row(analysis.existing_summary(out))
+    assert row["env"] == env and row["counted_steps"] == 6 and row["state_dim"] == 2 * spec.nv
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("env", [
+    pytest.param(e, marks=pytest.mark.xfail(strict=True, reason="truncated 4-iteration solver; see KNOWN_VALUE_GAPS"))
+    if e in KNOWN_VALUE_GAPS else e for e in ENVS
+])
+def test_autodiff_values_match_finite_differences(env, matrix_root):
+    """At checked steps the solver did not flag, autodiff and native FD agree to 1% relative (FD
+    truncation and round-off at eps 1e-6 reach 3e-3 on HumanoidRun's 5-substep chain)."""
+    ds = dataset.open_dataset(_collect(env, matrix_root))
+    checked = np.asarray(ds["fd_disagree"].values) >= 0
+    unflagged = checked & (np.asarray(ds["solver_start_returned"].values) == 0)
+    rel = np.asarray(ds["fd_max_rel_err"].values)[unflagged]
+    if rel.size == 0:  # the Finger tasks: every checked step is a flagged solver start (see autodiff)
+        assert env.startswith("Finger"), env
+        return
+    assert float(rel.max()) < 1e-2, rel
+
+
+def _native_fd_at_stored_steps(ds, spec, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(autodiff, native FD)`` ``[J_s | J_a]`` of every valid stored step, FD at ``eps``."""
+    from dynsparse.jacobians import finite_diff
+
+    m = spec.mj_model
+    fd = finite_diff.FiniteDiffBackend(m, spec.n_substeps, eps)
+    state, warm, action = (np.asarray(ds[k].values) for k in ("state", "warmstart", "action"))
+    ad_all, fd_all = [], []
+    for e, t in zip(*np.nonzero(np.asarray(ds["valid"].values))):
+        x = finite_diff.StepInputs(
+            state[e, t, :m.nq], state[e, t, m.nq:], warm[e, t], action[e, t], np.zeros(m.na),
+            m.body_pos[m.body_mocapid >= 0].copy(), m.body_quat[m.body_mocapid >= 0].copy(), 0.0,
+        )
+        j_s, j_a = fd(x)
+        fd_all.append(np.concatenate([j_s, j_a], axis=1))
+        ad_all.append(np.concatenate([ds["J_s"].values[e, t], ds["J_a"].values[e, t]], axis=1))
+    return np.stack(ad_all), np.stack(fd_all)
+
+
+@pytest.mark.parametrize("env, eps, atol", [
+    # FishSwim's fluid forces leave FD an O(eps) error (measured: 5e-5, 5e-6, 5e-7 at eps 1e-5, 1e-6, 1e-7)
+    pytest.param("FishSwim", 1e-7, 2e-6, marks=pytest.mark.slow),
+    # HumanoidRun: FD round-off grows below eps 1e-5 (1.4e-8 at 1e-5, 1.2e-7 at 1e-6)
+    pytest.param("HumanoidRun", 1e-5, 1e-6, marks=pytest.mark.matrix),
+])
+def test_free_joint_envs_match_native_fd_in_tangent_space(env, eps, atol, matrix_root):
+    spec = envs.load(env)
+    assert spec.nq == spec.nv + 1  # one free joint
+    ds = dataset.open_dataset(_collect(env, matrix_root))
+    ad, fd = _native_fd_at_stored_steps(ds, spec, eps)
+    assert ad.shape == (6, 2 * spec.nv, 2 * spec.nv + spec.nu)
+    assert float(np.abs(ad - fd).max()) < atol
+    # the same zero structure: entries either calls exactly zero are below FD's noise in the other
+    zero_ad, zero_fd = ad == 0, np.abs(fd) < atol
+    assert not (zero_ad & ~zero_fd).any() and int(zero_ad.sum()) > 0
