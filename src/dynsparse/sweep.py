@@ -393,7 +393,7 @@ def _execute(todo: list[Job], config: SweepConfig, out: Path, scheduler: str | N
             fut = client.submit(analyze_task, collected[job.run.id], str(job.analysis_dir(out)), job.threshold,
                                 config.relative, config.tsne, key=f"analyze-{job.id}-{time.time_ns()}", pure=False)
             futures[fut] = job
-        for fut in as_completed(list(futures)):
+        for fut in as_completed(list(futures), loop=client.loop):
             job = futures[fut]
             try:
                 result = fut.result()
