@@ -39,7 +39,7 @@ def baseline_seconds_per_step(store: Path, n: int) -> float:
     ds = xr.open_zarr(store)
     spec = envs.load(ds.attrs["env"])
     nq = spec.nq
-    state = ds["state"].values.reshape(-1, ds.sizes["state_in"])[:n]
+    state = ds["state"].values.reshape(-1, ds["state"].shape[-1])[:n]  # [qpos, qvel] (qstate dim with free joints)
     action = ds["action"].values.reshape(-1, ds.sizes["action_in"])[:n]
     warm = ds["warmstart"].values.reshape(-1, ds.sizes["dof"])[:n]
     d0 = mujoco.MjData(spec.mj_model)

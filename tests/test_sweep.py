@@ -195,3 +195,10 @@ def test_failed_job_is_reported_and_rerun_alone(tmp_path, capsys):
     assert cli.main(argv + ["--only", bad.id]) == 1
     assert "0 done now, 1 done before, 1 failed" in capsys.readouterr().out
     assert sweep.status_path(out, good).stat().st_mtime_ns == done_mtime
+
+
+def test_unreachable_scheduler_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "CONNECT_TIMEOUT", "2s")
+    with pytest.raises(errors.UserError, match="cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'"):
+        sweep.run_sweep(_config(), tmp_path / "o", scheduler="tcp://127.0.0.1:9")
+    assert not (tmp_path / "o" / sweep.STATUS_DIR).exists()  # no job was recorded

@@ -171,3 +171,24 @@ def test_legged_free_base_collects_checks_and_analyses(tmp_path):
     x = names.index("qpos:root:x")
     others = [i for i in range(26) if i != x]
     assert np.abs(j_s[..., others, x]).max() < 1e-9 and np.allclose(j_s[..., x, x], 1.0)
+
+
+def test_free_joint_dataset_layout_and_learn_refusal(tmp_path):
+    """A free-sphere collection (finite_diff backend: no autodiff compile): states on ``qstate``,
+    Jacobians on the tangent names; ``learn`` refuses it in one line."""
+    from dynsparse import collect, dataset, errors
+    from dynsparse.learn import data as learn_data
+
+    spec = envs.from_mjcf(FREE_SPHERE, name="FreeSphere", init_noise=0.3)
+    config = collect.CollectConfig(env="FreeSphere", episodes=1, steps=4, policy={"name": "random"},
+                                   backend="finite_diff", batch_size=1, chunk_steps=4)
+    path = collect.collect(config, tmp_path / "s.zarr", spec=spec)
+    assert dataset.validate(path)[0] == []
+    ds = dataset.open_dataset(path)
+    assert list(ds["qstate"].values) == list(spec.qstate_names) and ds.sizes["qstate"] == 13
+    assert ds["next_state"].dims == ("episode", "step", "qstate") and ds["J_s"].shape == (1, 4, 12, 12)
+    assert list(ds["dof"].values) == [f"qvel:root:{a}" for a in ("x", "y", "z", "rx", "ry", "rz")]
+    # the hand-computed translation block holds at every step
+    np.testing.assert_allclose(np.asarray(ds["J_s"].values)[..., 0:3, 6:9], np.broadcast_to(SPHERE_DT * np.eye(3), (1, 4, 3, 3)), atol=1e-8)
+    with pytest.raises(errors.UserError, match=r"free or ball joints \(nq=7 != nv=6\); learning a world model"):
+        learn_data.load(path)

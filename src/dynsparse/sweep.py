@@ -37,6 +37,8 @@ from typing import Any, Callable, Sequence
 from dynsparse import errors
 
 CONFIG_FILE = "sweep.json"
+#: how long to wait for an existing Dask scheduler (``--scheduler``)
+CONNECT_TIMEOUT = "20s"
 SUMMARY_FILE = "summary.csv"
 STATUS_DIR = "status"
 
@@ -376,7 +378,7 @@ def _execute(todo: list[Job], config: SweepConfig, out: Path, scheduler: str | N
     else:
         address = scheduler
     try:
-        client = Client(address, timeout="20s", set_as_default=False)  # leave dask.compute in this process alone
+        client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)  # leave dask.compute in this process alone
     except (OSError, TimeoutError) as exc:
         if cluster is not None:
             cluster.close()
