@@ -85,3 +85,13 @@ def test_contact_pairs_cover_every_contact_slot_mjx_makes():
     assert names[idx[1]] == "ground|bfoot"
     active = np.asarray(envs.active_contact_pairs(state.data, table, len(names)))
     assert active.sum() <= int(envs.count_contacts(state.data)) and active.shape == (len(names),)
+
+
+def test_envs_command_lists_every_task_with_its_tangent_state_size(capsys):
+    from dynsparse import cli
+
+    assert cli.main(["envs"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:26]}
+    assert len(lines) == 25
+    assert lines["HumanoidRun"].split()[1:5] == ["28", "27", "54", "21"] and "tangent space" in lines["HumanoidRun"]
+    assert lines["CheetahRun"].split()[1:5] == ["9", "9", "18", "6"] and "tangent" not in lines["CheetahRun"]
