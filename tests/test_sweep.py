@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from helpers import one_error_line
 
 from dynsparse import cli, dataset, errors, sweep
-
-from helpers import one_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 

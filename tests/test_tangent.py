@@ -8,11 +8,10 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 import pytest
+from models import FREE_SPHERE, SPHERE_DT
 
 from dynsparse import envs, tangent
 from dynsparse.jacobians import autodiff, finite_diff
-
-from models import FREE_SPHERE, SPHERE_DT
 
 BALL_AND_FREE = """<mujoco><worldbody><body><freejoint name="root"/><geom size=".1"/>
   <body pos="0 0 -.3"><joint name="knee" type="hinge"/><geom size=".1"/>
@@ -122,7 +121,7 @@ def test_free_sphere_jacobians_by_hand(sphere_case, method):
 
 def test_free_sphere_matches_native_transition_fd(sphere_case):
     spec, data, a = sphere_case
-    j_s, j_a, s_next, _ = jax.jit(autodiff.make_jacobian_fn(spec))(data, a)
+    j_s, j_a, _, _ = jax.jit(autodiff.make_jacobian_fn(spec))(data, a)
     fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps)
     x = finite_diff.StepInputs(
         np.asarray(data.qpos), np.asarray(data.qvel), np.asarray(data.qacc_warmstart), np.asarray(a),
@@ -137,10 +136,10 @@ def test_free_sphere_matches_native_transition_fd(sphere_case):
 def test_legged_free_base_collects_checks_and_analyses(tmp_path):
     """The hand-written legged robot (free base, ball-jointed tail, foot contacts): a collection
     in the tangent space, every step checked against native mjd_transitionFD, then analysed."""
+    from models import LEGGED, LEGGED_SUBSTEPS
+
     from dynsparse import analysis, collect, dataset
     from dynsparse.metrics import structure
-
-    from models import LEGGED, LEGGED_SUBSTEPS
 
     spec = envs.from_mjcf(LEGGED, name="Legged", n_substeps=LEGGED_SUBSTEPS, init_noise=0.02)
     config = collect.CollectConfig(env="Legged", episodes=2, steps=12, policy={"name": "random"}, seed=0,

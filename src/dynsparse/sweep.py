@@ -31,8 +31,9 @@ import math
 import os
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from dynsparse import errors
 
@@ -74,7 +75,7 @@ class SweepConfig:
     relative: bool = False
     tsne: bool = False
 
-    def validated(self) -> "SweepConfig":
+    def validated(self) -> SweepConfig:
         """Check every field; raise ``UserError`` naming the first bad value."""
         from dynsparse import collect, envs
         from dynsparse.metrics import sparsity
@@ -107,11 +108,11 @@ class SweepConfig:
             collect.CollectConfig(**Run(fixed.envs[0], policy, fixed.seeds[0]).collect_kwargs(fixed)).validated()
         return fixed
 
-    def runs(self) -> list["Run"]:
+    def runs(self) -> list[Run]:
         """Every (env, policy, seed), in grid order."""
         return [Run(e, p, s) for e in self.envs for p in self.policies for s in self.seeds]
 
-    def jobs(self) -> list["Job"]:
+    def jobs(self) -> list[Job]:
         """Every (env, policy, seed, threshold), in grid order."""
         return [Job(r, t) for r in self.runs() for t in self.thresholds]
 
@@ -456,13 +457,14 @@ def summary_rows(out: Path, config: SweepConfig) -> list[dict[str, Any]]:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table of the summary (job, status, a few metrics or the error)."""
     lines = [f"{'job':<48} {'status':<8} {'steps':>6} {'J_s zero%':>9} {'J_a zero%':>9} {'sparsity':>8}  error"]
-    for r in rows:
-        def num(key: str, fmt: str) -> str:
-            v = r.get(key)
-            return format(v, fmt) if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "-"
 
+    def num(r: dict[str, Any], key: str, fmt: str) -> str:
+        v = r.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "-"
+
+    for r in rows:
         lines.append(
-            f"{r['job']:<48} {r['status']:<8} {num('counted_steps', 'd'):>6} {num('J_s_global_zero_pct', '.1f'):>9} "
-            f"{num('J_a_global_zero_pct', '.1f'):>9} {num('mean_sparsity_both', '.3f'):>8}  {r['error']}"
+            f"{r['job']:<48} {r['status']:<8} {num(r, 'counted_steps', 'd'):>6} {num(r, 'J_s_global_zero_pct', '.1f'):>9} "
+            f"{num(r, 'J_a_global_zero_pct', '.1f'):>9} {num(r, 'mean_sparsity_both', '.3f'):>8}  {r['error']}"
         )
     return "\n".join(lines)
