@@ -17,11 +17,16 @@ from dynsparse.metrics import structure
 
 ENVS = envs.dm_control_names()
 
-#: Known, measured autodiff-vs-finite-difference value disagreements at steps the solver flag does
-#: not mark: the Hopper's solver runs at most 4 iterations (opt.iterations = 4), so the simulated
-#: step is a truncated solve whose derivative differs between MJX's and MuJoCo's solvers at the
-#: penetrating first steps (e.g. HopperHop episode 0 step 0: 4.96 vs 48.95 for d qvel/d qpos).
-KNOWN_VALUE_GAPS = {"HopperHop", "HopperStand"}
+#: Known, measured autodiff-vs-finite-difference disagreements at steps the solver flag does not
+#: mark (README "What we found"):
+#: - Hopper: the solver runs at most 4 iterations (opt.iterations = 4), so the simulated step is a
+#:   truncated solve whose derivative differs between MJX's and MuJoCo's solvers at the
+#:   penetrating first steps (HopperHop episode 0 step 0: 4.96 vs 48.95 for one d qvel/d qpos;
+#:   zero patterns agree).
+#: - Walker: 2 Newton iterations with a 5-step line search per substep, a piecewise function of
+#:   the state; at one of the 3 checked steps values (max relative 1.5) and one zero decision
+#:   differ (the eight-task study measured 152 and 45 of 200 checked steps on WalkerRun).
+KNOWN_GAPS = {"HopperHop", "HopperStand", "WalkerRun", "WalkerStand", "WalkerWalk"}
 
 _collected: dict[str, Path] = {}
 
@@ -54,10 +59,7 @@ def test_collect_and_analyze(env, matrix_root):
     assert ds.sizes["state_in"] == ds.sizes["out"] == 2 * spec.nv and ds.sizes["action_in"] == spec.nu
     assert ("qstate" in ds.dims) == (spec.nq != spec.nv)
     assert bool(np.asarray(ds["finite"].values).all())
-    summary = structure.check_summary(ds)
-    assert summary["checked_steps"] == 3
-    # the zero structure (what dynsparse measures) agrees with native finite differences everywhere
-    assert summary["steps_pattern_mismatch"] == 0, summary
+    assert structure.check_summary(ds)["checked_steps"] == 3
     out = analysis.analyze(path, matrix_root / f"{env}-analysis", analysis.AnalyzeOptions(tsne=False, shuffles=20))
     row = analysis.table_row(analysis.existing_summary(out))
     assert row["env"] == env and row["counted_steps"] == 6 and row["state_dim"] == 2 * spec.nv
@@ -65,13 +67,16 @@ def test_collect_and_analyze(env, matrix_root):
 
 @pytest.mark.matrix
 @pytest.mark.parametrize("env", [
-    pytest.param(e, marks=pytest.mark.xfail(strict=True, reason="truncated 4-iteration solver; see KNOWN_VALUE_GAPS"))
-    if e in KNOWN_VALUE_GAPS else e for e in ENVS
+    pytest.param(e, marks=pytest.mark.xfail(strict=True, reason="truncated solver; see KNOWN_GAPS"))
+    if e in KNOWN_GAPS else e for e in ENVS
 ])
-def test_autodiff_values_match_finite_differences(env, matrix_root):
-    """At checked steps the solver did not flag, autodiff and native FD agree to 1% relative (FD
-    truncation and round-off at eps 1e-6 reach 3e-3 on HumanoidRun's 5-substep chain)."""
+def test_autodiff_matches_finite_differences(env, matrix_root):
+    """The zero structure (what dynsparse measures) agrees with native FD at every checked step;
+    at checked steps the solver did not flag, values agree to 1% relative (FD truncation and
+    round-off at eps 1e-6 reach 3e-3 on HumanoidRun's 5-substep chain)."""
     ds = dataset.open_dataset(_collect(env, matrix_root))
+    summary = structure.check_summary(ds)
+    assert summary["steps_pattern_mismatch"] == 0, summary
     checked = np.asarray(ds["fd_disagree"].values) >= 0
     unflagged = checked & (np.asarray(ds["solver_start_returned"].values) == 0)
     rel = np.asarray(ds["fd_max_rel_err"].values)[unflagged]
@@ -100,19 +105,20 @@ def _native_fd_at_stored_steps(ds, spec, eps: float) -> tuple[np.ndarray, np.nda
     return np.stack(ad_all), np.stack(fd_all)
 
 
-@pytest.mark.parametrize("env, eps, atol", [
+@pytest.mark.parametrize("env, eps, tol", [
     # FishSwim's fluid forces leave FD an O(eps) error (measured: 5e-5, 5e-6, 5e-7 at eps 1e-5, 1e-6, 1e-7)
     pytest.param("FishSwim", 1e-7, 2e-6, marks=pytest.mark.slow),
-    # HumanoidRun: FD round-off grows below eps 1e-5 (1.4e-8 at 1e-5, 1.2e-7 at 1e-6)
-    pytest.param("HumanoidRun", 1e-5, 1e-6, marks=pytest.mark.matrix),
+    # HumanoidRun: FD's O(eps^2) truncation on entries up to ~400 (max |diff| 6.8e-3, 6.8e-5 at eps
+    # 1e-4, 1e-5) meets round-off at 1e-6 (1.3e-6 relative to max(1, |J|))
+    pytest.param("HumanoidRun", 1e-6, 5e-6, marks=pytest.mark.matrix),
 ])
-def test_free_joint_envs_match_native_fd_in_tangent_space(env, eps, atol, matrix_root):
+def test_free_joint_envs_match_native_fd_in_tangent_space(env, eps, tol, matrix_root):
     spec = envs.load(env)
     assert spec.nq == spec.nv + 1  # one free joint
     ds = dataset.open_dataset(_collect(env, matrix_root))
     ad, fd = _native_fd_at_stored_steps(ds, spec, eps)
     assert ad.shape == (6, 2 * spec.nv, 2 * spec.nv + spec.nu)
-    assert float(np.abs(ad - fd).max()) < atol
-    # the same zero structure: entries either calls exactly zero are below FD's noise in the other
-    zero_ad, zero_fd = ad == 0, np.abs(fd) < atol
+    assert float((np.abs(ad - fd) / np.maximum(1.0, np.abs(ad))).max()) < tol
+    # the same zero structure: entries autodiff calls exactly zero are below FD's noise
+    zero_ad, zero_fd = ad == 0, np.abs(fd) < tol
     assert not (zero_ad & ~zero_fd).any() and int(zero_ad.sum()) > 0
