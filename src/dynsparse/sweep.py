@@ -122,7 +122,10 @@ class SweepConfig:
 
 def _policy_dict(policy: Any, base: Any) -> dict[str, Any]:
     if isinstance(policy, str):
-        return base.config_from_text(policy)
+        policy = base.config_from_text(policy)
+        if policy["name"] == "ppo":  # workers may run in another directory
+            policy["checkpoint"] = str(Path(policy["checkpoint"]).resolve())
+        return policy
     if isinstance(policy, dict) and isinstance(policy.get("name"), str):
         return dict(policy)
     raise errors.UserError(f"sweep policy {policy!r} is not allowed; allowed: 'random', 'colored', 'ppo:DIR' or a dict with a 'name'")
@@ -339,7 +342,7 @@ def run_sweep(
     Raises:
       UserError: bad ``only`` ids, a folder of another sweep, or an unreachable scheduler.
     """
-    out = Path(out)
+    out = Path(out).resolve()  # workers may run elsewhere (another cwd): absolute paths only
     jobs = config.jobs()
     known = {j.id for j in jobs}
     bad = [j for j in only if j not in known]
