@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dynsparse import errors
+from dynsparse import errors, files
 
 CONFIG_FILE = "sweep.json"
 #: how long to wait for an existing Dask scheduler (``--scheduler``)
@@ -290,9 +291,7 @@ def read_status(out: Path, job: Job) -> dict[str, Any] | None:
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
+    files.write_atomic(path, json.dumps(payload, indent=1, default=str).encode())
 
 
 def _check_folder(out: Path, config: SweepConfig) -> None:
@@ -432,13 +431,12 @@ def write_summary(out: Path, config: SweepConfig) -> Path:
     metric_keys: list[str] = []
     for row in rows:
         metric_keys += [k for k in row if k not in SUMMARY_KEYS and k not in metric_keys]
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(SUMMARY_KEYS) + metric_keys, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
     path = out / SUMMARY_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(SUMMARY_KEYS) + metric_keys, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    files.write_atomic(path, text.getvalue().encode())
     return path
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dynsparse import errors
+from dynsparse import errors, files
 
 FORMAT = "dynsparse-ppo"
 FORMAT_VERSION = 1
@@ -59,15 +58,6 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save(folder: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     """Write (or replace) the checkpoint in ``folder``.
 
@@ -85,9 +75,9 @@ def save(folder: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]
     data = _npz_bytes({k: np.asarray(v) for k, v in arrays.items()})
     sha = hashlib.sha256(data).hexdigest()
     params_name = f"params-{sha[:16]}.npz"
-    _write_atomic(folder / params_name, data)
+    files.write_atomic(folder / params_name, data)
     meta = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION, "params_file": params_name, "params_sha256": sha}
-    _write_atomic(folder / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    files.write_atomic(folder / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     for old in folder.glob("params-*.npz"):
         if old.name != params_name:
             old.unlink()
