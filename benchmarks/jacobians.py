@@ -1,8 +1,11 @@
-"""Control-step Jacobians per second on one environment, per method, batch size and thread count.
+"""Control-step Jacobians per second on one environment, per definition, method, batch size and
+thread count.
 
 Every row is printed as a ratio against the baseline, a plain single-thread Python loop over
-native ``mujoco.mjd_transitionFD`` (centred, tolerance 0, chained over substeps) on the same
-states, measured in the same run (best of ``--repeat``). The native rows run in a subprocess in
+native ``mujoco.mjd_transitionFD`` (centred, chained over substeps, one reused ``MjData``, the
+model's own solver settings) on the same states, measured in the same run (best of
+``--repeat``): the strongest simple way to get these Jacobians' size and sparsity pattern
+(it holds the warm start at every substep, so its values are neither definition's). The native rows run in a subprocess in
 which JAX never ran: after a computation XLA's worker threads keep spinning for a while, and on
 this machine's two SMT siblings that slowed a native loop in the same process by up to 1.8x
 (measured: 1475-1679 vs 2543-2701 CheetahRun Jacobians/s), which would flatter every ratio.
@@ -10,7 +13,9 @@ Rows:
 
 - native finite differences, thread-parallel (``mjd_transitionFD`` releases the GIL);
 - dynsparse's ``finite_diff`` backend (single thread);
-- the autodiff methods (``dynsparse.jacobians.autodiff``) at each batch size: compile seconds
+- the old default path (before named definitions: forward mode through every solver iteration
+  of ``mjx.step`` per substep, the warm start held at every substep), for the speed comparison;
+- the autodiff methods (``dynsparse.jacobians.autodiff``) of each definition at each batch size: compile seconds
   (compiled with ``dynsparse.xla.compiler_options()``, as collection does; compile seconds of the
   first call; near zero once the JAX persistent cache at ``$DYNSPARSE_JAX_CACHE`` is warm,
   ``--jax-cache off`` to measure cold), and XLA's temporary memory per Jacobian;
@@ -19,13 +24,13 @@ Rows:
 - one batched control step without Jacobians (the primal): the last column expresses each
   path's cost in primal MJX steps, against the theoretical ``2 nv + nu`` tangent directions.
 
-The correctness guard compares every method with ``reference`` on the largest batch's states:
-identical zero decisions at the default threshold (1e-12) and values within 1e-6 relative;
-the script exits 1 if it fails.
+The correctness guard compares, per definition, every method with ``reference`` on the largest
+batch's states: identical zero decisions at the default threshold (1e-12) and values within
+1e-6 relative; the script exits 1 if it fails.
 
 usage: python benchmarks/jacobians.py [--env CheetahRun] [--batches 16 64 256] [--states 256]
-       [--methods substep reference] [--threads 2] [--devices 2] [--cores N] [--repeat 3]
-       [--jax-cache off]
+       [--methods substep reference] [--definitions converged as-run] [--threads 2] [--devices 2]
+       [--cores N] [--repeat 3] [--jax-cache off] [--no-old]
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ def plain_fd_loop(spec: Any, inputs: list[finite_diff.StepInputs], model: mujoco
     ``spec`` needs ``n_substeps`` and ``mj_model`` (an ``EnvSpec`` or a namespace).
     """
     if model is None:
-        model = finite_diff.fd_model(spec.mj_model)
+        model = copy.deepcopy(spec.mj_model)  # the model's own solver settings
     m = model
     d = mujoco.MjData(m)
     nx = 2 * m.nv + m.na
@@ -77,7 +82,7 @@ def plain_fd_loop(spec: Any, inputs: list[finite_diff.StepInputs], model: mujoco
 
 def threaded_fd(spec: Any, inputs: list[finite_diff.StepInputs], threads: int) -> float:
     """Seconds for the same loop split over ``threads`` threads (one MjData each)."""
-    model = finite_diff.fd_model(spec.mj_model)
+    model = copy.deepcopy(spec.mj_model)
     parts = [inputs[i::threads] for i in range(threads)]
     with ThreadPoolExecutor(threads) as pool:
         t0 = time.perf_counter()
@@ -171,16 +176,57 @@ def temp_bytes(compiled: Any) -> float:
         return float("nan")
 
 
+def old_default_fn(spec: Any) -> Callable[[Any, Any], tuple[Any, Any]]:
+    """The default path before named definitions (kept here only to measure against): per
+    substep, ``jacfwd`` through ``mjx.step`` (every solver iteration) with the warm start held,
+    ``q`` and ``(v, a)`` directions apart, chained. Unbatched ``(data, a) -> (J_s, J_a)``."""
+    import jax
+    import jax.numpy as jnp
+    from mujoco import mjx
+
+    from dynsparse import tangent
+    from dynsparse.jacobians import autodiff, definitions
+
+    model = definitions.mjx_model(spec, "as-run")
+    c, n = spec.charts, spec.state_size
+
+    def sub(d: Any, a: Any) -> tuple[Any, Any, Any]:
+        warm = jax.lax.stop_gradient(d.qacc_warmstart)
+
+        def g(q: Any, v: Any, a_: Any) -> tuple[Any, Any]:
+            d_next = mjx.step(model, d.replace(qpos=q, qvel=v, ctrl=a_, qacc_warmstart=warm))
+            return autodiff.tangent_state(c, d_next.qpos, d_next.qvel), d_next
+
+        dq0 = jnp.zeros((c.nv,), d.qpos.dtype)
+        j_q, d_next = jax.jacfwd(lambda dq: g(tangent.retract(c, d.qpos, dq), d.qvel, a), has_aux=True)(dq0)
+        j_v, j_a = jax.jacfwd(lambda v, a_: g(d.qpos, v, a_)[0], argnums=(0, 1))(d.qvel, a)
+        return d_next, jnp.concatenate([j_q, j_v], axis=1), j_a
+
+    def jac(data: Any, a: Any) -> tuple[Any, Any]:
+        def body(carry: Any, _: None) -> tuple[Any, None]:
+            d, a_tot, b_tot = carry
+            d_next, a_k, b_k = sub(d, a)
+            return (d_next, a_k @ a_tot, a_k @ b_tot + b_k), None
+
+        init = (data, jnp.eye(n, dtype=data.qpos.dtype), jnp.zeros((n, a.shape[0]), data.qpos.dtype))
+        (_, j_s, j_a), _ = jax.lax.scan(body, init, None, length=spec.n_substeps)
+        return j_s, j_a
+
+    return jac
+
+
 def main(args: argparse.Namespace) -> None:
     import jax
 
     from dynsparse import envs, jaxcache, xla
-    from dynsparse.jacobians import autodiff, compare
+    from dynsparse.jacobians import autodiff, compare, definitions
 
     if args.jax_cache != "off":
         jaxcache.enable(args.jax_cache)
     for m in args.methods:
         autodiff.check_method(m)
+    for d in args.definitions:
+        definitions.check_definition(d)
     spec = envs.load(args.env)
     bmax = max(args.batches)
     data, actions = sample_states(spec, max(args.states, bmax))
@@ -189,36 +235,45 @@ def main(args: argparse.Namespace) -> None:
     base_rate = native["baseline"]
     rows: list[tuple[str, object, float, float, float]] = [
         *((f"native mjd_transitionFD, {t} threads", "-", native[f"threads{t}"], float("nan"), float("nan")) for t in args.threads),
-        ("finite_diff backend (dynsparse)", "-", native["finite_diff"], float("nan"), float("nan")),
+        ("finite_diff backend (converged, 1 thread)", "-", native["finite_diff"], float("nan"), float("nan")),
     ]
 
-    results = {}
-    for method in args.methods:
-        fn = jax.vmap(autodiff.make_jacobian_fn(spec, method))
+    def measure(name: str, fn: Callable[..., Any], b: int) -> Any:
+        sub = jax.tree_util.tree_map(lambda x: x[:b], data)
+        act = actions[:b]
+        t0 = time.perf_counter()
+        compiled = jax.jit(fn, compiler_options=xla.compiler_options()).lower(sub, act).compile()
+        out = jax.block_until_ready(compiled(sub, act))
+        compile_s = time.perf_counter() - t0
+        rate = b / best_of(lambda: jax.block_until_ready(compiled(sub, act)), args.repeat)
+        rows.append((name, b, rate, compile_s, temp_bytes(compiled) / b / 2**20))
+        return out
+
+    if not args.no_old:
         for b in args.batches:
-            sub = jax.tree_util.tree_map(lambda x: x[:b], data)
-            act = actions[:b]
-            t0 = time.perf_counter()
-            compiled = jax.jit(fn, compiler_options=xla.compiler_options()).lower(sub, act).compile()
-            out = jax.block_until_ready(compiled(sub, act))
-            compile_s = time.perf_counter() - t0
-            rate = b / best_of(lambda: jax.block_until_ready(compiled(sub, act)), args.repeat)
-            rows.append((f"autodiff {method}", b, rate, compile_s, temp_bytes(compiled) / b / 2**20))
-            if b == bmax:
-                results[method] = np.concatenate([np.asarray(out[0]), np.asarray(out[1])], axis=-1)
+            measure("old default (unrolled, warm start held)", jax.vmap(old_default_fn(spec)), b)
+    results: dict[str, dict[str, np.ndarray]] = {}
+    for definition in args.definitions:
+        for method in args.methods:
+            fn = jax.vmap(autodiff.make_jacobian_fn(spec, method, definition))
+            for b in args.batches:
+                out = measure(f"{definition} {method}", fn, b)
+                if b == bmax:
+                    results.setdefault(definition, {})[method] = np.concatenate([np.asarray(out[0]), np.asarray(out[1])], axis=-1)
 
     default_fn = jax.vmap(autodiff.make_jacobian_fn(spec))
     sub = jax.tree_util.tree_map(lambda x: x[:bmax], data)
     extra = []
     if xla.compiler_options():  # the same path compiled with XLA's default options
-        extra.append((f"autodiff {autodiff.DEFAULT_METHOD}, XLA default options", jax.jit(default_fn), (sub, actions[:bmax])))
+        extra.append((f"{definitions.DEFAULT_DEFINITION} {autodiff.DEFAULT_METHOD}, XLA defaults", jax.jit(default_fn), (sub, actions[:bmax])))
     n_dev = min(args.devices, jax.local_device_count())
     if n_dev > 1 and bmax % n_dev == 0:  # the batch split over CPU devices (one program each)
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
         sharding = NamedSharding(Mesh(np.array(jax.devices()[:n_dev]), ("batch",)), PartitionSpec("batch"))
         split = jax.device_put((sub, actions[:bmax]), sharding)
-        extra.append((f"autodiff {autodiff.DEFAULT_METHOD}, {n_dev} CPU devices", jax.jit(default_fn, compiler_options=xla.compiler_options()), split))
+        extra.append((f"{definitions.DEFAULT_DEFINITION} {autodiff.DEFAULT_METHOD}, {n_dev} CPU devices",
+                      jax.jit(default_fn, compiler_options=xla.compiler_options()), split))
     for name, f, f_args in extra:
         t0 = time.perf_counter()
         jax.block_until_ready(f(*f_args))
@@ -226,32 +281,36 @@ def main(args: argparse.Namespace) -> None:
         rate = bmax / best_of(lambda: jax.block_until_ready(f(*f_args)), args.repeat)  # noqa: B023
         rows.append((name, bmax, rate, compile_s, float("nan")))
 
-    primal = jax.jit(jax.vmap(lambda d, a: envs.make_control_step(spec)(d, envs.state_of(d), a)[0]),
-                     compiler_options=xla.compiler_options())
+    step = definitions.make_primal_control_step(spec, "as-run")
+    primal = jax.jit(jax.vmap(lambda d, a: step(d, envs.state_of(d), a)[0]), compiler_options=xla.compiler_options())
     jax.block_until_ready(primal(sub, actions[:bmax]))
     primal_rate = bmax / best_of(lambda: jax.block_until_ready(primal(sub, actions[:bmax])), args.repeat)
 
     cores = len(os.sched_getaffinity(0))
     print(f"\n{args.env}: control-step Jacobians per second (n_substeps={spec.n_substeps}, nv={spec.nv}, nu={spec.nu}: "
           f"2nv+nu = {2 * spec.nv + spec.nu} tangent directions), {cores} core(s), {jax.default_backend()}")
-    print(f"{'path':<40}{'batch':>6}{'jac/s':>11}{'vs baseline':>13}{'compile s':>11}{'MiB/jac':>9}{'primal steps/jac':>18}")
-    print(f"{'plain mjd_transitionFD loop (baseline)':<40}{'-':>6}{base_rate:>11.1f}{1.0:>12.2f}x{'':>11}{'':>9}"
+    print(f"{'path':<44}{'batch':>6}{'jac/s':>11}{'vs baseline':>13}{'compile s':>11}{'MiB/jac':>9}{'primal steps/jac':>18}")
+    print(f"{'plain mjd_transitionFD loop (baseline)':<44}{'-':>6}{base_rate:>11.1f}{1.0:>12.2f}x{'':>11}{'':>9}"
           f"{primal_rate / base_rate:>18.1f}")
     for name, b, rate, comp, mib in rows:
         comp_s = f"{comp:>11.1f}" if np.isfinite(comp) else f"{'':>11}"
         mib_s = f"{mib:>9.2f}" if np.isfinite(mib) else f"{'':>9}"
-        print(f"{name:<40}{b!s:>6}{rate:>11.1f}{rate / base_rate:>12.2f}x{comp_s}{mib_s}{primal_rate / rate:>18.1f}")
-    print(f"{'primal control step (no Jacobian)':<40}{bmax:>6}{primal_rate:>11.1f}{primal_rate / base_rate:>12.2f}x")
-    if "reference" in results:
-        for method, jac in results.items():
+        print(f"{name:<44}{b!s:>6}{rate:>11.1f}{rate / base_rate:>12.2f}x{comp_s}{mib_s}{primal_rate / rate:>18.1f}")
+    print(f"{'primal control step (as-run, no Jacobian)':<44}{bmax:>6}{primal_rate:>11.1f}{primal_rate / base_rate:>12.2f}x")
+    failed = False
+    for definition, by_method in results.items():
+        if "reference" not in by_method:
+            continue
+        for method, jac in by_method.items():
             if method == "reference":
                 continue
-            agree = compare.method_agreement(results["reference"], jac)
+            agree = compare.method_agreement(by_method["reference"], jac)
             verdict = "PASS" if agree.passes() else "FAIL"
-            print(f"guard {method} vs reference on {bmax} states: zero-decision mismatches {agree.zero_mismatch} "
+            failed |= not agree.passes()
+            print(f"guard {definition} {method} vs reference on {bmax} states: zero-decision mismatches {agree.zero_mismatch} "
                   f"of {agree.entries}, max relative difference {agree.max_rel_err:.2e} (<= {compare.GUARD_RTOL:g}): {verdict}")
-            if not agree.passes():
-                sys.exit(1)
+    if failed:
+        sys.exit(1)
 
 
 def _parse() -> argparse.Namespace:
@@ -260,6 +319,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
     p.add_argument("--states", type=int, default=256, help="states of the native rows")
     p.add_argument("--methods", nargs="+", default=["substep", "reference"])
+    p.add_argument("--definitions", nargs="+", default=["converged", "as-run"])
+    p.add_argument("--no-old", action="store_true", help="skip the old default path's rows")
     p.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts of the parallel native row")
     p.add_argument("--devices", type=int, default=2, help="CPU devices of the split row (1: no such row)")
     p.add_argument("--cores", type=int, default=None, help="pin this process (JAX included) to the first N cores")

@@ -194,3 +194,41 @@ LEGGED = """
 </mujoco>
 """
 LEGGED_SUBSTEPS = 3
+
+#: a wheel on a hinge held by joint friction loss (stiction), pushed by a torque below the friction
+#: loss, no gravity: at steady state the (soft) friction-loss constraint is in its quadratic zone
+#: and the solver's warm start is already its optimum, so the solver exits at its start point.
+#: There the step is linear in (v, u) with a closed form (see tests/test_solve.py).
+STICTION_HINGE = """
+<mujoco model="stiction_hinge">
+  <option timestep="0.01" gravity="0 0 0"/>
+  <worldbody>
+    <body name="wheel">
+      <joint name="hinge" type="hinge" axis="0 0 1" frictionloss="1"/>
+      <geom type="cylinder" size="0.2 0.05" mass="1" contype="0" conaffinity="0"/>
+    </body>
+  </worldbody>
+  <actuator><motor name="torque" joint="hinge" ctrlrange="-0.5 0.5"/></actuator>
+</mujoco>
+"""
+STICTION_SUBSTEPS = 2
+
+#: a box resting on a floor with friction (slide x, slide z, hinge about y), pushed sideways by a
+#: force below the friction limit: four corner contacts active, at rest the solver's warm start
+#: is its optimum.
+RESTING_BOX = """
+<mujoco model="resting_box">
+  <option timestep="0.005"/>
+  <worldbody>
+    <geom name="floor" type="plane" size="2 2 0.1" friction="1 0.005 0.0001"/>
+    <body name="box" pos="0 0 0.1">
+      <joint name="x" type="slide" axis="1 0 0"/>
+      <joint name="z" type="slide" axis="0 0 1"/>
+      <joint name="ry" type="hinge" axis="0 1 0"/>
+      <geom name="box" type="box" size="0.1 0.1 0.1" mass="1"/>
+    </body>
+  </worldbody>
+  <actuator><motor name="push" joint="x" ctrlrange="-1 1" gear="2"/></actuator>
+</mujoco>
+"""
+RESTING_BOX_SUBSTEPS = 2

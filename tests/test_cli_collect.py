@@ -29,8 +29,9 @@ def test_collect_structure_validate(tmp_path, capsys):
     assert bool(ds["valid"].all()) and bool(ds["finite"].all())
     # s' of step t is s of step t+1: the stored trajectory is one consistent rollout
     np.testing.assert_array_equal(ds["next_state"].values[:, :-1], ds["state"].values[:, 1:])
-    checked = ds["fd_pattern_mismatch"].values >= 0
+    checked = ds["check_class"].values >= 0
     assert checked.sum() == 10 and (checked[:, ::4]).all()
+    assert ds.attrs["jacobian"] == "converged" and "certified" in ds.attrs["check_definition"]
 
     assert cli.main(["structure", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -38,7 +39,8 @@ def test_collect_structure_validate(tmp_path, capsys):
     assert set(result["J_s"]) == {"zeros", "total", "percent", "entries"} and result["J_s"]["total"] == 16
     # The cart's position influences nothing but itself (translation invariance).
     assert {"qpos:hinge_1 <- qpos:slider", "qvel:slider <- qpos:slider", "qvel:hinge_1 <- qpos:slider"} <= set(result["J_s"]["entries"])
-    assert result["check"]["checked_steps"] == 10 and result["check"]["steps_disagree"] == 0
+    assert result["check"]["checked_steps"] == 10 and result["check"]["classes"]["certified"] == 10
+    assert result["jacobian"] == "converged" and result["solver"]["steps"] == 40
 
     assert cli.main(["structure", str(out), "--threshold", "1e-3", "--relative"]) == 0
     table = capsys.readouterr().out

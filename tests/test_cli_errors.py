@@ -35,7 +35,7 @@ def _store(tmp_path: Path, name: str = "other.zarr", **overrides) -> Path:
     """A real (empty) dynsparse store with a CartpoleBalance configuration, no simulation."""
     config = {"env": "CartpoleBalance", "episodes": 2, "steps": 4, "policy": {"name": "random"}, "seed": 0,
               "backend": "autodiff", "dtype": "float64", "check_every": 0, "batch_size": 2, "chunk_steps": 4,
-              "fd_eps": 1e-6, "check_floor": 1e-6}
+              "fd_eps": 1e-6, "jacobian": "converged", "compare_definitions": False}
     config.update(overrides)
     layout = dataset.Layout(config["episodes"], config["steps"], ("qpos:slider", "qpos:hinge_1", "qvel:slider", "qvel:hinge_1"),
                             ("act:slide",), config["batch_size"], config["chunk_steps"], "float64")
@@ -129,7 +129,7 @@ def test_truncated_chunk_is_reported_by_validate_and_structure(capsys, tmp_path)
         "state": np.zeros((2, 4, 4)), "action": np.zeros((2, 4, 1)), "next_state": np.zeros((2, 4, 4)),
         "J_s": np.ones((2, 4, 4, 4)), "J_a": np.ones((2, 4, 4, 1)), "n_contacts": np.zeros((2, 4), np.int32),
         "reward": np.zeros((2, 4)), "warmstart": np.zeros((2, 4, 2)), "finite": np.ones((2, 4), bool),
-        "solver_start_returned": np.zeros((2, 4), np.int8), "valid": np.ones((2, 4), bool),
+        "solver_start_returned": np.zeros((2, 4), np.int16), "valid": np.ones((2, 4), bool),
     }
     dataset.write_unit(store, layout, 0, arrays)
     dataset.write_checkpoint(store, 1, 1, None)
@@ -164,12 +164,12 @@ def test_store_missing_a_variable(capsys, tmp_path):
     import shutil
 
     store = _store(tmp_path)
-    shutil.rmtree(store / "fd_disagree")
+    shutil.rmtree(store / "check_class")
     meta = json.loads((store / ".zmetadata").read_text())
-    meta["metadata"] = {k: v for k, v in meta["metadata"].items() if not k.startswith("fd_disagree/")}
+    meta["metadata"] = {k: v for k, v in meta["metadata"].items() if not k.startswith("check_class/")}
     (store / ".zmetadata").write_text(json.dumps(meta))
     code, _, err = _run(capsys, "structure", str(store))
-    assert code == 2 and "lacks variable(s) fd_disagree" in one_error_line(err)
+    assert code == 2 and "lacks variable(s) check_class" in one_error_line(err)
 
 
 def test_checkpoint_mid_episode_without_state_is_refused(capsys, tmp_path):

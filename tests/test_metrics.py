@@ -32,6 +32,17 @@ def test_threshold_must_be_positive_finite(bad):
         sparsity.zero_mask(np.zeros((1, 1)), bad)
 
 
+#: the per-step check/solver variables of the store's schema, unchecked (name, dtype, fill)
+SCALAR_FILLS = (
+    ("solver_residual", np.float64, 0.0), ("solver_truncated", np.int16, 0), ("solver_start_returned", np.int16, 0),
+    ("check_class", np.int8, -1), ("check_err", np.float64, np.nan), ("check_eps", np.float64, np.nan),
+    ("check_fd_spread", np.float64, np.nan), ("check_pattern_mismatch", np.int32, -1),
+    ("check_native_state_err", np.float64, np.nan), ("check_native_err", np.float64, np.nan),
+    ("definition_rel_diff", np.float64, np.nan), ("definition_pattern_diff", np.int32, -1),
+    ("definition_state_diff", np.float64, np.nan),
+)
+
+
 def _dataset(js, ja, valid, finite=None):
     """A dataset in the store's schema (2 state vars, 1 action) from explicit arrays."""
     e, t = valid.shape
@@ -41,11 +52,7 @@ def _dataset(js, ja, valid, finite=None):
         {
             "J_s": (("episode", "step", "out", "state_in"), js), "J_a": (("episode", "step", "out", "action_in"), ja),
             "valid": (("episode", "step"), valid), "finite": (("episode", "step"), finite),
-            "solver_start_returned": (("episode", "step"), np.zeros((e, t), np.int8)),
-            "fd_max_rel_err": (("episode", "step"), np.full((e, t), np.nan)),
-            "fd_max_abs_err": (("episode", "step"), np.full((e, t), np.nan)),
-            "fd_disagree": (("episode", "step"), np.full((e, t), -1, np.int32)),
-            "fd_pattern_mismatch": (("episode", "step"), np.full((e, t), -1, np.int32)),
+            **{name: (("episode", "step"), np.full((e, t), fill, dtype)) for name, dtype, fill in SCALAR_FILLS},
         },
         coords={"out": names, "state_in": names, "action_in": ["act:u"]},
         attrs={"env": "hand", "backend": "autodiff", "policy": json.dumps({"name": "random"}), "seed": 0},
@@ -84,15 +91,14 @@ def test_global_structure_with_nothing_counted():
     assert "n/a" in structure.format_table(r)
 
 
-def test_compare_by_hand():
-    a = np.array([[1.0, 0.0, 1e-7, 2e-6]])
-    b = np.array([[1.0 + 2e-5, 3e-9, 0.0, 2e-6 + 1e-12]])
-    ag = compare.compare(a, b)
-    assert ag.max_rel_err == pytest.approx(2e-5 / (1 + 2e-5))
-    assert ag.max_abs_err == pytest.approx(2e-5)
-    # entry 0: 2e-5 > 1e-5 * 1.00002 + 1e-8; entry 2: 1e-7 > 1e-5 * 1e-7 + 1e-8; the others agree
-    assert ag.n_disagree == 2
-    assert ag.pattern_mismatch == 0    # 3e-9 and 1e-7 are below the 1e-6 resolution floor
-    ag = compare.compare(np.array([[0.0]]), np.array([[1e-3]]))
-    assert ag.pattern_mismatch == 1 and ag.n_disagree == 1
-    assert np.isnan(compare.compare(np.array([[np.nan]]), np.array([[1.0]])).max_rel_err)
+def test_definition_difference_by_hand():
+    a = np.array([[1.0, 0.0, 1e-7, 2e-6], [0.5, 0.5, 0.0, 0.0]])
+    b = np.array([[1.0 + 2e-5, 3e-9, 0.0, 2e-6 + 1e-12], [0.5, 0.5, 0.0, 0.0]])
+    rel, pattern = compare.definition_difference(a, b)
+    # row 0's scale is 1.00002: entries below 1e-3 of it are compared against 1.00002e-3
+    assert rel == pytest.approx(max(2e-5 / (1 + 2e-5), 1e-7 / 1.00002e-3), rel=1e-12)
+    # entry (0, 1): 0 vs 3e-9 and entry (0, 2): 1e-7 vs 0 change their zero decision (|x| < 1e-12)
+    assert pattern == 2
+    assert compare.definition_difference(a, a) == (0.0, 0)
+    rel, pattern = compare.definition_difference(np.array([[np.nan]]), np.array([[1.0]]))
+    assert np.isnan(rel) and pattern == 1

@@ -78,7 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", default="autodiff", help="autodiff | finite_diff")
     c.add_argument("--dtype", default="float64", help="float64 (float32 is not supported yet)")
     c.add_argument("--check-every", type=_nonneg_int, default=0, metavar="K",
-                   help="also compute finite-difference Jacobians at every K-th step and store the disagreement")
+                   help="certify the Jacobians at every K-th step of each episode against finite differences of the "
+                        "same function (MJX and native MuJoCo); stores a class per checked step")
+    c.add_argument("--jacobian", default="converged", metavar="DEFINITION",
+                   help="converged (default: every substep's constraint problem solved exactly, the physics' "
+                        "Jacobian) | as-run (the step exactly as the environment runs it)")
+    c.add_argument("--compare-definitions", action="store_true",
+                   help="also compute the other definition at every step and store how it differs")
     c.add_argument("--batch-size", type=_positive_int, default=16, help="episodes simulated together")
     c.add_argument("--chunk-steps", type=_positive_int, default=100, help="steps per compiled chunk and per stored chunk")
     c.add_argument("--out", required=True, help="output Zarr store; rerun the same command to resume")
@@ -161,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--quick", action="store_true", help="a small version (2 episodes x 100 steps) for smoke tests")
     q.add_argument("--envs", default=None, help="comma-separated subset of the eight tasks (default: all eight)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--jacobian", default="converged", metavar="DEFINITION", help="converged (default) | as-run, as in collect")
     q.add_argument("--policies", default=None, metavar="DIR",
                    help="collect with the PPO checkpoints DIR/ENV (train-policy) instead of random actions")
     q.add_argument("--noise-beta", type=float, default=None, help="with --policies: exploration noise exponent (default: as trained)")
@@ -218,7 +225,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     config = collect.CollectConfig(
         env=args.env, episodes=args.episodes, steps=args.steps, policy=policy, seed=args.seed,
         backend=args.backend, dtype=args.dtype, check_every=args.check_every,
-        batch_size=args.batch_size, chunk_steps=args.chunk_steps,
+        batch_size=args.batch_size, chunk_steps=args.chunk_steps, jacobian=args.jacobian,
+        compare_definitions=args.compare_definitions,
     ).validated()
     xla.use_cpu_cores()
     jaxcache.enable(args.jax_cache)
@@ -227,7 +235,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         path = collect.collect(config, args.out, on_progress=bar.update)
     finally:
         bar.close()
-    print(f"wrote {path} ({config.episodes} episodes x {config.steps} steps, backend {config.backend})")
+    print(f"wrote {path} ({config.episodes} episodes x {config.steps} steps, backend {config.backend}, "
+          f"Jacobian definition {config.jacobian})")
     return 0
 
 
@@ -449,7 +458,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     from dynsparse import jaxcache, reproduce, xla
 
-    kw: dict = {"seed": args.seed}
+    kw: dict = {"seed": args.seed, "jacobian": args.jacobian}
     if args.policies is not None:
         kw.update(policies=args.policies, noise_beta=args.noise_beta, noise_scale=args.noise_scale)
     elif args.noise_beta is not None or args.noise_scale is not None:

@@ -18,9 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from dynsparse import dataset, envs, errors
-from dynsparse.jacobians import autodiff
+from dynsparse.jacobians import autodiff, certify, definitions, finite_diff
 from dynsparse.jacobians import compare as compare_lib
-from dynsparse.jacobians import finite_diff
 from dynsparse.policies import base as policies_base
 
 log = logging.getLogger(__name__)
@@ -37,14 +36,18 @@ class CollectConfig:
       episodes, steps: dataset size (episodes x control steps per episode).
       policy: policy configuration, e.g. ``{"name": "colored", "beta": 1.0, "scale": 1.0}``.
       seed: seeds initial states (``fold_in(PRNGKey(seed), episode)``) and policy noise.
-      backend: ``autodiff`` (MJX jacfwd) or ``finite_diff`` (native mjd_transitionFD).
+      backend: ``autodiff`` (MJX jacfwd, exact) or ``finite_diff`` (native centred differences).
       dtype: ``float64`` (simulation and Jacobians; float32 is refused, see ``envs.check_dtype``).
-      check_every: with autodiff, also take finite-difference Jacobians at every K-th step of
-        each episode (steps 0, K, 2K, ...) and store the disagreement; 0 = never.
+      check_every: with autodiff, certify the Jacobians at every K-th step of each episode
+        (steps 0, K, 2K, ...) against finite differences of the same function
+        (``jacobians.certify``); 0 = never.
       batch_size: episodes simulated together (one compiled batch shape).
       chunk_steps: steps per compiled chunk and per Zarr chunk.
-      fd_eps: centred finite-difference step.
-      check_floor: magnitude below which entries are not compared relatively (see compare).
+      fd_eps: centred finite-difference step of the ``finite_diff`` backend.
+      jacobian: the derivative's definition, ``converged`` or ``as-run``
+        (``jacobians.definitions``).
+      compare_definitions: with autodiff, also compute the other definition at every step and
+        store how it differs (``definition_*`` variables).
     """
 
     env: str
@@ -58,7 +61,8 @@ class CollectConfig:
     batch_size: int = 16
     chunk_steps: int = 100
     fd_eps: float = finite_diff.DEFAULT_EPS
-    check_floor: float = compare_lib.DEFAULT_FLOOR
+    jacobian: str = definitions.DEFAULT_DEFINITION
+    compare_definitions: bool = False
 
     def validated(self) -> "CollectConfig":
         """Check every field; return a copy with batch/chunk sizes clipped to the run size.
@@ -76,11 +80,15 @@ class CollectConfig:
             raise errors.UserError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
         envs.check_dtype(self.dtype)
         if self.check_every and self.backend != "autodiff":
-            raise errors.UserError("check-every compares autodiff with finite_diff: it needs --backend autodiff")
-        for name in ("fd_eps", "check_floor"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise errors.UserError(f"{name.replace('_', '-')} must be a finite number > 0, got {value!r}")
+            raise errors.UserError("check-every certifies autodiff Jacobians against finite differences: it needs --backend autodiff")
+        value = self.fd_eps
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise errors.UserError(f"fd-eps must be a finite number > 0, got {value!r}")
+        definitions.check_definition(self.jacobian)
+        if not isinstance(self.compare_definitions, bool):
+            raise errors.UserError(f"compare-definitions must be true or false, got {self.compare_definitions!r}")
+        if self.compare_definitions and self.backend != "autodiff":
+            raise errors.UserError("compare-definitions computes both exact definitions: it needs --backend autodiff")
         # Raises on a bad policy; the policy's own configuration is what the dataset records
         # (a PPO checkpoint resolved to its absolute path, parameter digest and noise beta).
         policy = policies_base.from_config(self.policy).config()
@@ -229,26 +237,32 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
         "nv": spec.nv,
         "nu": spec.nu,
         "solver_iterations": int(spec.mj_model.opt.iterations),
+        "solver_ls_iterations": int(spec.mj_model.opt.ls_iterations),
         "solver_tolerance": float(spec.mj_model.opt.tolerance),
-        "jacobian_definition": dataset.JACOBIAN_DEFINITION,
+        "jacobian": config.jacobian,
+        "jacobian_definition": definitions.DESCRIPTIONS[config.jacobian],
+        "jacobian_coordinates": definitions.COORDINATES,
+        "converged_solver": json.dumps(dataclasses.asdict(definitions.CONVERGED)),
         # episodes are split over this many CPU devices (round-off differs from one device)
         "devices": _devices(config.batch_size),
         "jacobian_method": (
             autodiff.METHOD_DESCRIPTIONS[autodiff.DEFAULT_METHOD] if config.backend == "autodiff"
-            else f"native mujoco.mjd_transitionFD, centred, eps={config.fd_eps}, chained over substeps"
+            else f"native MuJoCo centred finite differences of the whole control step (finite_diff.NativeStep), eps={config.fd_eps}"
         ),
         "contact_definition": envs.CONTACT_DEFINITION,
-        "finite_diff": (
-            f"native mujoco.mjd_transitionFD, centred, eps={config.fd_eps}, opt.tolerance=0, chained "
-            "over substeps: A = A_n...A_1, B = sum_k A_n...A_(k+1) B_k"
+        "solver_diagnostics": (
+            "of the definition's own solve at every substep: solver_residual = max over substeps of |r| / trace(M) "
+            "at the returned qacc (r = M qacc - qfrc_smooth - qfrc_constraint, the cost gradient); solver_truncated = "
+            "substeps stopped at the iteration cap with that residual >= the tolerance; solver_start_returned = "
+            "substeps whose start point already passed the gradient test while a constraint was active"
         ),
-        "check_definition": (
-            f"over the entries of [J_s | J_a] at steps 0, K, 2K, ... (K = check_every = "
-            f"{config.check_every}): fd_max_rel_err = max |AD - FD| / max(|AD|, |FD|) over entries "
-            f"with max(|AD|, |FD|) > {config.check_floor}; fd_max_abs_err = max |AD - FD|; "
-            f"fd_disagree = entries with |AD - FD| > {compare_lib.DEFAULT_RTOL} max(|AD|, |FD|) + "
-            f"{compare_lib.DEFAULT_ATOL}; fd_pattern_mismatch = entries one backend calls zero "
-            f"(|x| < {compare_lib.DEFAULT_THRESHOLD}) while the other is >= {config.check_floor}"
+        "check_definition": certify.DEFINITION_TEXT + f"; checked steps: 0, K, 2K, ... of every episode, K = {config.check_every}",
+        "check_classes": json.dumps(list(certify.CLASSES)),
+        "compare_definitions": int(config.compare_definitions),
+        "definition_comparison": (
+            "definition_rel_diff = max_ij |J_conv - J_run| / max(|J_conv|, |J_run|, 1e-3 m_i) over [J_s | J_a] "
+            "(m_i the row's largest magnitude); definition_pattern_diff = entries whose zero decision (|J| < 1e-12) "
+            "differs; definition_state_diff = max over [qpos, qvel] of |s'_conv - s'_run| / max(|s'_run|, 1)"
         ),
         "versions": json.dumps(versions),
         "config": json.dumps(dataclasses.asdict(config)),
@@ -263,10 +277,14 @@ class _Runner:
 
         self.config, self.spec, self.policy, self.layout, self.out = config, spec, policy, layout, out
         self.reset_fn = rollout.make_reset_fn(spec)
-        self.chunk_fn = rollout.make_chunk_fn(spec, policy, with_jacobians=config.backend == "autodiff")
+        self.chunk_fn = rollout.make_chunk_fn(
+            spec, policy, with_jacobians=config.backend == "autodiff", definition=config.jacobian,
+            compare_definitions=config.compare_definitions,
+        )
         self.fd = None
-        if config.backend == "finite_diff" or config.check_every:
-            self.fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps, config.fd_eps)
+        if config.backend == "finite_diff":
+            self.fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps, config.fd_eps, config.jacobian)
+        self.checker = certify.StepChecker(spec, config.jacobian) if config.check_every else None
         self._rollout = rollout
 
     def run(self, checkpoint: dataset.Checkpoint, on_progress: Callable[[Progress], None] | None) -> None:
@@ -322,7 +340,7 @@ class _Runner:
         return states, jnp.ones((self.layout.batch_size,), bool)
 
     def _unit_arrays(self, unit: int, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Trim a unit's outputs to the store, add Jacobians (FD backend), checks and flags."""
+        """Trim a unit's outputs to the store, add Jacobians (FD backend), certificates, comparisons."""
         es, ts = self.layout.unit_slices(unit)
         ne, nt = es.stop - es.start, ts.stop - ts.start
         o = {k: np.asarray(v)[:ne, :nt] for k, v in outputs.items()}
@@ -333,22 +351,12 @@ class _Runner:
             o["J_a"] = np.full((ne, nt, n, self.spec.nu), np.nan)
             for i, t in zip(*np.nonzero(valid)):
                 o["J_s"][i, t], o["J_a"][i, t] = self.fd(finite_diff.StepInputs.from_arrays(o, (i, t)))
-            o["solver_start_returned"] = np.full((ne, nt), -1, np.int8)
+            o["solver_residual"] = np.full((ne, nt), np.nan)
+            o["solver_truncated"] = o["solver_start_returned"] = np.full((ne, nt), -1)
         else:
             o["J_s"] = np.where(valid[..., None, None], o["J_s"], np.nan)
             o["J_a"] = np.where(valid[..., None, None], o["J_a"], np.nan)
-        check = {
-            "fd_max_rel_err": np.full((ne, nt), np.nan), "fd_max_abs_err": np.full((ne, nt), np.nan),
-            "fd_disagree": np.full((ne, nt), -1, np.int32), "fd_pattern_mismatch": np.full((ne, nt), -1, np.int32),
-        }
-        if self.config.check_every:
-            steps = np.arange(ts.start, ts.stop)
-            for i, t in zip(*np.nonzero(valid & (steps % self.config.check_every == 0)[None, :])):
-                j_s, j_a = self.fd(finite_diff.StepInputs.from_arrays(o, (i, t)))
-                ad = np.concatenate([o["J_s"][i, t], o["J_a"][i, t]], axis=1)
-                agreement = compare_lib.compare(ad, np.concatenate([j_s, j_a], axis=1), floor=self.config.check_floor)
-                for name, field in compare_lib.DATASET_FIELDS.items():
-                    check[name][i, t] = getattr(agreement, field)
+        extra = self._certificates(o, valid, ts) | self._definition_differences(o, valid)
         finite = np.isfinite(o["J_s"]).all(axis=(-2, -1)) & np.isfinite(o["J_a"]).all(axis=(-2, -1)) & valid
         dtype = self.config.dtype
         return {
@@ -357,6 +365,48 @@ class _Runner:
             "J_a": o["J_a"].astype(dtype), "n_contacts": o["n_contacts"].astype(np.int32),
             "contact_pairs": o["contact_pairs"].astype(bool) & valid[..., None],
             "reward": o["reward"].astype(dtype), "warmstart": o["warmstart"].astype(dtype),
-            "finite": finite, "solver_start_returned": o["solver_start_returned"].astype(np.int8),
-            **check, "valid": valid,
+            "finite": finite,
+            "solver_residual": np.where(valid, o["solver_residual"], np.nan).astype(np.float64),
+            "solver_truncated": np.where(valid, o["solver_truncated"], -1).astype(np.int16),
+            "solver_start_returned": np.where(valid, o["solver_start_returned"], -1).astype(np.int16),
+            **extra, "valid": valid,
         }
+
+    def _certificates(self, o: dict[str, np.ndarray], valid: np.ndarray, ts: slice) -> dict[str, np.ndarray]:
+        """The ``check_*`` arrays of a unit (certificates at every ``check_every``-th step)."""
+        shape = valid.shape
+        out: dict[str, np.ndarray] = {"check_class": np.full(shape, certify.NOT_CHECKED, np.int8)}
+        for name in certify.DATASET_FIELDS:
+            out[name] = np.full(shape, -1, np.int32) if name == "check_pattern_mismatch" else np.full(shape, np.nan)
+        if self.checker is None:
+            return out
+        steps = np.arange(ts.start, ts.stop)
+        where = np.nonzero(valid & (steps % self.config.check_every == 0)[None, :])
+        if not where[0].size:
+            return out
+        inputs = {f.name: o[f.name][where] for f in dataclasses.fields(finite_diff.StepInputs)}
+        jac = np.concatenate([o["J_s"][where], o["J_a"][where]], axis=-1)
+        for k, cert in enumerate(self.checker(inputs, jac)):
+            idx = (where[0][k], where[1][k])
+            out["check_class"][idx] = cert.code
+            for name, attr in certify.DATASET_FIELDS.items():
+                out[name][idx] = getattr(cert, attr)
+        return out
+
+    def _definition_differences(self, o: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
+        """The ``definition_*`` arrays of a unit (``compare_definitions``)."""
+        shape = valid.shape
+        out = {
+            "definition_rel_diff": np.full(shape, np.nan), "definition_pattern_diff": np.full(shape, -1, np.int32),
+            "definition_state_diff": np.full(shape, np.nan),
+        }
+        if not self.config.compare_definitions:
+            return out
+        for i, t in zip(*np.nonzero(valid)):
+            mine = np.concatenate([o["J_s"][i, t], o["J_a"][i, t]], axis=-1)
+            other = np.concatenate([o["J_s_other"][i, t], o["J_a_other"][i, t]], axis=-1)
+            out["definition_rel_diff"][i, t], out["definition_pattern_diff"][i, t] = compare_lib.definition_difference(mine, other)
+            a, b = o["next_state_definition"][i, t], o["next_state_other"][i, t]
+            run = b if self.config.jacobian == "converged" else a
+            out["definition_state_diff"][i, t] = float(np.max(np.abs(a - b) / np.maximum(np.abs(run), 1.0)))
+        return out

@@ -28,18 +28,29 @@ slide joints is ``[qpos, qvel]`` itself. When ``nq != nv`` the stored states ``s
   contact_pairs         episode, step,           the geom pair has an active contact
                         contact_pair             (coords 'geom1|geom2', see attrs)
   reward                episode, step            the environment's reward for the step
-  warmstart             episode, step, dof       solver warm start f held fixed (qacc units)
+  warmstart             episode, step, dof       solver warm start entering the step (qacc units)
   valid                 episode, step            the step exists (written, episode alive)
   finite                episode, step            J_s and J_a have no NaN/Inf
-  solver_start_returned episode, step            1: at some substep the solver returned
-                                                 its start point (autodiff may miss the
-                                                 constraints there), 0: no, -1: finite_diff
-  fd_max_rel_err        episode, step            autodiff vs finite_diff, NaN = not checked
-  fd_max_abs_err        episode, step            max |autodiff - finite_diff|
-  fd_disagree           episode, step            entries beyond rtol*|J| + atol, -1 = not
-                                                 checked
-  fd_pattern_mismatch   episode, step            entries whose zero decision differs,
-                                                 -1 = not checked
+  solver_residual       episode, step            the definition's solve: largest |r|/trace(M)
+                                                 over substeps (NaN: finite_diff backend)
+  solver_truncated      episode, step            substeps whose solve stopped at its
+                                                 iteration cap above tolerance (-1: n/a)
+  solver_start_returned episode, step            substeps whose solver start point passed
+                                                 its gradient test with a constraint active
+                                                 (no iteration moved it; -1: n/a)
+  check_class           episode, step            certificate (certify.CLASSES index: 0
+                                                 certified, 1 kink, 2 native-differs, 3
+                                                 wrong); -1 = not checked
+  check_err             episode, step            scaled error vs MJX FD, best eps (NaN)
+  check_eps             episode, step            the eps of check_err (NaN)
+  check_fd_spread       episode, step            MJX FD change across eps (NaN)
+  check_pattern_mismatch episode, step           zero decisions FD contradicts (-1)
+  check_native_state_err episode, step           native vs MJX next state (NaN)
+  check_native_err      episode, step            scaled error vs native FD (NaN)
+  definition_rel_diff   episode, step            --compare-definitions: scaled difference
+                                                 between converged and as-run (NaN)
+  definition_pattern_diff episode, step          entries whose zero decision differs (-1)
+  definition_state_diff episode, step            converged vs as-run next state (NaN)
   ===================== ======================== ==========================================
 
 Durability: the store is created complete (all arrays, fill values) in a temporary directory
@@ -65,23 +76,17 @@ import numpy as np
 from dynsparse import errors, versions
 
 FORMAT = "dynsparse-dataset"
-FORMAT_VERSION = 2  # 2: contact_pairs
+FORMAT_VERSION = 3  # 2: contact_pairs; 3: named Jacobian definitions, certificates
 CHECKPOINT = "dynsparse-checkpoint.npz"
 
 #: Config keys that identify a run: resuming with any of these different is refused.
 IDENTITY_KEYS = (
     "env", "episodes", "steps", "policy", "seed", "backend", "dtype", "check_every",
-    "batch_size", "chunk_steps", "fd_eps", "check_floor",
+    "batch_size", "chunk_steps", "fd_eps", "jacobian", "compare_definitions",
 )
 
-JACOBIAN_DEFINITION = (
-    "J_s = ds'/ds and J_a = ds'/da of one control step s' = f(s, a): the environment's "
-    "n_substeps MuJoCo steps with ctrl = a held; s = [qpos, qvel] in MuJoCo's tangent space [dq, dv] "
-    "(2 nv coordinates, as in mjd_transitionFD: free/ball-joint quaternions are perturbed by a local "
-    "rotation vector, q exp(dq/2), and read as log(q0^-1 q); identical to [qpos, qvel] when nq == nv); everything else in the "
-    "simulator state (time, mocap, and the constraint solver's warm start qacc_warmstart at every "
-    "substep) is held at its value on the recorded trajectory and not differentiated"
-)
+#: Certificate classes of checked steps; ``check_class`` holds the index (-1: not checked).
+CHECK_CLASSES = ("certified", "kink", "native-differs", "wrong")
 
 _VERSION_PACKAGES = (
     "dynsparse", "jax", "jaxlib", "mujoco", "mujoco-mjx", "playground", "brax", "flax",
@@ -150,11 +155,19 @@ def _variables(layout: Layout) -> dict[str, tuple[tuple[str, ...], str, Any]]:
         "warmstart": (es + ("dof",), f, np.nan),
         "valid": (es, "bool", False),
         "finite": (es, "bool", False),
-        "solver_start_returned": (es, "int8", -1),
-        "fd_max_rel_err": (es, "float64", np.nan),
-        "fd_max_abs_err": (es, "float64", np.nan),
-        "fd_disagree": (es, "int32", -1),
-        "fd_pattern_mismatch": (es, "int32", -1),
+        "solver_residual": (es, "float64", np.nan),
+        "solver_truncated": (es, "int16", -1),
+        "solver_start_returned": (es, "int16", -1),
+        "check_class": (es, "int8", -1),
+        "check_err": (es, "float64", np.nan),
+        "check_eps": (es, "float64", np.nan),
+        "check_fd_spread": (es, "float64", np.nan),
+        "check_pattern_mismatch": (es, "int32", -1),
+        "check_native_state_err": (es, "float64", np.nan),
+        "check_native_err": (es, "float64", np.nan),
+        "definition_rel_diff": (es, "float64", np.nan),
+        "definition_pattern_diff": (es, "int32", -1),
+        "definition_state_diff": (es, "float64", np.nan),
     }
 
 

@@ -1,18 +1,13 @@
-"""Environments by MuJoCo Playground registry name, and the pure control-step function.
+"""Environments by MuJoCo Playground registry name (and MJCF strings), with named variables.
 
 The state of a control step is ``s = [qpos, qvel]`` (length ``nq + nv``) and the action ``a`` is
 the environment's action exactly as a policy emits it (length ``nu``). One control step
 ``s' = f(s, a)`` runs the environment's ``n_substeps`` physics steps with ``ctrl = a`` held, as
 ``mujoco_playground._src.mjx_env.step`` does (MuJoCo itself clamps ``ctrl`` to ``ctrlrange``).
 Its Jacobians are taken in the tangent space of ``s`` (``2 nv`` coordinates; ``dynsparse.tangent``),
-which is ``[qpos, qvel]`` itself unless the model has free or ball joints.
-
-What ``f`` holds fixed: every part of ``mjx.Data`` other than ``qpos``/``qvel`` comes from the
-trajectory's own data at that step (time, mocap bodies, activations), and so does the constraint
-solver's warm start ``qacc_warmstart`` *at every substep*: the warm start is treated as an external
-input (``stop_gradient``), not as a function of the state. This is exactly the function that
-native ``mjd_transitionFD`` chained over substeps differentiates, so both backends measure the
-same ``f``.
+which is ``[qpos, qvel]`` itself unless the model has free or ball joints. What exactly is
+differentiated (the constraint solver's iterations and warm start) is a named definition:
+``dynsparse.jacobians.definitions``.
 """
 
 from __future__ import annotations
@@ -369,66 +364,6 @@ def active_contact_pairs(data: Any, table: np.ndarray, n_pairs: int) -> jax.Arra
     # a contact whose pair is unknown (cannot happen with MJX's candidate list) goes to a spare slot
     idx = jnp.where(idx >= 0, idx, n_pairs)
     return jnp.zeros((n_pairs + 1,), bool).at[idx].max(active)[:n_pairs]
-
-
-def make_control_step(spec: EnvSpec) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, tuple[Any, jax.Array]]]:
-    """The pure control step ``f``.
-
-    Returns:
-      ``f(data, s, a) -> (s_next, (data_next, start_returned))`` for one (unbatched)
-      environment: ``data`` is the trajectory's ``mjx.Data`` at this step (it supplies everything
-      but ``qpos``/``qvel``), ``s`` is ``(nq + nv,)``, ``a`` is ``(nu,)``; ``s_next`` is
-      ``(nq + nv,)``. The solver warm start is held at its trajectory value at every substep
-      (see the module docstring). ``start_returned`` (bool) says that at some substep the
-      constraint solver returned its start point (``qacc_smooth`` or the warm start) without
-      iterating; forward-mode autodiff there misses the active constraints' sensitivity (see
-      ``dynsparse.jacobians.autodiff``).
-    """
-    from mujoco import mjx
-
-    model = spec.mjx_model
-    nq = spec.nq
-
-    def f(data: Any, s: jax.Array, a: jax.Array) -> tuple[jax.Array, tuple[Any, jax.Array]]:
-        d = data.replace(qpos=s[:nq], qvel=s[nq:])
-
-        def substep(d: Any, _: None) -> tuple[Any, jax.Array]:
-            warm = jax.lax.stop_gradient(d.qacc_warmstart)
-            d = mjx.step(model, d.replace(ctrl=a, qacc_warmstart=warm))
-            return d, solver_returned_start(d, warm)
-
-        d, returned = jax.lax.scan(substep, d, None, length=spec.n_substeps)
-        return state_of(d), (d, jnp.any(returned))
-
-    return f
-
-
-def solver_returned_start(data: Any, warmstart: jax.Array) -> jax.Array:
-    """Whether the last ``mjx.step``'s solver returned its start point with constraints active.
-
-    MJX does not record solver iterations (``solver_niter`` stays 0), so this compares values:
-    ``qacc`` bitwise equal to ``qacc_smooth`` or to the warm start ``warmstart`` (``(nv,)``) means
-    no iteration moved it. That matters only when some constraint row is active (the solver's
-    own rule: equality rows; friction-loss rows inside their quadratic zone ``|J a - aref| <
-    R f``; limit/contact rows with ``J a - aref < 0``; rows with an all-zero Jacobian, MJX's
-    inactive slots, never count). Returns a bool scalar.
-    """
-    impl = data._impl  # pylint: disable=protected-access
-    if getattr(impl, "efc_J", None) is None or impl.efc_J.shape[0] == 0:
-        return jnp.zeros((), bool)
-    sg = jax.lax.stop_gradient
-    qacc, smooth = sg(data.qacc), sg(data.qacc_smooth)
-    efc_j = sg(impl.efc_J)
-    jaref = efc_j @ qacc - sg(impl.efc_aref)
-    rows = jnp.arange(efc_j.shape[0])
-    ne, nf = int(impl.ne), int(impl.nf)
-    r = 1.0 / jnp.where(impl.efc_D == 0, mujoco.mjMINVAL, sg(impl.efc_D))
-    floss = sg(impl.efc_frictionloss)
-    active = jnp.where(
-        rows < ne, True, jnp.where(rows < ne + nf, jnp.abs(jaref) < r * floss, jaref < 0)
-    ) & jnp.any(efc_j != 0, axis=1)
-    returned = jnp.all(qacc == smooth) | jnp.all(qacc == warmstart)
-    return returned & jnp.any(active)
 
 
 class MjcfEnv:

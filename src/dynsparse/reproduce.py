@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import html
 import json
 import os
 import time
@@ -51,6 +52,7 @@ class StudyConfig:
     noise_beta: float | None = None
     noise_scale: float | None = None
     check_every: int = 50
+    jacobian: str = "converged"
     batch_size: int = 10
     chunk_steps: int = 100
     max_points: int = 3000
@@ -78,6 +80,7 @@ class StudyConfig:
         return collect.CollectConfig(
             env=env, episodes=self.episodes, steps=self.steps, policy=self.policy_for(env), seed=self.seed,
             check_every=self.check_every, batch_size=self.batch_size, chunk_steps=self.chunk_steps,
+            jacobian=self.jacobian,
         ).validated()
 
     def analyze_options(self) -> analysis.AnalyzeOptions:
@@ -174,8 +177,6 @@ def preflight(out: str | Path, config: StudyConfig) -> tuple[dict[str, collect.C
 
 def _policy_sentence(config: StudyConfig, configs: dict[str, collect.CollectConfig]) -> str:
     """How the data was generated, for the report's introduction (HTML)."""
-    import html
-
     if config.policies is None:
         return f"policy <code>{html.escape(json.dumps(config.policy), quote=False)}</code>"
     parts = []
@@ -255,7 +256,8 @@ def reproduce(out: str | Path, config: StudyConfig = StudyConfig(),
     scale = f"{config.episodes} episodes x {config.steps} steps per environment"
     intro = (
         f"<p>The study of {len(config.envs)} DM-Control tasks: {scale}, {_policy_sentence(config, configs)}, seed {config.seed}, "
-        f"Jacobians by MJX autodiff, checked against native finite differences every {config.check_every} steps. "
+        f"Jacobians by MJX autodiff (definition <code>{html.escape(config.jacobian)}</code>), certified against finite "
+        f"differences of the same function every {config.check_every} steps. "
         "Every number below rests on this policy and this much data.</p>"
     )
     page = build.build(folders, out / "report", title="dynsparse: how sparse are the true dynamics?", intro=intro)

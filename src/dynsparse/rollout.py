@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynsparse import envs, xla
-from dynsparse.jacobians import autodiff
+from dynsparse.jacobians import autodiff, definitions
 from dynsparse.policies import Policy
+
 
 def episode_keys(seed: int, episodes: np.ndarray) -> jax.Array:
     """``(B, 2)`` PRNG keys of the given episode indices: ``fold_in(PRNGKey(seed), episode)``."""
@@ -66,9 +67,16 @@ def batch_sharding(batch: int) -> Any:
     return NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec("batch"))
 
 
-def make_chunk_fn(spec: envs.EnvSpec, policy: Policy, with_jacobians: bool) -> Callable[..., Any]:
+def make_chunk_fn(
+    spec: envs.EnvSpec,
+    policy: Policy,
+    with_jacobians: bool,
+    definition: str = definitions.DEFAULT_DEFINITION,
+    compare_definitions: bool = False,
+) -> Callable[..., Any]:
     """Jitted ``chunk(states, alive, noise) -> (states, alive, outputs)``, cached per
-    ``(spec, policy configuration, with_jacobians)`` so a process traces and compiles it once.
+    ``(spec, policy configuration, with_jacobians, definition, compare_definitions)`` so a process
+    traces and compiles it once.
 
     Args (of the returned function):
       states: batched Playground ``State`` (batch ``B``).
@@ -79,20 +87,26 @@ def make_chunk_fn(spec: envs.EnvSpec, policy: Policy, with_jacobians: bool) -> C
       The carry after ``Tc`` steps and a dict of ``(B, Tc, ...)`` arrays: ``state``, ``action``,
       ``next_state`` ``(.., nq+nv)``/``(.., nu)``, ``reward``, ``n_contacts``, ``contact_pairs`` ``(.., n_pairs)``, ``valid`` (the
       step exists: the episode was alive before it), the fields of ``finite_diff.StepInputs`` (to re-run a step natively),
-      and with Jacobians ``J_s``, ``J_a``, ``solver_start_returned``.
+      and with Jacobians ``J_s``, ``J_a`` (of ``definition``) and the solver diagnostics of
+      ``definitions.diagnostics``; with ``compare_definitions`` also ``J_s_other``, ``J_a_other``
+      and ``next_state_other`` of the other definition.
     """
-    return _chunk_fn(spec, json.dumps(policy.config(), sort_keys=True), with_jacobians)
+    definitions.check_definition(definition)
+    return _chunk_fn(spec, json.dumps(policy.config(), sort_keys=True), with_jacobians, definition, bool(compare_definitions))
 
 
 @functools.lru_cache(maxsize=32)
-def _chunk_fn(spec: envs.EnvSpec, policy_json: str, with_jacobians: bool) -> Callable[..., Any]:
+def _chunk_fn(spec: envs.EnvSpec, policy_json: str, with_jacobians: bool, definition: str, compare_definitions: bool) -> Callable[..., Any]:
     from dynsparse.policies import from_config
 
     policy = from_config(json.loads(policy_json))
     env = spec.env
     low = jnp.asarray(spec.action_low)
     high = jnp.asarray(spec.action_high)
-    jac = autodiff.make_jacobian_fn(spec) if with_jacobians else None
+    jac = autodiff.make_jacobian_fn(spec, definition=definition) if with_jacobians else None
+    other = None
+    if with_jacobians and compare_definitions:
+        other = autodiff.make_jacobian_fn(spec, definition=next(d for d in definitions.DEFINITIONS if d != definition))
     pair_names, pair_table = envs.contact_pairs(spec)
 
     def step(carry: tuple[Any, jax.Array], noise_t: jax.Array) -> tuple[tuple[Any, jax.Array], dict]:
@@ -118,8 +132,11 @@ def _chunk_fn(spec: envs.EnvSpec, policy_json: str, with_jacobians: bool) -> Cal
             "time": d.time,
         }
         if jac is not None:
-            j_s, j_a, _, returned = jac(d, a)
-            out.update(J_s=j_s, J_a=j_a, solver_start_returned=returned)
+            j_s, j_a, s_next, diag = jac(d, a)
+            out.update(J_s=j_s, J_a=j_a, next_state_definition=s_next, **diag)
+        if other is not None:
+            j_s, j_a, s_next, _ = other(d, a)
+            out.update(J_s_other=j_s, J_a_other=j_a, next_state_other=s_next)
         alive = alive & ~(nxt.done > 0)
         return (nxt, alive), out
 

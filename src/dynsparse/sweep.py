@@ -45,7 +45,7 @@ SUMMARY_FILE = "summary.csv"
 STATUS_DIR = "status"
 
 #: Config keys that fix what a run's dataset holds: a sweep folder refuses another value.
-_COLLECT_KEYS = ("episodes", "steps", "batch_size", "chunk_steps", "check_every", "backend")
+_COLLECT_KEYS = ("episodes", "steps", "batch_size", "chunk_steps", "check_every", "backend", "jacobian")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +58,7 @@ class SweepConfig:
         configuration dicts (``{"name": "colored", "beta": 2.0}``).
       seeds: collection seeds.
       thresholds: zero thresholds of the analyses (absolute, or relative with ``relative``).
-      episodes, steps, batch_size, chunk_steps, check_every, backend: as in ``collect``.
+      episodes, steps, batch_size, chunk_steps, check_every, backend, jacobian: as in ``collect``.
       relative: thresholds scale with each row's L2 norm.
       tsne: compute the t-SNE embedding in each analysis (slow; default off).
     """
@@ -73,6 +73,7 @@ class SweepConfig:
     chunk_steps: int = 50
     check_every: int = 0
     backend: str = "autodiff"
+    jacobian: str = "converged"
     relative: bool = False
     tsne: bool = False
 

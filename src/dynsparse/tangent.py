@@ -135,6 +135,43 @@ def local(c: Charts, q_ref: jax.Array, q: jax.Array) -> jax.Array:
     return out.at[c.quat_v].set(2.0 * rel[..., 1:])
 
 
+def retract_exact(c: Charts, q: jax.Array, dq: jax.Array) -> jax.Array:
+    """``qpos`` moved by a finite tangent vector ``dq`` exactly as ``mj_integratePos(q, dq, 1)``:
+    translations add, a quaternion becomes ``q * exp(dq/2)`` (for finite differences; ``retract``
+    is the first-order form for derivatives).
+
+    Args:
+      c: the model's charts; q: ``(nq,)`` base position (unit quaternions); dq: ``(nv,)``.
+    """
+    if c.identity:
+        return q + dq
+    out = q.at[c.lin_q].add(dq[c.lin_v])
+    w = dq[c.quat_v]
+    angle = jnp.linalg.norm(w, axis=-1, keepdims=True)
+    safe = jnp.where(angle > 0, angle, 1.0)
+    axis = jnp.where(angle > 0, w / safe, 0.0)
+    step = jnp.concatenate([jnp.cos(0.5 * angle), jnp.sin(0.5 * angle) * axis], axis=-1)
+    return out.at[c.quat_q].set(_quat_mul(q[c.quat_q], step))
+
+
+def local_exact(c: Charts, q_ref: jax.Array, q: jax.Array) -> jax.Array:
+    """``(nv,)`` ``q`` read in the tangent coordinates at ``q_ref`` exactly as
+    ``mj_differentiatePos(q_ref, q, 1)``: a quaternion as the rotation vector of
+    ``q_ref^-1 q`` (angle in (-pi, pi]), for finite differences (``local`` is the first-order form).
+    """
+    if c.identity:
+        return q - q_ref
+    out = jnp.zeros((c.nv,), q.dtype).at[c.lin_v].set(q[c.lin_q] - q_ref[c.lin_q])
+    conj = q_ref[c.quat_q] * jnp.asarray([1.0, -1.0, -1.0, -1.0], q.dtype)
+    rel = _quat_mul(conj, q[c.quat_q])
+    rel = rel * jnp.where(rel[..., :1] < 0, -1.0, 1.0)  # the short way round
+    vec = rel[..., 1:]
+    sin_half = jnp.linalg.norm(vec, axis=-1, keepdims=True)
+    angle = 2.0 * jnp.arctan2(sin_half, rel[..., :1])
+    safe = jnp.where(sin_half > 0, sin_half, 1.0)
+    return out.at[c.quat_v].set(jnp.where(sin_half > 0, vec / safe * angle, 2.0 * vec))
+
+
 def tangent_names(qvel_names: tuple[str, ...]) -> tuple[str, ...]:
     """Names of the ``2 nv`` tangent coordinates: position names per degree of freedom
     (``qpos:<joint>:x ... :rz`` for a free joint, ``qpos:<joint>:rx ... :rz`` for a ball joint,

@@ -1,26 +1,32 @@
-"""Native MuJoCo finite-difference Jacobians of the control step.
+"""Native MuJoCo finite-difference Jacobians of the control step (an independent reference).
 
-``mujoco.mjd_transitionFD`` (centred differences, solver tolerance 0) gives the one-substep
-Jacobians ``A_k = dx_{k+1}/dx_k`` and ``B_k = dx_{k+1}/du`` in MuJoCo's tangent space
-(``2 nv + na``). Over ``n`` substeps with the control held, the control-step Jacobians are the
-chain ``A = A_n ... A_1`` and ``B = sum_k A_n ... A_{k+1} B_k``. Each ``A_k`` is taken at the
-nominal substep state, whose solver warm start is the one the nominal trajectory carries: the
-same ``f`` as the autodiff backend (see ``dynsparse.envs``).
+The control step of a definition (``dynsparse.jacobians.definitions``) is simulated with native
+MuJoCo: the state is set, the incoming solver warm start written to ``qacc_warmstart``, and
+``n_substeps`` ``mj_step`` calls run with ``ctrl`` held; ``mj_step`` carries the warm start
+from substep to substep exactly as MJX does. The model is ``definitions.native_model``: the
+model's own solver settings for ``as-run``, the converged settings for ``converged``, so the
+reference computes the same function as the autodiff path (never ``opt.tolerance = 0``: native
+MuJoCo's line search and early exit depend on the tolerance, and a tolerance-0 model follows
+another truncated solve).
 
-The tangent space is ``[dq, dv]`` (``2 nv``; see ``dynsparse.tangent``); for ``nq == nv`` (hinge
-and slide joints only) it equals ``[qpos, qvel]``. Activations (``na``) are held and dropped.
+Centred differences of the whole control step in MuJoCo's tangent space ``[dq, dv]``
+(``mj_integratePos`` perturbs positions, ``mj_differentiatePos`` reads them at the nominal next
+position) and in the action: ``2 (2 nv + nu)`` control steps per Jacobian. Activations are held.
+Finite differences never give exact zeros (round-off ~1e-10 where the true entry is 0): decide
+zeros on exact derivatives, use these to check values.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Mapping
 
 import mujoco
 import numpy as np
 
-#: Default centred-difference step.
+from dynsparse.jacobians import definitions
+
+#: Default centred-difference step (tangent coordinates and action units).
 DEFAULT_EPS = 1e-6
 
 
@@ -28,9 +34,9 @@ DEFAULT_EPS = 1e-6
 class StepInputs:
     """Everything a native control step needs besides the model (one environment, one step).
 
-    Shapes: ``qpos (nq,)``, ``qvel (nv,)``, ``warmstart (nv,)`` (``qacc_warmstart``),
-    ``ctrl (nu,)``, ``act (na,)``, ``mocap_pos (nmocap, 3)``, ``mocap_quat (nmocap, 4)``;
-    ``time`` in seconds.
+    Shapes: ``qpos (nq,)``, ``qvel (nv,)``, ``warmstart (nv,)`` (``qacc_warmstart`` entering
+    the step), ``ctrl (nu,)``, ``act (na,)``, ``mocap_pos (nmocap, 3)``, ``mocap_quat
+    (nmocap, 4)``; ``time`` in seconds.
     """
 
     qpos: np.ndarray
@@ -48,14 +54,6 @@ class StepInputs:
         return cls(**{f.name: np.asarray(arrays[f.name][index]) for f in dataclasses.fields(cls)})
 
 
-def fd_model(model: mujoco.MjModel) -> mujoco.MjModel:
-    """A copy of ``model`` with ``opt.tolerance = 0``: every solver iteration runs, so that
-    perturbed and nominal evaluations take the same number of iterations (clean near-zeros)."""
-    m = copy.deepcopy(model)
-    m.opt.tolerance = 0.0
-    return m
-
-
 def set_inputs(model: mujoco.MjModel, data: mujoco.MjData, x: StepInputs) -> None:
     """Write ``x`` into ``data`` (in place)."""
     data.time = float(x.time)
@@ -70,56 +68,76 @@ def set_inputs(model: mujoco.MjModel, data: mujoco.MjData, x: StepInputs) -> Non
         data.mocap_quat[:] = x.mocap_quat
 
 
-def control_step_jacobian(
-    model: mujoco.MjModel,
-    data: mujoco.MjData,
-    x: StepInputs,
-    n_substeps: int,
-    eps: float = DEFAULT_EPS,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Finite-difference Jacobians of one control step at ``x``.
+class NativeStep:
+    """The control step of one definition in native MuJoCo, and its finite-difference Jacobian
+    (single thread; one reusable ``MjData``).
 
     Args:
-      model: native model, normally from ``fd_model`` (tolerance 0).
-      data: scratch ``MjData`` for ``model`` (overwritten).
-      x: the step's inputs.
+      model: the environment's native model (copied with the definition's solver settings).
       n_substeps: physics steps per control step.
-      eps: centred-difference step (in tangent coordinates).
-
-    Returns:
-      ``(A, B, s_next)``: ``A`` is ``(2 nv + na, 2 nv + na)``, ``B`` is ``(2 nv + na, nu)``, both
-      in MuJoCo's tangent space; ``s_next`` is the nominal ``[qpos, qvel]`` after the step.
+      definition: ``"converged"`` or ``"as-run"``.
     """
-    nx = 2 * model.nv + model.na
-    nu = model.nu
-    set_inputs(model, data, x)
-    a_total = np.eye(nx)
-    b_total = np.zeros((nx, nu))
-    a_k = np.zeros((nx, nx))
-    b_k = np.zeros((nx, nu))
-    for _ in range(n_substeps):
-        mujoco.mjd_transitionFD(model, data, eps, True, a_k, b_k, None, None)
-        a_total = a_k @ a_total
-        b_total = a_k @ b_total + b_k
-        mujoco.mj_step(model, data)
-    s_next = np.concatenate([data.qpos, data.qvel])
-    return a_total, b_total, s_next
+
+    def __init__(self, model: mujoco.MjModel, n_substeps: int, definition: str = definitions.DEFAULT_DEFINITION):
+        self.model = definitions.native_model(model, definition)
+        self.data = mujoco.MjData(self.model)
+        self.n_substeps = int(n_substeps)
+        self.definition = definition
+        self.nv, self.nu = int(model.nv), int(model.nu)
+
+    def next_state(self, x: StepInputs, dq: np.ndarray | None = None, dv: np.ndarray | None = None, du: np.ndarray | None = None) -> np.ndarray:
+        """``[qpos, qvel]`` ``(nq + nv,)`` after the control step from ``x`` perturbed by the
+        tangent displacement ``dq`` ``(nv,)``, velocity ``dv`` ``(nv,)`` and action ``du`` ``(nu,)``."""
+        m, d = self.model, self.data
+        set_inputs(m, d, x)
+        if dq is not None:
+            mujoco.mj_integratePos(m, d.qpos, dq, 1.0)
+        if dv is not None:
+            d.qvel[:] += dv
+        if du is not None:
+            d.ctrl[:] += du
+        for _ in range(self.n_substeps):
+            mujoco.mj_step(m, d)
+        return np.concatenate([d.qpos, d.qvel])
+
+    def tangent_difference(self, s_ref: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """``(2 nv,)`` ``s - s_ref`` in the tangent space at ``s_ref`` (``mj_differentiatePos``)."""
+        nq = self.model.nq
+        dq = np.zeros(self.nv)
+        mujoco.mj_differentiatePos(self.model, dq, 1.0, s_ref[:nq], s[:nq])
+        return np.concatenate([dq, s[nq:] - s_ref[nq:]])
+
+    def jacobian(self, x: StepInputs, eps: float = DEFAULT_EPS) -> tuple[np.ndarray, np.ndarray]:
+        """Centred finite differences of the control step at ``x``.
+
+        Returns:
+          ``(J, s_next)``: ``J`` ``(2 nv, 2 nv + nu)`` = ``[J_s | J_a]`` in the tangent space,
+          ``s_next`` the nominal ``[qpos, qvel]`` after the step.
+        """
+        nv, nu = self.nv, self.nu
+        s_next = self.next_state(x)
+        cols = np.zeros((2 * nv, 2 * nv + nu))
+        for j in range(2 * nv + nu):
+            e = np.zeros(2 * nv + nu)
+            e[j] = eps
+            plus = self.next_state(x, e[:nv], e[nv:2 * nv], e[2 * nv:])
+            minus = self.next_state(x, -e[:nv], -e[nv:2 * nv], -e[2 * nv:])
+            cols[:, j] = (self.tangent_difference(s_next, plus) - self.tangent_difference(s_next, minus)) / (2 * eps)
+        return cols, s_next
 
 
 class FiniteDiffBackend:
-    """Reusable native finite-difference evaluator for one environment (single thread)."""
+    """The ``finite_diff`` backend: native FD Jacobians of a definition's control step."""
 
-    def __init__(self, model: mujoco.MjModel, n_substeps: int, eps: float = DEFAULT_EPS):
-        self.model = fd_model(model)
-        self.data = mujoco.MjData(self.model)
-        self.n_substeps = int(n_substeps)
+    def __init__(self, model: mujoco.MjModel, n_substeps: int, eps: float = DEFAULT_EPS, definition: str = definitions.DEFAULT_DEFINITION):
+        self.step = NativeStep(model, n_substeps, definition)
         self.eps = float(eps)
         self.nx = 2 * model.nv
 
     def __call__(self, x: StepInputs) -> tuple[np.ndarray, np.ndarray]:
-        """``(J_s, J_a)`` at ``x``: ``(2nv, 2nv)`` and ``(2nv, nu)`` (tangent space), activations dropped."""
-        a, b, _ = control_step_jacobian(self.model, self.data, x, self.n_substeps, self.eps)
-        return a[: self.nx, : self.nx], b[: self.nx]
+        """``(J_s, J_a)`` at ``x``: ``(2nv, 2nv)`` and ``(2nv, nu)`` (tangent space)."""
+        j, _ = self.step.jacobian(x, self.eps)
+        return j[:, : self.nx], j[:, self.nx:]
 
     def batch(self, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Jacobians for every leading index of batched inputs.
@@ -132,7 +150,7 @@ class FiniteDiffBackend:
         """
         lead = np.asarray(arrays["qpos"]).shape[:-1]
         js = np.zeros(lead + (self.nx, self.nx))
-        ja = np.zeros(lead + (self.nx, self.model.nu))
+        ja = np.zeros(lead + (self.nx, self.step.nu))
         for idx in np.ndindex(*lead):
             js[idx], ja[idx] = self(StepInputs.from_arrays(arrays, idx))
         return js, ja

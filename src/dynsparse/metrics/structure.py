@@ -104,37 +104,93 @@ def global_structure(ds: Any, threshold: float = sparsity.DEFAULT_THRESHOLD, kin
         entries = [f"{outs[i]} <- {ins[j]}" for i, j in zip(*np.nonzero(always))]
         zeros = int(always.sum())
         result[name] = {"zeros": zeros, "total": total, "percent": 100.0 * zeros / total, "entries": entries}
-    small = dataset.load(ds, ("valid", "solver_start_returned", "fd_max_rel_err", "fd_max_abs_err", "fd_disagree", "fd_pattern_mismatch"))
+    small = dataset.load(ds, ("valid",) + CHECK_VARIABLES + SOLVER_VARIABLES + DEFINITION_VARIABLES)
     small.attrs = ds.attrs
+    result["jacobian"] = ds.attrs.get("jacobian")
     result["check"] = check_summary(small)
-    flags = np.asarray(small["solver_start_returned"].values)
-    valid = np.asarray(small["valid"].values, bool)
-    result["solver_start_returned"] = int(np.sum((flags == 1) & valid)) if ds.attrs.get("backend") == "autodiff" else None
+    result["solver"] = solver_summary(small)
+    result["definitions"] = definition_summary(small)
     return result
 
 
+CHECK_VARIABLES = ("check_class", "check_err", "check_eps", "check_fd_spread", "check_pattern_mismatch",
+                   "check_native_state_err", "check_native_err")
+SOLVER_VARIABLES = ("solver_residual", "solver_truncated", "solver_start_returned")
+DEFINITION_VARIABLES = ("definition_rel_diff", "definition_pattern_diff", "definition_state_diff")
+
+
 def check_summary(ds: Any) -> dict[str, Any]:
-    """Summary of the stored autodiff-vs-finite-difference checks (``collect --check-every``)."""
-    mismatch = np.asarray(ds["fd_pattern_mismatch"].values)
+    """Summary of the stored certificates (``collect --check-every``, ``jacobians.certify``).
+
+    Returns:
+      ``{"checked_steps": n}`` alone when nothing was checked; else also ``classes`` (class ->
+      steps), ``shares`` (class -> fraction of checked steps), ``max_err``, ``median_err``,
+      ``steps_pattern_mismatch``, ``max_native_state_err``, ``worst`` (the checked step with the
+      largest error: episode, step, class, err) and ``definition`` (the attrs text).
+    """
+    classes = np.asarray(ds["check_class"].values)
     valid = np.asarray(ds["valid"].values, bool)
-    checked = valid & (mismatch >= 0)
+    checked = valid & (classes >= 0)
     n = int(checked.sum())
     if n == 0:
         return {"checked_steps": 0}
-    rel = np.where(checked, np.asarray(ds["fd_max_rel_err"].values, np.float64), np.nan)
-    abs_err = np.where(checked, np.asarray(ds["fd_max_abs_err"].values, np.float64), np.nan)
-    disagree = np.asarray(ds["fd_disagree"].values)
-    finite = np.isfinite(rel)
-    worst = np.unravel_index(np.argmax(np.where(finite, rel, -np.inf)), rel.shape)
+    err = np.where(checked, np.asarray(ds["check_err"].values, np.float64), np.nan)
+    finite = np.isfinite(err)
+    worst = np.unravel_index(np.argmax(np.where(finite, err, -np.inf)), err.shape)
+    counts = {name: int(np.sum(checked & (classes == i))) for i, name in enumerate(dataset.CHECK_CLASSES)}
+    state_err = np.where(checked, np.asarray(ds["check_native_state_err"].values, np.float64), np.nan)
     return {
         "checked_steps": n,
-        "max_rel_err": float(np.nanmax(rel)) if finite.any() else None,
-        "median_rel_err": float(np.nanmedian(rel)) if finite.any() else None,
-        "max_abs_err": float(np.nanmax(abs_err)) if finite.any() else None,
-        "steps_disagree": int(np.sum(checked & (disagree > 0))),
-        "steps_pattern_mismatch": int(np.sum(checked & (mismatch > 0))),
-        "worst": {"episode": int(worst[0]), "step": int(worst[1]), "rel_err": float(rel[worst])},
+        "classes": counts,
+        "shares": {k: v / n for k, v in counts.items()},
+        "max_err": float(np.nanmax(err)) if finite.any() else None,
+        "median_err": float(np.nanmedian(err)) if finite.any() else None,
+        "steps_pattern_mismatch": int(np.sum(checked & (np.asarray(ds["check_pattern_mismatch"].values) > 0))),
+        "max_native_state_err": float(np.nanmax(state_err)) if np.isfinite(state_err).any() else None,
+        "worst": {"episode": int(worst[0]), "step": int(worst[1]), "class": dataset.CHECK_CLASSES[int(classes[worst])],
+                  "err": float(err[worst])},
         "definition": ds.attrs.get("check_definition", ""),
+    }
+
+
+def solver_summary(ds: Any) -> dict[str, Any] | None:
+    """How the definition's constraint solves went over the valid steps (None: finite_diff
+    backend, which records nothing): steps with a truncated substep, with a start point returned,
+    and the largest and median residual."""
+    valid = np.asarray(ds["valid"].values, bool)
+    truncated = np.asarray(ds["solver_truncated"].values)
+    if not valid.any() or (truncated[valid] < 0).all():
+        return None
+    residual = np.where(valid, np.asarray(ds["solver_residual"].values, np.float64), np.nan)
+    return {
+        "steps": int(valid.sum()),
+        "steps_truncated": int(np.sum(valid & (truncated > 0))),
+        "steps_start_returned": int(np.sum(valid & (np.asarray(ds["solver_start_returned"].values) > 0))),
+        "max_residual": float(np.nanmax(residual)),
+        "median_residual": float(np.nanmedian(residual)),
+    }
+
+
+def definition_summary(ds: Any) -> dict[str, Any] | None:
+    """How the two definitions differ (``collect --compare-definitions``; None otherwise): steps
+    compared, steps whose zero patterns differ, and the scaled Jacobian and next-state differences."""
+    valid = np.asarray(ds["valid"].values, bool)
+    pattern = np.asarray(ds["definition_pattern_diff"].values)
+    compared = valid & (pattern >= 0)
+    n = int(compared.sum())
+    if n == 0:
+        return None
+    rel = np.asarray(ds["definition_rel_diff"].values, np.float64)[compared]
+    state = np.asarray(ds["definition_state_diff"].values, np.float64)[compared]
+    return {
+        "steps": n,
+        "steps_pattern_differs": int(np.sum(pattern[compared] > 0)),
+        "entries_pattern_differs": int(pattern[compared].sum()),
+        "steps_value_differs": int(np.sum(rel > 1e-5)),
+        "max_rel_diff": float(np.nanmax(rel)) if np.isfinite(rel).any() else None,
+        "median_rel_diff": float(np.nanmedian(rel)) if np.isfinite(rel).any() else None,
+        "max_state_diff": float(np.nanmax(state)) if np.isfinite(state).any() else None,
+        "median_state_diff": float(np.nanmedian(state)) if np.isfinite(state).any() else None,
     }
 
 
@@ -160,28 +216,48 @@ def format_table(result: dict[str, Any]) -> str:
         if entries:
             lines += ["", f"{name} entries zero at every counted step ({len(entries)}):"]
             lines += [f"  {e}" for e in entries]
-    chk = result["check"]
     lines.append("")
+    lines.append(f"Jacobian definition: {result.get('jacobian')}")
     if result.get("backend") == "finite_diff" and th["kind"] == "absolute" and th["value"] < 1e-8:
         lines.append(
-            "note: finite differences (eps 1e-6) carry ~1e-10 of round-off where the true entry is 0, "
+            "note: finite differences carry ~1e-10 of round-off where the true entry is 0, "
             "so they undercount zeros at this threshold; --threshold 1e-8 matches their resolution"
         )
-    if chk["checked_steps"] and chk["max_rel_err"] is None:
-        lines.append(f"autodiff vs finite_diff at {chk['checked_steps']} checked steps: every one had NaN/Inf")
-    elif chk["checked_steps"]:
-        lines.append(
-            f"autodiff vs finite_diff at {chk['checked_steps']} checked steps: max rel err {chk['max_rel_err']:.3g} "
-            f"(median {chk['median_rel_err']:.3g}, worst at episode {chk['worst']['episode']} step "
-            f"{chk['worst']['step']}), max abs err {chk['max_abs_err']:.3g}; {chk['steps_disagree']} steps "
-            f"disagree beyond 1e-5 relative + 1e-8 absolute; {chk['steps_pattern_mismatch']} steps with "
-            "differing zero patterns"
-        )
-    else:
-        lines.append("autodiff vs finite_diff: not checked (collect --check-every K)")
-    if result.get("solver_start_returned") is not None:
-        lines.append(
-            f"steps where the constraint solver returned its start point (autodiff may miss constraint "
-            f"sensitivity there): {result['solver_start_returned']}"
-        )
+    lines += format_checks(result)
     return "\n".join(lines)
+
+
+def format_checks(result: dict[str, Any]) -> list[str]:
+    """The certificate, solver and definition-comparison lines of ``format_table``."""
+    lines = []
+    chk = result["check"]
+    if chk["checked_steps"]:
+        shares = ", ".join(f"{name} {count} ({100 * chk['shares'][name]:.1f}%)" for name, count in chk["classes"].items())
+        err = "n/a" if chk["max_err"] is None else f"{chk['max_err']:.3g} (median {chk['median_err']:.3g})"
+        lines.append(f"certificates at {chk['checked_steps']} checked steps: {shares}")
+        lines.append(
+            f"  scaled error vs finite differences of the same function: max {err}; worst at episode "
+            f"{chk['worst']['episode']} step {chk['worst']['step']} ({chk['worst']['class']}); "
+            f"{chk['steps_pattern_mismatch']} steps with a contradicted zero decision"
+        )
+        if chk["classes"].get("wrong"):
+            lines.append(f"  WARNING: {chk['classes']['wrong']} checked steps are 'wrong': the stored Jacobian disagrees with "
+                         "stable finite differences of the same function there")
+    else:
+        lines.append("certificates: none (collect --check-every K)")
+    solver = result.get("solver")
+    if solver:
+        lines.append(
+            f"solver ({result.get('jacobian')}): {solver['steps_truncated']} of {solver['steps']} steps had a substep "
+            f"stopped at the iteration cap; {solver['steps_start_returned']} a start point returned with a constraint "
+            f"active; residual |r|/trace(M) max {solver['max_residual']:.3g}, median {solver['median_residual']:.3g}"
+        )
+    defs = result.get("definitions")
+    if defs:
+        max_rel = "n/a" if defs["max_rel_diff"] is None else f"{defs['max_rel_diff']:.3g}"
+        lines.append(
+            f"converged vs as-run at {defs['steps']} steps: zero patterns differ at {defs['steps_pattern_differs']} "
+            f"({defs['entries_pattern_differs']} entries); values differ (> 1e-5 scaled) at {defs['steps_value_differs']}, "
+            f"max {max_rel}; next states differ by up to {defs['max_state_diff']:.3g}"
+        )
+    return lines

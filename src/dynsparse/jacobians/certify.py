@@ -1,0 +1,320 @@
+"""A certificate per checked step: the stored Jacobian against references of the *same* function.
+
+References (both compute the control step of the stored definition, same solver settings, same
+incoming warm start, same substeps):
+
+- **MJX finite differences**: centred differences of the MJX control step itself
+  (``definitions.make_primal_control_step``, float64) at each ``EPS``, positions perturbed and
+  read with the exact tangent maps (``tangent.retract_exact`` / ``local_exact``).
+- **native finite differences**: the same with native MuJoCo (``finite_diff.NativeStep``),
+  used only where native MuJoCo reproduces MJX's nominal next state (``NATIVE_STATE_TOL``).
+
+Error of a Jacobian ``J`` against a reference ``R`` taken at step ``eps`` (rows ``i`` = outputs)::
+
+    err = max_ij  max(0, |J_ij - R_ij| - noise_i(eps)) / max(|J_ij|, |R_ij|, FLOOR * m_i)
+
+with ``m_i = max_j |J_ij|`` (the row's scale; entries far below it are compared absolutely
+against ``FLOOR * m_i``) and ``noise_i(eps) = NOISE * max(|s'_i|, 1) / eps`` the round-off of a
+centred difference of an output of magnitude ``|s'_i|`` computed to ``NOISE`` relative accuracy.
+
+Classes (``CLASSES``; stored as their index, -1 = not checked):
+
+``certified``
+  ``err <= RTOL`` against MJX FD at some ``eps`` (so the zero pattern agrees at FD's resolution:
+  an exact zero of ``J`` has ``|R| <= RTOL * FLOOR * m_i`` + noise), and native MuJoCo either
+  confirms it (``err <= RTOL`` at some eps) or its FD is itself unstable across eps.
+``kink``
+  no eps certifies and MJX FD is not stable across eps at the scale of the disagreement
+  (``err <= STABLE_RATIO * spread``, ``spread`` the difference between the two consecutive eps
+  that agree best): a contact, friction or solver switch lies within eps of the state; no
+  derivative exists at that scale.
+``native-differs``
+  MJX FD certifies, but native MuJoCo cannot reproduce MJX's next state (``NATIVE_STATE_TOL``)
+  or, reproducing it, its FD (stable across eps, as above) disagrees: simulator semantics differ
+  there.
+``wrong``
+  ``err > RTOL`` and ``err > STABLE_RATIO * spread``: finite differences settled on a value and
+  ``J`` is not it. A real error (must not occur).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynsparse import dataset, envs, tangent
+from dynsparse.jacobians import definitions, finite_diff, solve
+
+EPS = (1e-5, 1e-6, 1e-7)
+RTOL = 1e-5
+FLOOR = 1e-3
+NOISE = 1e-14
+STABLE_RATIO = 10.0
+NATIVE_STATE_TOL = 1e-9
+#: zero threshold of the exact Jacobians for the pattern count (the dataset default)
+ZERO_THRESHOLD = 1e-12
+#: an entry is "clearly nonzero" for the pattern count above this share of its row's scale
+CLEAR = 1e-6
+
+CLASSES = dataset.CHECK_CLASSES
+NOT_CHECKED = -1
+
+DEFINITION_TEXT = (
+    f"checked steps: centred finite differences of the same control step (same definition, solver settings, "
+    f"incoming warm start and substeps) in MJX (float64) and in native MuJoCo at eps {', '.join(f'{e:g}' for e in EPS)} "
+    f"(tangent coordinates and action units). err = max_ij max(0, |J - R| - noise_i) / max(|J|, |R|, {FLOOR:g} m_i), "
+    f"m_i = max_j |J_ij|, noise_i = {NOISE:g} max(|s'_i|, 1) / eps; class certified: err <= {RTOL:g} vs MJX FD at some "
+    f"eps (native confirms, or its FD is not stable); spread: the scaled difference between the two consecutive eps whose "
+    f"FD agree best; wrong: err > {RTOL:g} and err > {STABLE_RATIO:g} spread (FD settled on another value); kink: "
+    f"neither (FD not stable at the scale of the disagreement: a switch within eps); native-differs: MJX FD certifies "
+    f"but native MuJoCo does not reproduce MJX's next state (max |diff| / max(|s'|, 1) > {NATIVE_STATE_TOL:g}) or its "
+    f"FD settles on another value. check_pattern_mismatch: entries with |J| < {ZERO_THRESHOLD:g} and |R| > {CLEAR:g} m_i, or "
+    f"|J| > {CLEAR:g} m_i and |R| < {NOISE:g} max(|s'_i|, 1) / eps, at the best eps"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Certificate:
+    """The verdict on one step's Jacobian.
+
+    Attributes:
+      cls: one of ``CLASSES``.
+      err: the smallest scaled error against MJX FD over ``EPS``; eps: the eps attaining it.
+      spread: how well MJX FD settles: the difference between the consecutive eps that agree best.
+      pattern_mismatch: entries whose zero decision contradicts MJX FD at ``eps``.
+      native_state_err: ``max |s'_native - s'_mjx| / max(|s'|, 1)`` (NaN: native not run).
+      native_err: smallest scaled error against native FD (NaN: native not reproducing/not run).
+    """
+
+    cls: str
+    err: float
+    eps: float
+    spread: float
+    pattern_mismatch: int
+    native_state_err: float
+    native_err: float
+
+    @property
+    def code(self) -> int:
+        return CLASSES.index(self.cls)
+
+
+#: dataset variable -> ``Certificate`` attribute (``check_class`` holds ``code``)
+DATASET_FIELDS = {
+    "check_err": "err", "check_eps": "eps", "check_fd_spread": "spread",
+    "check_pattern_mismatch": "pattern_mismatch", "check_native_state_err": "native_state_err",
+    "check_native_err": "native_err",
+}
+
+
+def _noise(s_next_tangent_scale: np.ndarray, eps: float) -> np.ndarray:
+    return NOISE * s_next_tangent_scale / eps
+
+
+def output_scale(s_next: np.ndarray, nq: int, nv: int) -> np.ndarray:
+    """``(2 nv,)`` magnitudes ``max(|s'_i|, 1)`` of the outputs in tangent order (a free joint's
+    position rows use its translation and quaternion magnitudes)."""
+    q, v = np.abs(s_next[:nq]), np.abs(s_next[nq:])
+    q_scale = np.full(nv, max(float(q.max(initial=0.0)), 1.0)) if nq != nv else q
+    return np.maximum(np.concatenate([q_scale, v]), 1.0)
+
+
+def scaled_error(j: np.ndarray, r: np.ndarray, scale: np.ndarray, eps: float) -> float:
+    """``err`` of the module docstring for ``(2nv, k)`` ``j``, ``r`` and output scales ``scale``."""
+    m = np.abs(j).max(axis=1, keepdims=True)
+    denom = np.maximum(np.maximum(np.abs(j), np.abs(r)), FLOOR * m)
+    excess = np.maximum(np.abs(j - r) - _noise(scale, eps)[:, None], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.where(excess > 0, excess / np.where(denom > 0, denom, 1.0), 0.0)
+    e = np.where((excess > 0) & (denom == 0), np.inf, e)
+    return float(e.max(initial=0.0))
+
+
+def fd_spread(j: np.ndarray, refs: np.ndarray, scale: np.ndarray, eps: tuple[float, ...] = EPS) -> float:
+    """How well the references settle: the smallest difference between references at consecutive
+    eps (``err`` of one against the next, with the row scales of ``j`` and the smaller eps's
+    noise). Small: FD has converged at some scale; large: a switch lies within every eps."""
+    m = np.abs(j).max(axis=1, keepdims=True)
+    out = float("inf")
+    for k in range(len(eps) - 1):
+        a, b = refs[k], refs[k + 1]
+        denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), FLOOR * m)
+        excess = np.maximum(np.abs(a - b) - _noise(scale, eps[k + 1])[:, None], 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            e = np.where(excess > 0, excess / np.where(denom > 0, denom, 1.0), 0.0)
+        out = min(out, float(e.max(initial=0.0)))
+    return out
+
+
+def _settled_elsewhere(err: float, spread: float) -> bool:
+    """FD settled on a value (its best pair of eps agrees ``STABLE_RATIO`` times better) that
+    ``J`` misses by more than ``RTOL``."""
+    return err > RTOL and err > STABLE_RATIO * spread
+
+
+def pattern_mismatch(j: np.ndarray, r: np.ndarray, scale: np.ndarray, eps: float) -> int:
+    """Entries exactly zero in ``j`` that FD sees clearly nonzero, or clearly nonzero in ``j``
+    that FD sees as zero (within its round-off)."""
+    m = np.abs(j).max(axis=1, keepdims=True)
+    zero_j = np.abs(j) < ZERO_THRESHOLD
+    clear_r = np.abs(r) > CLEAR * m
+    clear_j = np.abs(j) > CLEAR * m
+    zero_r = np.abs(r) < _noise(scale, eps)[:, None]
+    return int(np.sum((zero_j & clear_r) | (clear_j & zero_r)))
+
+
+def _best(j: np.ndarray, refs: np.ndarray, scale: np.ndarray, eps: tuple[float, ...]) -> tuple[float, int]:
+    errs = [scaled_error(j, refs[k], scale, eps[k]) for k in range(len(eps))]
+    k = int(np.argmin(errs))
+    return errs[k], k
+
+
+def classify(
+    j: np.ndarray,
+    mjx_refs: np.ndarray,
+    s_next: np.ndarray,
+    nq: int,
+    native: tuple[np.ndarray, np.ndarray] | None = None,
+    eps: tuple[float, ...] = EPS,
+) -> Certificate:
+    """Certify one step.
+
+    Args:
+      j: ``(2nv, 2nv + nu)`` the stored ``[J_s | J_a]``.
+      mjx_refs: ``(len(eps), 2nv, 2nv + nu)`` MJX FD of the same function at each eps.
+      s_next: ``(nq + nv,)`` MJX's nominal next state of that function.
+      nq: the model's ``nq``.
+      native: ``(native_refs (len(eps), 2nv, 2nv + nu), native s_next (nq + nv,))`` or None.
+    """
+    nv = j.shape[0] // 2
+    scale = output_scale(s_next, nq, nv)
+    if not (np.isfinite(j).all() and np.isfinite(mjx_refs).all()):
+        return Certificate("wrong", float("nan"), float("nan"), float("nan"), int(j.size), float("nan"), float("nan"))
+    err, k = _best(j, mjx_refs, scale, eps)
+    spread = fd_spread(j, mjx_refs, scale, eps)
+    mismatch = pattern_mismatch(j, mjx_refs[k], scale, eps[k])
+    state_err = native_err = float("nan")
+    native_ok = True
+    if native is not None:
+        native_refs, native_next = native
+        state_err = float(np.max(np.abs(native_next - s_next) / np.maximum(np.abs(s_next), 1.0)))
+        if state_err <= NATIVE_STATE_TOL and np.isfinite(native_refs).all():
+            native_err, _ = _best(j, native_refs, scale, eps)
+            native_ok = not _settled_elsewhere(native_err, fd_spread(j, native_refs, scale, eps))
+        else:
+            native_ok = False
+    if err <= RTOL:
+        cls = "certified" if native_ok else "native-differs"
+    elif _settled_elsewhere(err, spread):
+        cls = "wrong"
+    else:
+        cls = "kink"
+    return Certificate(cls, err, eps[k], spread, mismatch, state_err, native_err)
+
+
+def make_mjx_fd(spec: envs.EnvSpec, definition: str, eps: tuple[float, ...] = EPS) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
+    """Centred finite differences of the MJX control step of ``definition`` at one step.
+
+    Returns:
+      ``fd(data, a) -> (refs, s_next)`` (unbatched, not jitted): ``refs`` ``(len(eps), 2nv, 2nv +
+      nu)`` in the tangent space, ``s_next`` ``(nq + nv,)`` the nominal next state. All
+      ``2 len(eps) (2nv + nu)`` perturbed steps run as one batch.
+    """
+    f = definitions.make_primal_control_step(spec, definition)
+    c, nv, nu, nq = spec.charts, spec.nv, spec.nu, spec.nq
+    n = 2 * nv + nu
+    steps = jnp.asarray(eps)
+
+    def fd(data: Any, a: jax.Array) -> tuple[jax.Array, jax.Array]:
+        dtype = data.qpos.dtype
+
+        def run(x: jax.Array) -> jax.Array:
+            s = jnp.concatenate([tangent.retract_exact(c, data.qpos, x[:nv]), data.qvel + x[nv:2 * nv]])
+            return f(data, s, a + x[2 * nv:])[0]
+
+        s_next = run(jnp.zeros((n,), dtype))
+        directions = (steps[:, None, None] * jnp.eye(n, dtype=dtype)[None]).reshape(-1, n)
+        outs = jax.vmap(run)(jnp.concatenate([directions, -directions]))
+
+        def read(s: jax.Array) -> jax.Array:
+            return jnp.concatenate([tangent.local_exact(c, s_next[:nq], s[:nq]), s[nq:]])
+
+        diffs = jax.vmap(read)(outs)
+        plus, minus = diffs[: len(eps) * n], diffs[len(eps) * n:]
+        cols = (plus - minus).reshape(len(eps), n, 2 * nv) / (2 * steps[:, None, None])
+        return jnp.swapaxes(cols, 1, 2), s_next
+
+    return fd
+
+
+def native_refs(native: finite_diff.NativeStep, x: finite_diff.StepInputs, eps: tuple[float, ...] = EPS) -> tuple[np.ndarray, np.ndarray]:
+    """``(refs (len(eps), 2nv, 2nv + nu), s_next)``: native FD of ``native``'s control step."""
+    refs, s_next = [], None
+    for e in eps:
+        r, s_next = native.jacobian(x, e)
+        refs.append(r)
+    return np.stack(refs), s_next
+
+
+@functools.lru_cache(maxsize=16)
+def _batched_mjx_fd(spec: envs.EnvSpec, definition: str) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
+    from dynsparse import xla
+
+    return jax.jit(jax.vmap(make_mjx_fd(spec, definition)), compiler_options=xla.compiler_options())
+
+
+class StepChecker:
+    """Certifies stored Jacobians of one environment and definition at given steps.
+
+    MJX finite differences run in groups of ``GROUP`` steps (one compiled shape; the last group
+    is padded), native ones one step at a time.
+    """
+
+    GROUP = 4
+
+    def __init__(self, spec: envs.EnvSpec, definition: str):
+        from mujoco import mjx
+
+        self.spec = spec
+        self.fd = _batched_mjx_fd(spec, definition)
+        self.native = finite_diff.NativeStep(spec.mj_model, spec.n_substeps, definition)
+        base = mjx.make_data(spec.mjx_model)
+        # the integer fields a step returns (x64: some come out int64): the scan carry must match
+        model = definitions.mjx_model(spec, definition)
+        shapes = jax.eval_shape(lambda d: solve.primal_step(model, d)[0], base)
+        base = jax.tree_util.tree_map(lambda x, s: x.astype(s.dtype), base, shapes)
+        self.base = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (self.GROUP,) + x.shape), base)
+
+    def _data(self, inputs: dict[str, np.ndarray]) -> Any:
+        """Batched ``mjx.Data`` (``GROUP``) holding ``StepInputs`` fields with leading ``(GROUP,)``."""
+        return self.base.replace(
+            qpos=jnp.asarray(inputs["qpos"]), qvel=jnp.asarray(inputs["qvel"]),
+            qacc_warmstart=jnp.asarray(inputs["warmstart"]), ctrl=jnp.asarray(inputs["ctrl"]),
+            act=jnp.asarray(inputs["act"]).reshape(self.base.act.shape),
+            mocap_pos=jnp.asarray(inputs["mocap_pos"]).reshape(self.base.mocap_pos.shape),
+            mocap_quat=jnp.asarray(inputs["mocap_quat"]).reshape(self.base.mocap_quat.shape),
+            time=jnp.asarray(inputs["time"], self.base.time.dtype),
+        )
+
+    def __call__(self, inputs: dict[str, np.ndarray], jac: np.ndarray) -> list[Certificate]:
+        """Certificates of ``k`` steps.
+
+        Args:
+          inputs: the ``finite_diff.StepInputs`` fields, each with leading ``(k,)``.
+          jac: ``(k, 2nv, 2nv + nu)`` the stored ``[J_s | J_a]`` of those steps.
+        """
+        k = jac.shape[0]
+        out: list[Certificate] = []
+        for g0 in range(0, k, self.GROUP):
+            idx = np.minimum(np.arange(g0, g0 + self.GROUP), k - 1)
+            group = {name: np.asarray(v)[idx] for name, v in inputs.items()}
+            refs, s_next = (np.asarray(x) for x in self.fd(self._data(group), jnp.asarray(group["ctrl"])))
+            for r in range(min(self.GROUP, k - g0)):
+                x = finite_diff.StepInputs.from_arrays(group, (r,))
+                out.append(classify(jac[g0 + r], refs[r], s_next[r], self.spec.nq, native_refs(self.native, x)))
+        return out

@@ -1,0 +1,117 @@
+"""The certificate: scaled errors and classes on hand-made cases, and a collection's certificates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dynsparse.jacobians import certify
+
+EPS = certify.EPS
+S_NEXT = np.array([0.5, -0.2, 1.0, 0.1])  # nq = nv = 2: outputs of magnitude <= 1, scale 1
+
+
+def _jac():
+    """A 4 x 5 ``[J_s | J_a]`` with exact zeros and entries of several magnitudes."""
+    return np.array([
+        [1.0, 0.0, 0.01, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.01, 0.0],
+        [-2.0, 0.0, 0.9, 0.0, 0.05],
+        [0.0, -3.0, 0.0, 0.8, 1e-4],
+    ])
+
+
+def _refs(j, per_eps_error):
+    """References at each eps: ``j`` plus an error matrix for each eps."""
+    return np.stack([j + e for e in per_eps_error])
+
+
+def test_scaled_error_by_hand():
+    j = _jac()
+    r = j.copy()
+    r[2, 0] += 2e-5  # J = -2: relative 1e-5
+    r[3, 4] += 3e-8  # below 1e-3 * row max (3): compared against 3e-3: 1e-5
+    scale = np.ones(4)
+    noise_free = certify.scaled_error(j, r, scale, eps=np.inf)
+    assert noise_free == pytest.approx(max(2e-5 / 2, 3e-8 / 3e-3), rel=1e-9)
+    # round-off allowance: NOISE * scale / eps is subtracted first
+    assert certify.scaled_error(j, r, scale, eps=1e-7) == pytest.approx((2e-5 - 1e-7) / 2, rel=1e-9)
+    assert certify.scaled_error(j, j, scale, 1e-6) == 0.0
+
+
+def test_certified_when_some_eps_agrees():
+    j = _jac()
+    big = np.full(j.shape, 0.0)
+    big[2, 0] = 1.0  # a kink straddled at eps 1e-5
+    tiny = np.full(j.shape, 1e-9)
+    cert = certify.classify(j, _refs(j, [big, tiny, 2 * tiny]), S_NEXT, nq=2)
+    assert cert.cls == "certified" and cert.eps == 1e-6 and cert.err < certify.RTOL
+    assert cert.pattern_mismatch == 0 and np.isnan(cert.native_state_err)
+
+
+def test_wrong_when_finite_differences_settle_elsewhere():
+    """The FingerSpin case: FD agree with each other at every eps, J is off by O(1)."""
+    j = _jac()
+    r = j.copy()
+    r[3, 3] = 0.0793  # J says 0.8
+    refs = _refs(r, [np.zeros(j.shape), 1e-10 * np.ones(j.shape), -1e-10 * np.ones(j.shape)])
+    cert = certify.classify(j, refs, S_NEXT, nq=2)
+    assert cert.cls == "wrong" and cert.err > 0.5 and cert.spread < 1e-8
+
+
+def test_kink_when_finite_differences_do_not_settle():
+    j = _jac()
+    errs = []
+    for k in range(3):
+        e = np.zeros(j.shape)
+        e[2, 2] = 0.3 * (-1) ** k  # every eps lands on another side of a switch
+        errs.append(e)
+    cert = certify.classify(j, _refs(j, errs), S_NEXT, nq=2)
+    assert cert.cls == "kink" and cert.err > certify.RTOL and cert.spread > cert.err / certify.STABLE_RATIO
+
+
+def test_a_zero_that_finite_differences_see_is_a_pattern_mismatch():
+    j = _jac()
+    r = j.copy()
+    r[0, 1] = 0.02  # J says exactly 0, FD clearly sees a dependence
+    cert = certify.classify(j, _refs(r, [np.zeros(j.shape)] * 3), S_NEXT, nq=2)
+    assert cert.cls == "wrong" and cert.pattern_mismatch == 1
+
+
+def test_native_reference_can_only_demote_a_certificate_to_native_differs():
+    j = _jac()
+    refs = _refs(j, [np.zeros(j.shape)] * 3)
+    # native reproduces MJX's next state and agrees: certified, with the native error recorded
+    cert = certify.classify(j, refs, S_NEXT, nq=2, native=(refs, S_NEXT + 1e-13))
+    assert cert.cls == "certified" and cert.native_err == 0.0 and cert.native_state_err == pytest.approx(1e-13, rel=1e-3)
+    # native lands elsewhere: no second opinion is possible
+    cert = certify.classify(j, refs, S_NEXT, nq=2, native=(refs, S_NEXT + 1e-6))
+    assert cert.cls == "native-differs" and np.isnan(cert.native_err)
+    # native reproduces the state but its FD settles on another value
+    off = refs.copy()
+    off[:, 2, 0] += 0.5
+    cert = certify.classify(j, refs, S_NEXT, nq=2, native=(off, S_NEXT))
+    assert cert.cls == "native-differs" and cert.native_err > 0.1
+    # a wrong MJX verdict stays wrong whatever native says
+    bad = refs.copy()
+    bad[:, 1, 1] = 5.0
+    assert certify.classify(j, bad, S_NEXT, nq=2, native=(refs, S_NEXT)).cls == "wrong"
+
+
+def test_non_finite_is_wrong():
+    j = _jac()
+    j[0, 0] = np.nan
+    assert certify.classify(j, _refs(_jac(), [np.zeros(j.shape)] * 3), S_NEXT, nq=2).cls == "wrong"
+
+
+def test_output_scale_uses_state_magnitudes():
+    assert list(certify.output_scale(np.array([3.0, -0.1, 20.0, 0.2]), nq=2, nv=2)) == [3.0, 1.0, 20.0, 1.0]
+    # with quaternions (nq != nv) every position row takes the largest |qpos|
+    s = np.array([5.0, 1.0, 0.0, 0.0, 0.0, 0.3, -7.0, 0.0, 0.0])  # nq 5 (x + quaternion), nv 4
+    assert list(certify.output_scale(s, nq=5, nv=4)) == [5.0] * 4 + [1.0, 7.0, 1.0, 1.0]
+
+
+def test_classes_are_the_datasets():
+    from dynsparse import dataset
+
+    assert certify.CLASSES == dataset.CHECK_CLASSES == ("certified", "kink", "native-differs", "wrong")

@@ -1,0 +1,149 @@
+"""The constraint solve with implicit tangents: MJX's own primal, closed-form answers where the
+solver exits at its start point, and a converged contact case against finite differences."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+import pytest
+from helpers import one_error_line
+from models import LIMITED_ARM, RESTING_BOX, RESTING_BOX_SUBSTEPS, STICTION_HINGE, STICTION_SUBSTEPS
+from mujoco import mjx
+
+from dynsparse import envs, errors
+from dynsparse.jacobians import autodiff, certify, definitions, finite_diff, solve
+
+
+def _settle(spec: envs.EnvSpec, u: jax.Array, steps: int):
+    """The MJX data after ``steps`` physics steps from ``qpos0`` at rest with ``ctrl = u``."""
+
+    @jax.jit
+    def run(d):
+        return jax.lax.scan(lambda d, _: (mjx.step(spec.mjx_model, d.replace(ctrl=u)), None), d, None, length=steps)[0]
+
+    return run(mjx.make_data(spec.mjx_model).replace(ctrl=u))
+
+
+def _unrolled(spec: envs.EnvSpec, data, u):
+    """Forward mode through ``mjx.step``'s solver iterations, warm start held at every substep
+    (the derivative dynsparse stored before named definitions)."""
+    nq = spec.nq
+
+    def f(s, a):
+        d = data.replace(qpos=s[:nq], qvel=s[nq:], ctrl=a)
+        for _ in range(spec.n_substeps):
+            d = mjx.step(spec.mjx_model, d.replace(qacc_warmstart=jax.lax.stop_gradient(d.qacc_warmstart)))
+        return envs.state_of(d)
+
+    j_s, j_a = jax.jit(jax.jacfwd(f, argnums=(0, 1)))(envs.state_of(data), u)
+    return np.asarray(j_s), np.asarray(j_a)
+
+
+@pytest.fixture(scope="module")
+def stiction():
+    spec = envs.from_mjcf(STICTION_HINGE, name="Stiction", n_substeps=STICTION_SUBSTEPS, init_noise=0.0)
+    u = jnp.asarray([0.3])  # below the friction loss (1): the wheel creeps at a steady velocity
+    return spec, _settle(spec, u, 400), u
+
+
+@pytest.mark.parametrize("definition", definitions.DEFINITIONS)
+def test_stiction_hinge_has_the_closed_form_jacobian(stiction, definition):
+    """In the friction-loss row's quadratic zone the solve is linear: with inertia I, constraint
+    stiffness D = efc_D and aref = -b v (native MuJoCo's constraint quantities), the optimum is
+    x = (u - D b v) / (I + D), so one substep is v' = alpha v + beta u, q' = q + h v' with
+    alpha = 1 - h D b / (I + D), beta = h / (I + D); chained over the substeps."""
+    spec, data, u = stiction
+    j_s, j_a, _, diag = jax.jit(autodiff.make_jacobian_fn(spec, "substep", definition))(data, u)
+    if definition == "as-run":  # MJX returned its start point (the warm start) at every substep
+        assert int(diag["solver_start_returned"]) == STICTION_SUBSTEPS
+    m = spec.mj_model
+    nd = mujoco.MjData(m)
+    nd.qpos[:], nd.qvel[:], nd.ctrl[:] = np.asarray(data.qpos), np.asarray(data.qvel), np.asarray(u)
+    mujoco.mj_forward(m, nd)
+    inertia, stiff, v = nd.M[0], nd.efc_D[0], nd.qvel[0]
+    assert nd.nefc == 1 and v > 0 and abs(nd.efc_force[0]) < 1.0  # stuck: inside the friction zone
+    b = -nd.efc_aref[0] / v
+    h = m.opt.timestep
+    alpha, beta = 1 - h * stiff * b / (inertia + stiff), h / (inertia + stiff)
+    a_1, b_1 = np.array([[1.0, h * alpha], [0.0, alpha]]), np.array([[h * beta], [beta]])
+    want_s, want_a = np.eye(2), np.zeros((2, 1))
+    for _ in range(STICTION_SUBSTEPS):
+        want_s, want_a = a_1 @ want_s, a_1 @ want_a + b_1
+    np.testing.assert_allclose(np.asarray(j_s), want_s, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(np.asarray(j_a), want_a, rtol=1e-10, atol=1e-15)
+    # forward mode through the (zero) iterations misses the constraint: dv'/dv = 71.8, not 0.0028
+    old_s, _ = _unrolled(spec, data, u)
+    assert old_s[1, 1] > 10 and want_s[1, 1] < 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("definition", definitions.DEFINITIONS)
+def test_resting_box_certified_where_unrolled_forward_mode_is_not(definition):
+    """Four friction contacts at rest: both definitions agree with MJX and native finite
+    differences (native reproduces the step); forward mode through the converged solver's
+    iterations is 1e-4..1e-3 off there (its tangents lag the iterates)."""
+    spec = envs.from_mjcf(RESTING_BOX, name="Box", n_substeps=RESTING_BOX_SUBSTEPS, init_noise=0.0)
+    u = jnp.asarray([0.0])
+    data = _settle(spec, u, 3000)
+    assert int(envs.count_contacts(data)) == 4
+    j_s, j_a, _, _ = jax.jit(autodiff.make_jacobian_fn(spec, "substep", definition))(data, u)
+    jac = np.concatenate([np.asarray(j_s), np.asarray(j_a)], axis=1)
+    refs, s_next = jax.jit(certify.make_mjx_fd(spec, definition))(data, u)
+    native = finite_diff.NativeStep(spec.mj_model, spec.n_substeps, definition)
+    x = finite_diff.StepInputs(np.asarray(data.qpos), np.asarray(data.qvel), np.asarray(data.qacc_warmstart),
+                               np.asarray(u), np.zeros(0), np.zeros((0, 3)), np.zeros((0, 4)), float(data.time))
+    cert = certify.classify(jac, np.asarray(refs), np.asarray(s_next), spec.nq, certify.native_refs(native, x))
+    assert cert.cls == "certified" and cert.native_err <= certify.RTOL and cert.native_state_err < 1e-12, cert
+    old = np.concatenate(_unrolled(spec, data, u), axis=1)
+    scale = certify.output_scale(np.asarray(s_next), spec.nq, spec.nv)
+    assert certify.scaled_error(old, np.asarray(refs)[1], scale, 1e-6) > 1e-4
+
+
+def _arm(integrator: str) -> envs.EnvSpec:
+    xml = LIMITED_ARM.replace('<option timestep="0.005"/>', f'<option timestep="0.005" integrator="{integrator}"/>')
+    return envs.from_mjcf(xml, name=f"Arm{integrator}", n_substeps=1, init_noise=0.3)
+
+
+@pytest.mark.parametrize("integrator", ["Euler", "implicitfast"])
+def test_the_composed_step_is_mjx_step_bit_for_bit(integrator):
+    """``solve.step`` (both tangent rules) and ``solve.primal_step`` reproduce ``mjx.step`` exactly
+    on a model with limits, friction loss and contacts."""
+    spec = _arm(integrator)
+    model = definitions.mjx_model(spec, "as-run")
+    states = jax.vmap(spec.env.reset)(jax.random.split(jax.random.PRNGKey(1), 8))
+    data = states.data.replace(ctrl=jnp.full((8, spec.nu), 0.7))
+
+    @jax.jit
+    def run(d):
+        want = jax.vmap(lambda x: mjx.step(model, x))(d)
+        got = [jax.vmap(lambda x: solve.step(model, x, rule)[0])(d) for rule in solve.TANGENTS]
+        got.append(jax.vmap(lambda x: solve.primal_step(model, x)[0])(d))
+        return want, got
+
+    want, got = run(data)
+    for g in got:
+        for name in ("qpos", "qvel", "qacc", "qacc_warmstart", "qfrc_constraint"):
+            np.testing.assert_array_equal(np.asarray(getattr(g, name)), np.asarray(getattr(want, name)))
+    assert int(np.asarray(jax.vmap(envs.count_contacts)(want)).max()) > 0
+
+
+def test_rk4_is_refused_with_one_line_error():
+    spec = _arm("RK4")
+    with pytest.raises(errors.UserError) as exc:
+        autodiff.make_jacobian_fn(spec)
+    assert one_error_line(str(exc.value)) == (
+        "integrator RK4 is not supported by dynsparse's differentiated step; allowed: EULER, IMPLICITFAST"
+    )
+
+
+def test_converged_settings_apply_to_both_simulators(cartpole):
+    m = definitions.mjx_model(cartpole, "converged")
+    native = definitions.native_model(cartpole.mj_model, "converged")
+    want = definitions.CONVERGED
+    assert (m.opt.iterations, m.opt.ls_iterations, float(m.opt.tolerance)) == (want.iterations, want.ls_iterations, want.tolerance)
+    assert (native.opt.iterations, native.opt.ls_iterations, native.opt.tolerance) == (want.iterations, want.ls_iterations, want.tolerance)
+    own = definitions.native_model(cartpole.mj_model, "as-run")
+    assert own.opt.iterations == cartpole.mj_model.opt.iterations == 1 and own.opt.tolerance == cartpole.mj_model.opt.tolerance
+    assert int(m.opt.disableflags) & int(mujoco.mjtDisableBit.mjDSBL_SENSOR)
