@@ -85,6 +85,30 @@ def test_unknown_policy_and_backend(capsys, tmp_path):
     assert code == 2 and "unknown backend 'magic'" in one_error_line(err)
 
 
+def test_bad_jacobian_definition_and_combinations(capsys, tmp_path):
+    out = tmp_path / "x.zarr"
+    code, _, err = _run(capsys, "collect", "CartpoleBalance", "--jacobian", "exact", "--out", str(out))
+    assert code == 2 and one_error_line(err) == "dynsparse: error: unknown Jacobian definition 'exact'; allowed: converged, as-run"
+    code, _, err = _run(capsys, "collect", "CartpoleBalance", "--backend", "finite_diff", "--compare-definitions", "--out", str(out))
+    assert code == 2 and "compare-definitions computes both exact definitions: it needs --backend autodiff" in one_error_line(err)
+    code, _, err = _run(capsys, "reproduce", "--quick", "--jacobian", "as_run", "--out", str(tmp_path / "study"))
+    assert code == 2 and "unknown Jacobian definition 'as_run'" in one_error_line(err)
+    assert not out.exists() and not (tmp_path / "study").exists()
+
+
+def test_format_2_store_is_refused(capsys, tmp_path):
+    """A store of the previous format (warm start held at every substep) is never resumed or read."""
+    import zarr
+
+    store = _store(tmp_path)
+    group = zarr.open_group(str(store), mode="r+", zarr_format=2)
+    group.attrs["format_version"] = 2
+    zarr.consolidate_metadata(str(store), zarr_format=2)
+    code, _, err = _run(capsys, "collect", "CartpoleBalance", "--episodes", "2", "--steps", "4", "--batch-size", "2",
+                        "--chunk-steps", "4", "--out", str(store))
+    assert code == 2 and "dataset format 2; this dynsparse writes format 3" in one_error_line(err)
+
+
 @pytest.mark.parametrize("threshold", ["0", "-1e-9", "nan", "inf"])
 def test_bad_threshold(capsys, tmp_path, threshold):
     store = _store(tmp_path)

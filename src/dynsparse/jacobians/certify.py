@@ -124,31 +124,31 @@ def output_scale(s_next: np.ndarray, nq: int, nv: int) -> np.ndarray:
     return np.maximum(np.concatenate([q_scale, v]), 1.0)
 
 
-def scaled_error(j: np.ndarray, r: np.ndarray, scale: np.ndarray, eps: float) -> float:
-    """``err`` of the module docstring for ``(2nv, k)`` ``j``, ``r`` and output scales ``scale``."""
-    m = np.abs(j).max(axis=1, keepdims=True)
-    denom = np.maximum(np.maximum(np.abs(j), np.abs(r)), FLOOR * m)
-    excess = np.maximum(np.abs(j - r) - _noise(scale, eps)[:, None], 0.0)
+def _scaled_max(a: np.ndarray, b: np.ndarray, m: np.ndarray, noise: np.ndarray) -> float:
+    """``max_ij max(0, |a - b| - noise_i) / max(|a|, |b|, FLOOR m_i)`` (``m``, ``noise``: per row)."""
+    denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), FLOOR * m)
+    excess = np.maximum(np.abs(a - b) - noise[:, None], 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         e = np.where(excess > 0, excess / np.where(denom > 0, denom, 1.0), 0.0)
     e = np.where((excess > 0) & (denom == 0), np.inf, e)
     return float(e.max(initial=0.0))
 
 
+def _row_scale(j: np.ndarray) -> np.ndarray:
+    return np.abs(j).max(axis=1, keepdims=True)
+
+
+def scaled_error(j: np.ndarray, r: np.ndarray, scale: np.ndarray, eps: float) -> float:
+    """``err`` of the module docstring for ``(2nv, k)`` ``j``, ``r`` and output scales ``scale``."""
+    return _scaled_max(j, r, _row_scale(j), _noise(scale, eps))
+
+
 def fd_spread(j: np.ndarray, refs: np.ndarray, scale: np.ndarray, eps: tuple[float, ...] = EPS) -> float:
     """How well the references settle: the smallest difference between references at consecutive
     eps (``err`` of one against the next, with the row scales of ``j`` and the smaller eps's
     noise). Small: FD has converged at some scale; large: a switch lies within every eps."""
-    m = np.abs(j).max(axis=1, keepdims=True)
-    out = float("inf")
-    for k in range(len(eps) - 1):
-        a, b = refs[k], refs[k + 1]
-        denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), FLOOR * m)
-        excess = np.maximum(np.abs(a - b) - _noise(scale, eps[k + 1])[:, None], 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            e = np.where(excess > 0, excess / np.where(denom > 0, denom, 1.0), 0.0)
-        out = min(out, float(e.max(initial=0.0)))
-    return out
+    m = _row_scale(j)
+    return min(_scaled_max(refs[k], refs[k + 1], m, _noise(scale, eps[k + 1])) for k in range(len(eps) - 1))
 
 
 def _settled_elsewhere(err: float, spread: float) -> bool:
@@ -160,7 +160,7 @@ def _settled_elsewhere(err: float, spread: float) -> bool:
 def pattern_mismatch(j: np.ndarray, r: np.ndarray, scale: np.ndarray, eps: float) -> int:
     """Entries exactly zero in ``j`` that FD sees clearly nonzero, or clearly nonzero in ``j``
     that FD sees as zero (within its round-off)."""
-    m = np.abs(j).max(axis=1, keepdims=True)
+    m = _row_scale(j)
     zero_j = np.abs(j) < ZERO_THRESHOLD
     clear_r = np.abs(r) > CLEAR * m
     clear_j = np.abs(j) > CLEAR * m

@@ -21,7 +21,8 @@ theorem over the active set at the returned ``x``)::
 computed as one differentiable Newton correction ``delta = -H^-1 r(x, theta)`` whose value is
 subtracted again (``x + (delta - stop_gradient(delta))``): the primal ``qacc`` and forces are
 MJX's own, bit for bit; only tangents change. ``H`` is ``jacfwd`` of ``r`` in ``x`` (so every
-constraint and cone type MJX implements is covered), held constant.
+constraint and cone type MJX implements is covered), held constant; the constraint force's
+tangent follows from ``r``'s vanishing total tangent: ``d qfrc_constraint = d(M x) - d qfrc_smooth``.
 
 Two tangent rules (``TANGENTS``):
 
@@ -52,6 +53,7 @@ import mujoco
 from mujoco.mjx._src import forward as mjx_forward
 from mujoco.mjx._src import math as mjx_math
 from mujoco.mjx._src import solver as mjx_solver
+from mujoco.mjx._src import support as mjx_support
 from mujoco.mjx._src.types import DisableBit, IntegratorType, SolverType
 
 from dynsparse import errors
@@ -172,7 +174,17 @@ def _any_active(d: Any, ctx: Any) -> jax.Array:
     return jnp.any(active & jnp.any(efc_j != 0, axis=1))
 
 
-def implicit_tangents(m: Any, d: Any, qacc: jax.Array, qfrc_constraint: jax.Array, efc_force: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def hessian(m: Any, d: Any, qacc: jax.Array) -> jax.Array:
+    """``(nv, nv)`` ``H = dr/dqacc`` at ``qacc``: the constraint cost's Hessian with the active set,
+    cones and friction-loss zones of that point (``jacfwd`` of the solver's own gradient, so every
+    constraint and cone type MJX implements is covered). No tangents flow through it."""
+    d_const = _sg_tree(d)
+    return jax.jacfwd(lambda y: _gradient(m, d_const, y)[0])(jax.lax.stop_gradient(qacc))
+
+
+def implicit_tangents(
+    m: Any, d: Any, qacc: jax.Array, qfrc_constraint: jax.Array, efc_force: jax.Array, hess: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(qacc, qfrc_constraint, efc_force)`` with the primal values given (bit for bit) and the
     implicit tangents of the constraint solve at ``qacc`` (see the module docstring).
 
@@ -180,18 +192,24 @@ def implicit_tangents(m: Any, d: Any, qacc: jax.Array, qfrc_constraint: jax.Arra
       m, d: model and data after ``fwd_acceleration`` (``d`` carries the tangents of theta).
       qacc: ``(nv,)`` the solver's result; qfrc_constraint ``(nv,)``, efc_force ``(nefc,)`` its
         forces. Their own tangents are ignored.
+      hess: ``hessian(m, d, qacc)`` if already computed.
+
+    Returns:
+      ``qacc`` with tangent ``dx = -H^-1 dr`` (``dr`` the tangent of ``r(qacc, theta)``);
+      ``qfrc_constraint = M qacc - qfrc_smooth - r`` with tangent ``d(M qacc) - d qfrc_smooth``
+      (``r``'s total tangent vanishes by construction); ``efc_force`` without a tangent (nothing
+      downstream of a step reads it).
     """
     sg = jax.lax.stop_gradient
     x = sg(qacc)
-    d_const = _sg_tree(d)
-    hessian = jax.jacfwd(lambda y: _gradient(m, d_const, y)[0])(x)
+    if hess is None:
+        hess = hessian(m, d, x)
     r, _ = _gradient(m, d, x)
-    delta = jnp.linalg.solve(hessian, -r)
+    delta = jnp.linalg.solve(sg(hess), -r)
     x_t = x + (delta - sg(delta))
-    _, ctx = _gradient(m, d, x_t)
-    qfrc = sg(qfrc_constraint) + (ctx.qfrc_constraint - sg(ctx.qfrc_constraint))
-    force = sg(efc_force) + (ctx.efc_force - sg(ctx.efc_force))
-    return x_t, qfrc, force
+    moved = mjx_support.mul_m(m, d, x_t) - d.qfrc_smooth
+    qfrc = sg(qfrc_constraint) + (moved - sg(moved))
+    return x_t, qfrc, sg(efc_force)
 
 
 def solve(m: Any, d: Any, tangent: str, exact_norm: bool = False) -> tuple[Any, SolveInfo]:
@@ -250,8 +268,9 @@ def _integrate(m: Any, d: Any) -> Any:
     return mjx_forward.implicit(m, d)
 
 
-#: The primal result of one constraint solve: ``(qacc (nv,), qfrc_constraint (nv,), efc_force (nefc,))``.
-Solution = tuple[jax.Array, jax.Array, jax.Array]
+#: The primal result of one constraint solve: ``(qacc (nv,), qfrc_constraint (nv,), efc_force
+#: (nefc,), H (nv, nv))`` (``H``: ``hessian`` at ``qacc``).
+Solution = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 
 
 def step(m: Any, d: Any, tangent: str, exact_norm: bool = False) -> tuple[Any, SolveInfo]:
@@ -279,10 +298,10 @@ def primal_step(m: Any, d: Any, exact_norm: bool = False) -> tuple[Any, SolveInf
     d = _smooth_stages(m, _sg_tree(d))
     if _has_constraints(d):
         d, info = run(m, d, exact_norm)
-        solution = (d.qacc, d.qfrc_constraint, d._impl.efc_force)  # pylint: disable=protected-access
+        solution = (d.qacc, d.qfrc_constraint, d._impl.efc_force, hessian(m, d, d.qacc))  # pylint: disable=protected-access
     else:
         d, info = d.replace(qacc=d.qacc_smooth), no_solve_info(d)
-        solution = (d.qacc, d.qfrc_constraint, jnp.zeros((0,), d.qacc.dtype))
+        solution = (d.qacc, d.qfrc_constraint, jnp.zeros((0,), d.qacc.dtype), jnp.zeros((0, 0), d.qacc.dtype))
     return _integrate(m, d), info, solution
 
 
