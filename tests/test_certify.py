@@ -115,3 +115,23 @@ def test_classes_are_the_datasets():
     from dynsparse import dataset
 
     assert certify.CLASSES == dataset.CHECK_CLASSES == ("certified", "kink", "native-differs", "wrong")
+
+
+def test_fd_round_off_is_no_pattern_mismatch():
+    """A row of small scale: FD's round-off at eps 1e-7 (NOISE * 1 / 1e-7 = 1e-7) exceeds CLEAR
+    times the row scale (1e-6 * 1e-3), so FD values within that round-off contradict no zero of J,
+    and a J entry FD cannot resolve is no contradiction either; above the round-off they are."""
+    j = np.zeros((4, 5))
+    j[1, 1] = 1e-3  # the row's scale
+    j[1, 2] = 5e-8  # below FD's round-off at eps 1e-7
+    r = j.copy()
+    r[1, 0] = 5e-8  # J exactly 0, FD within its round-off
+    r[1, 2] = 0.0
+    scale = np.ones(4)
+    assert certify.pattern_mismatch(j, r, scale, 1e-7) == 0
+    assert certify.scaled_error(j, r, scale, 1e-7) == 0.0  # the certificate allows the same noise
+    r[1, 0] = 3e-7  # now clearly above round-off and CLEAR * 1e-3
+    assert certify.pattern_mismatch(j, r, scale, 1e-7) == 1
+    j2 = j.copy()
+    j2[1, 3] = 4e-7  # J clearly nonzero, FD exactly 0
+    assert certify.pattern_mismatch(j2, r, scale, 1e-7) == 2

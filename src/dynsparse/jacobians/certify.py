@@ -73,8 +73,8 @@ DEFINITION_TEXT = (
     f"FD agree best; wrong: err > {RTOL:g} and err > {STABLE_RATIO:g} spread (FD settled on another value); kink: "
     f"neither (FD not stable at the scale of the disagreement: a switch within eps); native-differs: MJX FD certifies "
     f"but native MuJoCo does not reproduce MJX's next state (max |diff| / max(|s'|, 1) > {NATIVE_STATE_TOL:g}) or its "
-    f"FD settles on another value. check_pattern_mismatch: entries with |J| < {ZERO_THRESHOLD:g} and |R| > {CLEAR:g} m_i, or "
-    f"|J| > {CLEAR:g} m_i and |R| < {NOISE:g} max(|s'_i|, 1) / eps, at the best eps"
+    f"FD settles on another value. check_pattern_mismatch: entries with |J| < {ZERO_THRESHOLD:g} and |R| > c_i, or "
+    f"|J| > c_i and |R| <= noise_i, c_i = {CLEAR:g} m_i + noise_i, at the best eps"
 )
 
 
@@ -159,12 +159,19 @@ def _settled_elsewhere(err: float, spread: float) -> bool:
 
 def pattern_mismatch(j: np.ndarray, r: np.ndarray, scale: np.ndarray, eps: float) -> int:
     """Entries exactly zero in ``j`` that FD sees clearly nonzero, or clearly nonzero in ``j``
-    that FD sees as zero (within its round-off)."""
+    that FD sees as zero (within its round-off).
+
+    "Clearly nonzero" means above ``CLEAR`` times the row's scale *beyond* FD's round-off
+    ``noise_i(eps)`` at this eps: an FD value within its own round-off contradicts nothing, and a
+    value of ``j`` below it cannot be seen by FD at all (the certificate allows the same noise, so
+    a certified step has no exact zero of ``j`` that FD contradicts)."""
     m = _row_scale(j)
+    noise = _noise(scale, eps)[:, None]
+    clear = CLEAR * m + noise
     zero_j = np.abs(j) < ZERO_THRESHOLD
-    clear_r = np.abs(r) > CLEAR * m
-    clear_j = np.abs(j) > CLEAR * m
-    zero_r = np.abs(r) < _noise(scale, eps)[:, None]
+    clear_r = np.abs(r) > clear
+    clear_j = np.abs(j) > clear
+    zero_r = np.abs(r) <= noise
     return int(np.sum((zero_j & clear_r) | (clear_j & zero_r)))
 
 
