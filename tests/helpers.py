@@ -6,3 +6,14 @@ def one_error_line(err: str) -> str:
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1, err
     return lines[-1]
+
+
+def rerecord_checksums(store) -> None:
+    """Record the current chunk files of every unit of ``store`` as written (tests that alter a
+    store's content on purpose, to check the consistency checks behind the checksums)."""
+    from dynsparse import dataset, manifest
+
+    ds = dataset.open_dataset(store, verify=False)
+    layout = dataset.layout_of(dataset.read_config(ds), ds)
+    for unit in range(layout.n_units):
+        manifest.record_unit(store, unit, dataset.unit_chunks(layout, unit))

@@ -163,7 +163,7 @@ def test_truncated_chunk_is_reported_by_validate_and_structure(capsys, tmp_path)
     chunk.write_bytes(chunk.read_bytes()[:10])
     code, out, _ = _run(capsys, "validate", str(store))
     assert code == 1
-    assert "variable 'J_s' at episodes 0-1, steps 0-3 is unreadable" in out
+    assert "file J_s/0.0.0.0 (episodes 0-1, steps 0-3) was altered" in out
     code, _, err = _run(capsys, "structure", str(store))
     assert code == 2 and "J_s" in one_error_line(err)
 

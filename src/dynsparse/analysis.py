@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dynsparse import dataset, errors
+from dynsparse import dataset, errors, files, interrupts, locks
 from dynsparse.metrics import contacts, coverage, embedding, local, sparsity, structure, temporal, thresholds
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class AnalyzeOptions:
 
         sparsity.check_threshold(self.threshold, self.kind)
         local.check_bin_width(self.bin_width)
+        errors.check_seed(self.seed)
         if not (isinstance(self.perplexity, (int, float)) and math.isfinite(self.perplexity) and self.perplexity > 0):
             raise errors.UserError(f"perplexity {self.perplexity!r} is not allowed; allowed: a number > 0 (default 50)")
         if not isinstance(self.max_points, int) or self.max_points < 4:
@@ -101,6 +102,7 @@ def existing_summary(out: Path) -> dict[str, Any] | None:
         return None
 
 
+@locks.writes("out")
 def analyze(path: str | Path, out: str | Path, options: AnalyzeOptions = AnalyzeOptions(),
             on_stage: Callable[[str], None] | None = None) -> Path:
     """Analyse the dataset at ``path`` into the folder ``out`` (see the module docstring).
@@ -120,6 +122,7 @@ def analyze(path: str | Path, out: str | Path, options: AnalyzeOptions = Analyze
     ds = dataset.open_dataset(path)
     if options.episode is not None and not 0 <= options.episode < ds.sizes["episode"]:
         raise errors.UserError(f"episode {options.episode} does not exist; allowed: 0 .. {ds.sizes['episode'] - 1}")
+    files.refuse_file_as_folder(out)
     ident = {"dataset": _dataset_identity(ds, path), "options": options.identity()}
     if out.exists():
         prior = existing_summary(out)
@@ -138,7 +141,13 @@ def analyze(path: str | Path, out: str | Path, options: AnalyzeOptions = Analyze
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     tmp.mkdir()
     try:
-        summary = _compute(ds, tmp, options, on_stage or (lambda _s: None))
+        report_stage = on_stage or (lambda _s: None)
+
+        def stage(name: str) -> None:
+            interrupts.check()
+            report_stage(name)
+
+        summary = _compute(ds, tmp, options, stage)
         summary["identity"] = ident
         summary["source"] = str(path)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1, default=_json_default))

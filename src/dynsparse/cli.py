@@ -180,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _route_mujoco_warnings()
+    from dynsparse import interrupts
+
+    interrupts.install()
     try:
         if args.menagerie is not None:
             from dynsparse import envs
@@ -192,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dynsparse: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # the file system refused (read-only, full, permissions): the user's to fix
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"dynsparse: error: cannot access{where}: {exc.strerror or exc}; nothing already written was changed", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 def _route_mujoco_warnings() -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dynsparse import dataset, envs, errors
+from dynsparse import dataset, envs, errors, interrupts, locks
 from dynsparse.jacobians import autodiff, certify, definitions, finite_diff
 from dynsparse.jacobians import compare as compare_lib
 from dynsparse.policies import base as policies_base
@@ -74,6 +74,7 @@ class CollectConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise errors.UserError(f"{name.replace('_', '-')} must be an integer > 0, got {value!r}")
+        errors.check_seed(self.seed)
         if isinstance(self.check_every, bool) or not isinstance(self.check_every, (int, np.integer)) or self.check_every < 0:
             raise errors.UserError(f"check-every must be an integer >= 0, got {self.check_every!r}")
         if self.backend not in BACKENDS:
@@ -111,6 +112,7 @@ class Progress:
     steps_total: int
 
 
+@locks.writes("out")
 def collect(
     config: CollectConfig,
     out: str | Path,
@@ -175,12 +177,7 @@ def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint
         raise errors.UserError(
             f"output path {str(out)!r} exists and is not a dynsparse dataset; choose another --out"
         )
-    ds = dataset.open_dataset(out)
-    if ds.attrs.get("format_version") != dataset.FORMAT_VERSION:
-        raise errors.UserError(
-            f"{str(out)!r} was written in dataset format {ds.attrs.get('format_version')!r}; this dynsparse writes "
-            f"format {dataset.FORMAT_VERSION}: choose another --out"
-        )
+    ds = dataset.open_dataset(out)  # refuses another format version and a damaged store
     try:
         stored = json.loads(ds.attrs["config"])
     except (KeyError, json.JSONDecodeError) as exc:
@@ -318,6 +315,7 @@ class _Runner:
             last_of_batch = c == layout.n_chunks - 1
             leaves = None if last_of_batch else [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(carry))]
             dataset.write_checkpoint(self.out, unit + 1, layout.n_units, leaves)
+            interrupts.check()
             if on_progress:
                 on_progress(Progress(unit + 1, layout.n_units, _steps_done(layout, unit + 1), layout.episodes * layout.steps))
 

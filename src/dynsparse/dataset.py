@@ -53,12 +53,19 @@ slide joints is ``[qpos, qvel]`` itself. When ``nq != nv`` the stored states ``s
   definition_state_diff episode, step            converged vs as-run next state (NaN)
   ===================== ======================== ==========================================
 
-Durability: the store is created complete (all arrays, fill values) in a temporary directory
-and renamed into place. Collection writes in units of (episode batch, step chunk) that match the
-Zarr chunks; each chunk file is written atomically by Zarr, ``valid`` last, and then a checkpoint
-file (progress and the exact simulator carry) is atomically replaced. A killed run leaves at most
-one unit whose data chunks are written but whose ``valid`` is still false; resuming rewrites that
-unit with identical values.
+Durability: the store is created complete (all arrays, fill values) in a temporary directory,
+the checksum of every file it holds is recorded (``dynsparse-manifest/created.json``), and it is
+renamed into place. Collection writes in units of (episode batch, step chunk) that match the Zarr
+chunks: each chunk file is written atomically by Zarr, ``valid`` last; then the checksums of the
+unit's chunk files (``dynsparse-manifest/unit-NNNNNN.json``); then the checkpoint file (progress
+and the exact simulator carry) is atomically replaced, which commits the unit. A killed run leaves
+at most one uncommitted unit, with some of its chunks (possibly ``valid`` too) written; resuming
+rewrites that unit with identical values, and ``validate`` says so in a note.
+
+Integrity: ``open_dataset`` (every reader) checks every file of the created store and of each
+committed unit against its recorded checksum and refuses a missing, altered or unexpected chunk,
+and metadata files that disagree with the consolidated metadata, in one line; ``validate`` lists
+them all. A missing chunk is never read as its fill value.
 """
 
 from __future__ import annotations
@@ -73,7 +80,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dynsparse import errors, versions
+from dynsparse import errors, manifest, versions
 
 FORMAT = "dynsparse-dataset"
 FORMAT_VERSION = 3  # 2: contact_pairs; 3: named Jacobian definitions, certificates
@@ -221,6 +228,7 @@ def create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         ds.to_zarr(tmp, mode="w-", compute=False, encoding=encoding, consolidated=True, zarr_format=2)
+        manifest.record_creation(tmp)
         _write_checkpoint(tmp, next_unit=0, n_units=layout.n_units, carry=None)
         os.rename(tmp, path)
     finally:
@@ -234,11 +242,16 @@ def is_store(path: Path) -> bool:
     return path.is_dir() and (path / ".zmetadata").exists()
 
 
-def open_dataset(path: Path | str) -> Any:
+def open_dataset(path: Path | str, verify: bool = True) -> Any:
     """Open a store lazily as an ``xarray.Dataset`` (after basic checks).
 
+    Args:
+      verify: check every file against the checksums its writer recorded (``manifest``), so a
+        missing or altered chunk is refused instead of read as the fill value.
+
     Raises:
-      UserError: the path is missing, not a dynsparse store, or its metadata is unreadable.
+      UserError: the path is missing, not a dynsparse store, its metadata is unreadable, or
+        (``verify``) a file differs from what was written.
     """
     import xarray as xr
 
@@ -253,16 +266,41 @@ def open_dataset(path: Path | str) -> Any:
     try:
         ds = xr.open_zarr(path, consolidated=True)
     except Exception as exc:  # noqa: BLE001 - any decode failure is a user-facing corrupt store
+        found = manifest.created_problems(path) if verify else []
+        if found:
+            raise errors.UserError(f"dataset {str(path)!r} is damaged: {found[0]}; `dynsparse validate {path}` lists every problem") from exc
         raise errors.UserError(f"cannot open dataset {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     if ds.attrs.get("format") != FORMAT:
         raise errors.UserError(f"{str(path)!r} is a Zarr store but not a dynsparse dataset (attrs.format missing)")
+    if verify and ds.attrs.get("format_version") != FORMAT_VERSION:
+        raise errors.UserError(
+            f"{str(path)!r} was written in dataset format {ds.attrs.get('format_version')!r}; this dynsparse writes format "
+            f"{FORMAT_VERSION} and reads only that: collect it again into another --out (or use the version that wrote it)"
+        )
     missing = [name for name in REQUIRED_VARIABLES if name not in ds.data_vars]
     if missing:
         raise errors.UserError(
             f"dataset {str(path)!r} lacks variable(s) {', '.join(missing)}: damaged, or written by another "
             f"dynsparse version (its format_version {ds.attrs.get('format_version')!r}, this one reads {FORMAT_VERSION})"
         )
+    if verify:
+        _verify(path, ds)
     return ds
+
+
+def _verify(path: Path, ds: Any) -> None:
+    """Raise a one-line UserError naming the first checksum problem of the store at ``path``."""
+    try:
+        layout = layout_of(read_config(ds), ds)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise errors.UserError(f"dataset {str(path)!r} has no readable run configuration in its attrs; run `dynsparse validate {path}`") from exc
+    checkpoint = read_checkpoint(path)
+    for problem in checkpoint.problems(layout):
+        raise errors.UserError(f"{str(path)!r}: {problem}; run `dynsparse validate {path}`")
+    found = integrity_problems(path, layout, min(checkpoint.next_unit, layout.n_units))
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise errors.UserError(f"dataset {str(path)!r} is damaged: {found[0]}{more}; nothing was read: `dynsparse validate {path}` lists every problem")
 
 
 def read_config(ds: Any) -> dict[str, Any]:
@@ -353,7 +391,8 @@ def remove_partial_files(path: Path) -> int:
 
 
 def write_unit(path: Path, layout: Layout, unit: int, arrays: dict[str, np.ndarray]) -> None:
-    """Write one unit's arrays (each ``(episodes in unit, steps in unit, ...)``), ``valid`` last."""
+    """Write one unit's arrays (each ``(episodes in unit, steps in unit, ...)``), ``valid`` last,
+    then the unit's checksum record (``manifest``). The caller commits it with ``write_checkpoint``."""
     import zarr
 
     group = zarr.open_group(str(path), mode="r+", zarr_format=2)
@@ -361,6 +400,24 @@ def write_unit(path: Path, layout: Layout, unit: int, arrays: dict[str, np.ndarr
     names = [n for n in arrays if n != COMMIT_VARIABLE] + [COMMIT_VARIABLE]
     for name in names:
         group[name][es, ts] = arrays[name]
+    manifest.record_unit(path, unit, unit_chunks(layout, unit))
+
+
+def unit_chunks(layout: Layout, unit: int) -> dict[str, str]:
+    """``{variable: chunk file relative to the store}`` of one unit (every data variable)."""
+    b, c = divmod(unit, layout.n_chunks)
+    return manifest.unit_chunks(((name, len(dims)) for name, (dims, _, _) in _variables(layout).items()), b, c)
+
+
+def unit_where(layout: Layout, unit: int) -> str:
+    """A unit's place in words: ``"episodes 0-1, steps 20-39"``."""
+    es, ts = layout.unit_slices(unit)
+    return f"episodes {es.start}-{es.stop - 1}, steps {ts.start}-{ts.stop - 1}"
+
+
+def integrity_problems(path: Path, layout: Layout, committed_units: int) -> list[str]:
+    """Checksum problems of a store (``manifest.problems``) over its first ``committed_units`` units."""
+    return manifest.problems(Path(path), ((u, unit_chunks(layout, u), unit_where(layout, u)) for u in range(committed_units)))
 
 
 def load(ds: Any, names: list[str] | tuple[str, ...] | None = None) -> Any:
@@ -407,9 +464,9 @@ def validate(path: Path | str) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     notes: list[str] = []
     try:
-        ds = open_dataset(path)
+        ds = open_dataset(path, verify=False)
     except errors.UserError as exc:
-        return [str(exc)], notes
+        return [str(exc)] + (manifest.created_problems(path) if is_store(path) else []), notes
     try:
         config = read_config(ds)
     except (KeyError, json.JSONDecodeError):
@@ -417,6 +474,7 @@ def validate(path: Path | str) -> tuple[list[str], list[str]]:
     if ds.attrs.get("format_version") != FORMAT_VERSION:
         problems.append(f"format_version {ds.attrs.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
     layout = layout_of(config, ds)
+    problems += manifest.created_problems(path)
     problems += _check_shapes(ds, layout)
     if problems:
         return problems, notes
@@ -430,10 +488,15 @@ def validate(path: Path | str) -> tuple[list[str], list[str]]:
     partial = list(path.rglob("*.partial"))
     if partial:
         notes.append(f"{len(partial)} leftover *.partial file(s) from an interrupted write (harmless; removed on resume)")
-    done = checkpoint.next_unit if checkpoint is not None else 0
+    done = min(checkpoint.next_unit, layout.n_units) if checkpoint is not None else 0
     for unit in range(layout.n_units):
         es, ts = layout.unit_slices(unit)
-        where = f"episodes {es.start}-{es.stop - 1}, steps {ts.start}-{ts.stop - 1}"
+        where = unit_where(layout, unit)
+        if unit < done:
+            damaged = manifest.unit_problems(path, unit, unit_chunks(layout, unit), where)
+            if damaged:  # the content checks below would only restate it
+                problems += damaged
+                continue
         block = {}
         for name in ds.data_vars:
             try:
@@ -445,6 +508,9 @@ def validate(path: Path | str) -> tuple[list[str], list[str]]:
         valid = block["valid"].astype(bool)
         if unit < done:
             problems += [f"{p} at {where}" for p in _check_written_unit(block, valid)]
+        elif valid.any() and unit == done:
+            notes.append(f"the unit at {where} was written but not yet committed (the run stopped between writing it "
+                         "and its checkpoint); resuming rewrites it with the same values")
         elif valid.any():
             problems.append(f"steps at {where} are marked valid but the checkpoint says this unit is not written")
     if checkpoint is not None and not checkpoint.complete:

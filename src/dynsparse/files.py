@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dynsparse import errors
+
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` all or nothing: a synced temporary sibling, then ``os.replace``.
@@ -16,3 +18,10 @@ def write_atomic(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def refuse_file_as_folder(out: Path) -> None:
+    """Raise ``UserError`` when an output folder ``out`` names an existing non-directory."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise errors.UserError(f"output folder {str(out)!r} exists and is a file, not a folder; nothing was changed: choose another --out")

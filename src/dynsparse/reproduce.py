@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from dynsparse import analysis, collect, errors
+from dynsparse import analysis, collect, errors, files, locks
 
 STUDY_ENVS = ("BallInCup", "CartpoleBalance", "CheetahRun", "ReacherHard", "FingerSpin", "FingerTurnEasy",
               "WalkerRun", "SwimmerSwimmer6")
@@ -107,6 +107,7 @@ class StageEvent:
 
 
 def _check_study(out: Path, config: StudyConfig) -> None:
+    files.refuse_file_as_folder(out)
     path = out / STUDY_FILE
     if path.exists():
         try:
@@ -192,6 +193,7 @@ def _policy_sentence(config: StudyConfig, configs: dict[str, collect.CollectConf
     )
 
 
+@locks.writes("out")
 def reproduce(out: str | Path, config: StudyConfig = StudyConfig(),
               on_stage: Callable[[StageEvent], None] | None = None,
               on_collect_progress: Callable[[collect.Progress], None] | None = None,

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dynsparse import errors, files
+from dynsparse import errors, files, interrupts, locks
 
 CONFIG_FILE = "sweep.json"
 #: how long to wait for an existing Dask scheduler (``--scheduler``)
@@ -93,8 +93,7 @@ class SweepConfig:
             envs.check_name(name)
         policies = tuple(_policy_dict(p, base) for p in self.policies)
         for seed in self.seeds:
-            if not isinstance(seed, int) or isinstance(seed, bool):
-                raise errors.UserError(f"sweep seed {seed!r} is not allowed; allowed: integers")
+            errors.check_seed(seed, "sweep seed")
         for thr in self.thresholds:
             sparsity.check_threshold(thr, "relative" if self.relative else "absolute")
         for key in ("envs", "seeds", "thresholds"):
@@ -297,6 +296,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def _check_folder(out: Path, config: SweepConfig) -> None:
     """Refuse a folder that is not a sweep, or a sweep whose collections were made differently."""
+    files.refuse_file_as_folder(out)
     cfg_file = out / CONFIG_FILE
     if not out.exists():
         return
@@ -316,6 +316,7 @@ def _check_folder(out: Path, config: SweepConfig) -> None:
         )
 
 
+@locks.writes("out")
 def run_sweep(
     config: SweepConfig,
     out: str | Path,
@@ -416,6 +417,7 @@ def _execute(todo: list[Job], config: SweepConfig, out: Path, scheduler: str | N
                 outcomes.append(Outcome(job, "done"))
             if on_event:
                 on_event(payload["state"], job, payload)
+            interrupts.check()
     finally:
         client.close()
         if cluster is not None:

@@ -101,6 +101,8 @@ class TrainOptions:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
                 raise errors.UserError(f"{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
+        if any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w <= 0 for w in self.hidden):
+            raise errors.UserError(f"hidden widths must be integers > 0 (none: a linear model), got {self.hidden!r}")
         return self
 
 

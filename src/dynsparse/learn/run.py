@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dynsparse import errors
+from dynsparse import errors, interrupts, locks
 from dynsparse.learn import data as data_lib
 from dynsparse.learn import evaluate, model
 
@@ -52,6 +52,7 @@ class LearnOptions:
         model.check_losses(self.losses)
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds <= 0:
             raise errors.UserError(f"seeds must be an integer > 0, got {self.seeds!r}")
+        errors.check_seed(self.split_seed, "split seed")
         for name in ("model_threshold", "true_threshold"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
@@ -110,6 +111,7 @@ def load_groups(paths: Sequence[str | Path], per_env: bool = False) -> dict[str,
     return groups
 
 
+@locks.writes("out")
 def learn(paths: Sequence[str | Path], out: str | Path, options: LearnOptions = LearnOptions(),
           on_event: Callable[[Event], None] | None = None) -> Path:
     """Run the comparison; write ``out`` whole (temporary folder, then renamed) or not at all.
@@ -170,6 +172,7 @@ def _run_all(groups: dict, splits: dict, options: LearnOptions, total: int,
         }
         for loss in options.losses:
             for seed in range(options.seeds):
+                interrupts.check()
                 if on_event:
                     on_event(Event(done, total, env, loss, seed))
                 t0 = time.perf_counter()

@@ -104,7 +104,40 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise errors.UserError(f"{path} is not a dynsparse PPO checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise errors.UserError(f"{path}: checkpoint format version {meta.get('format_version')!r} is not supported; allowed: {FORMAT_VERSION}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise errors.UserError(f"corrupt PPO checkpoint {folder}: {META} {problem}")
     return meta
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+#: policy.json field -> (what it must be, check)
+_META_FIELDS: dict[str, tuple[str, Any]] = {
+    "env": ("an environment name (string)", lambda x: isinstance(x, str) and bool(x)),
+    "obs_size": ("an integer > 0", lambda x: _is_int(x) and x > 0),
+    "action_size": ("an integer > 0", lambda x: _is_int(x) and x > 0),
+    "params_file": ("a file name (string)", lambda x: isinstance(x, str) and bool(x) and "/" not in x),
+    "params_sha256": ("a SHA-256 hex digest", lambda x: isinstance(x, str) and len(x) == 64),
+    "network": ("an object with policy_hidden (integers > 0) and activation (string)",
+                lambda x: isinstance(x, dict) and isinstance(x.get("activation"), str)
+                and isinstance(x.get("policy_hidden"), list) and all(_is_int(h) and h > 0 for h in x["policy_hidden"])
+                and isinstance(x.get("min_std", 0.001), (int, float)) and not isinstance(x.get("min_std", 0.001), bool)),
+    "noise": ("an object with beta (a number)",
+              lambda x: isinstance(x, dict) and isinstance(x.get("beta"), (int, float)) and not isinstance(x.get("beta"), bool)),
+}
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with a ``policy.json``'s fields (None: nothing)."""
+    for key, (what, ok) in _META_FIELDS.items():
+        if key not in meta:
+            return f"lacks {key!r} ({what})"
+        if not ok(meta[key]):
+            return f"field {key!r} is {meta[key]!r}; it must be {what}"
+    return None
 
 
 def load(folder: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

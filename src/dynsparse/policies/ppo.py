@@ -60,11 +60,24 @@ class PPOPolicy(base.Policy):
         self.nu = int(self.meta["action_size"])
         net = self.meta["network"]
         self._mlp = _mlp(tuple(net["policy_hidden"]), self.nu, net["activation"])
+        missing = [k for k in ("normalizer/mean", "normalizer/std") if k not in arrays]
+        if missing or not any(k.startswith("policy/params/") for k in arrays):
+            raise errors.UserError(f"corrupt PPO checkpoint {self.path}: its parameters lack {', '.join(missing) or 'the policy network'}")
         self._params = {"params": ckpt.unflatten({k[len("policy/params/"):]: v for k, v in arrays.items()
                                                        if k.startswith("policy/params/")})}
         self._mean = np.asarray(arrays["normalizer/mean"][: self.n_obs], np.float32)
         self._std = np.asarray(arrays["normalizer/std"][: self.n_obs], np.float32)
         self._min_std = float(net.get("min_std", 0.001))
+        try:  # the network must accept its declared observation size and emit its action size
+            mu, _ = self.mean_std(np.zeros((1, self.n_obs), np.float32))
+            ok = self._mean.shape == (self.n_obs,) and self._std.shape == (self.n_obs,) and tuple(mu.shape) == (1, self.nu)
+        except Exception:  # noqa: BLE001 - any mismatch of parameters and declared sizes
+            ok = False
+        if not ok:
+            raise errors.UserError(
+                f"corrupt PPO checkpoint {self.path}: its parameters do not fit obs_size {self.n_obs}, action_size {self.nu} "
+                f"and network {net['policy_hidden']}"
+            )
 
     def config(self) -> dict[str, Any]:
         ev = self.meta.get("evaluation") or {}

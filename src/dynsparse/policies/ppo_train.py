@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dynsparse import errors
+from dynsparse import errors, locks
 from dynsparse.policies import checkpoint
 from dynsparse.policies import noise as noise_lib
 from dynsparse.versions import package_versions
@@ -74,6 +74,7 @@ class TrainConfig:
         if not (isinstance(self.budget_scale, (int, float)) and math.isfinite(self.budget_scale) and self.budget_scale > 0):
             raise errors.UserError(f"budget-scale must be a finite number > 0, got {self.budget_scale!r}")
         noise_lib.check_beta(self.noise_beta)
+        errors.check_seed(self.seed)
         for name in ("policy_hidden", "value_hidden"):
             sizes = getattr(self, name)
             if not sizes or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0 for s in sizes):
@@ -255,6 +256,7 @@ def versions() -> dict[str, str]:
     return package_versions(VERSIONS)
 
 
+@locks.writes("out")
 def train(config: TrainConfig, out: str | Path, on_eval: Callable[[EvalPoint, int], None] | None = None) -> dict[str, Any]:
     """Train and save a checkpoint in ``out`` (refused if ``out`` exists and is not empty).
 

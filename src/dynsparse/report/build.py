@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from dynsparse import analysis, errors
+from dynsparse import analysis, errors, locks
 from dynsparse.report import figures, html
 
 MARKER = "report.json"
@@ -29,6 +29,7 @@ def _check_out(out: Path) -> None:
         )
 
 
+@locks.writes("out")
 def build(folders: Sequence[str | Path], out: str | Path, title: str = "dynsparse report", intro: str = "") -> Path:
     """Write the report of the analysis ``folders`` into ``out``; return the HTML path.
 

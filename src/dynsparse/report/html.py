@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -72,6 +73,18 @@ def _fmt(x: Any) -> str:
     return html.escape(str(x))
 
 
+def _num(x: Any, spec: str) -> str:
+    """A number formatted with ``spec``; anything else (a damaged summary) escaped as text."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return format(x, spec)
+    return _fmt(x)
+
+
+def anchor(i: int, env: Any) -> str:
+    """The id of the ``i``-th section: ``env-I-NAME``, the name reduced to ``[A-Za-z0-9_-]``."""
+    return f"env-{i}-" + re.sub(r"[^A-Za-z0-9_-]", "_", str(env))
+
+
 def _cell(row: dict[str, Any], key: str, extra: str | None) -> str:
     text = _fmt(row.get(key))
     if extra is not None:
@@ -89,7 +102,7 @@ def cross_env_table(rows: Sequence[dict[str, Any]], anchors: Sequence[str] | Non
         for key, _, extra in TABLE_COLUMNS:
             text = _cell(row, key, extra)
             if key == "env" and anchors:
-                text = f'<a href="#{anchors[i]}">{text}</a>'
+                text = f'<a href="#{html.escape(anchors[i])}">{text}</a>'
             cells.append(f"<td>{text}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
@@ -113,15 +126,15 @@ def _rows_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], cls: str
 
 def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: str = "") -> str:
     """The HTML section of one analysis (figures read from ``folder/figures``)."""
-    env = html.escape(summary["env"])
+    env = _fmt(summary["env"])
     d, g, opts = summary["data"], summary["global"], summary["options"]
-    parts = [f'<section id="{anchor}" class="env"><h2>{env} &mdash; {html.escape(summary["policy_label"])}, seed {_fmt(summary["seed"])}</h2>']
+    parts = [f'<section id="{html.escape(anchor)}" class="env"><h2>{env} &mdash; {_fmt(summary["policy_label"])}, seed {_fmt(summary["seed"])}</h2>']
     parts.append(
-        f"<p>Data: {d['episodes']} episodes &times; {d['steps_per_episode']} steps, {d['counted_steps']} steps counted "
-        f"(of {d['valid_steps']} valid). Policy: <code>{html.escape(json.dumps(summary['policy']))}</code>. "
-        f"Jacobians by {html.escape(str(summary['backend']))}; state dim {summary['dims']['state']}, action dim "
-        f"{summary['dims']['action']}, {summary['dims']['n_substeps']} substeps of the solver with "
-        f"{summary['dims']['solver_iterations']} iteration(s). Zero rule: {opts['kind']} threshold {opts['threshold']:g}. "
+        f"<p>Data: {_fmt(d['episodes'])} episodes &times; {_fmt(d['steps_per_episode'])} steps, {_fmt(d['counted_steps'])} steps counted "
+        f"(of {_fmt(d['valid_steps'])} valid). Policy: <code>{html.escape(json.dumps(summary['policy']))}</code>. "
+        f"Jacobians by {html.escape(str(summary['backend']))}; state dim {_fmt(summary['dims']['state'])}, action dim "
+        f"{_fmt(summary['dims']['action'])}, {_fmt(summary['dims']['n_substeps'])} substeps of the solver with "
+        f"{_fmt(summary['dims']['solver_iterations'])} iteration(s). Zero rule: {_fmt(opts['kind'])} threshold {_num(opts['threshold'], 'g')}. "
         f"Source: <code>{html.escape(str(summary.get('source', '')))}</code>.</p>"
     )
     parts.append(cross_env_table([summary["table"]], cls="env-summary"))
@@ -131,7 +144,7 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
         last = cov["last_change"].get(name)
         if last is not None and cov["n_steps"] and last > cov["n_steps"] / 2:
             parts.append(
-                f'<p class="warn">The {name} global-zero count last changed after {last} of {cov["n_steps"]} pooled steps: '
+                f'<p class="warn">The {name} global-zero count last changed after {_fmt(last)} of {_fmt(cov["n_steps"])} pooled steps: '
                 "it has not saturated, so some of its global zeros may only be states this data never visited.</p>"
             )
     files = summary["figures"]
@@ -144,22 +157,22 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
     parts.append(extra_figures)
     levels = sorted(summary["local"]["levels"]["both"], key=lambda r: -r["share"])
     parts.append(
-        f"<p>Per-sample sparsity of [J_s | J_a] takes {summary['local']['n_levels']['both']} distinct value(s); the most "
-        "common: " + ", ".join(f"{r['sparsity']:.3f} ({100 * r['share']:.1f}% of steps)" for r in levels[:5]) + ".</p>"
+        f"<p>Per-sample sparsity of [J_s | J_a] takes {_fmt(summary['local']['n_levels']['both'])} distinct value(s); the most "
+        "common: " + ", ".join(f"{_num(r['sparsity'], '.3f')} ({_num(100 * r['share'], '.1f')}% of steps)" for r in levels[:5]) + ".</p>"
     )
     clus = summary["temporal"]["clustering"]
     runs = summary["temporal"]["runs"]
     parts.append("<h3>Temporal structure</h3>")
     parts.append(
-        f"<p>{runs['switching_pairs']} (episode, entry) pairs switch at least once; "
-        f"{runs['constant_pairs']['zero']} are zero and {runs['constant_pairs']['nonzero']} non-zero throughout their episode "
-        f"(excluded from run lengths). Zero runs: {runs['zero_runs']['runs']}, mean {_fmt(runs['zero_runs']['mean'])} steps "
-        f"(uncensored {_fmt(runs['zero_runs']['uncensored_mean'])}); non-zero runs: {runs['nonzero_runs']['runs']}, mean "
+        f"<p>{_fmt(runs['switching_pairs'])} (episode, entry) pairs switch at least once; "
+        f"{_fmt(runs['constant_pairs']['zero'])} are zero and {_fmt(runs['constant_pairs']['nonzero'])} non-zero throughout their episode "
+        f"(excluded from run lengths). Zero runs: {_fmt(runs['zero_runs']['runs'])}, mean {_fmt(runs['zero_runs']['mean'])} steps "
+        f"(uncensored {_fmt(runs['zero_runs']['uncensored_mean'])}); non-zero runs: {_fmt(runs['nonzero_runs']['runs'])}, mean "
         f"{_fmt(runs['nonzero_runs']['mean'])} (uncensored {_fmt(runs['nonzero_runs']['uncensored_mean'])}).</p>"
-        f"<p>Switch clustering: {clus['event_steps']} of {clus['candidate_steps']} steps have a switch; burstiness of the "
+        f"<p>Switch clustering: {_fmt(clus['event_steps'])} of {_fmt(clus['candidate_steps'])} steps have a switch; burstiness of the "
         f"gaps between them {_fmt(clus['observed']['burstiness'])} against {_fmt(clus['shuffled']['burstiness_mean'])} "
         f"(90% band {_fmt(clus['shuffled']['burstiness_q05'])} .. {_fmt(clus['shuffled']['burstiness_q95'])}) for the same number "
-        f"of switch steps placed at random; p = {_fmt(clus['p_value'])} ({clus['n_shuffles']} shuffles).</p>"
+        f"of switch steps placed at random; p = {_fmt(clus['p_value'])} ({_fmt(clus['n_shuffles'])} shuffles).</p>"
     )
     parts.append("<h3>Contacts</h3>")
     parts.append(f"<p>Contact definition: {html.escape(str(summary.get('contact_definition')))}</p>")
@@ -167,12 +180,12 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
     parts.append(_rows_table(summary["contacts"]["alignment"], ["k", "switch_steps", "near_switch_steps", "observed", "entry_weighted", "chance", "lift", "p_value", "contact_changes"], "alignment"))
     top = summary["contacts"]["top_switching"]
     parts.append("<p>Variables whose rows / columns switch most: " + "; ".join(
-        f"{kind.replace('_', ' ')}: " + ", ".join(f"{html.escape(r['variable'])} ({r['switches']})" for r in top[kind][:5])
+        f"{kind.replace('_', ' ')}: " + ", ".join(f"{_fmt(r['variable'])} ({_fmt(r['switches'])})" for r in top[kind][:5])
         for kind in ("rows", "state_columns", "action_columns")) + "</p>")
     parts.append("<h3>Global zeros (named)</h3>")
     for name in ("J_s", "J_a"):
         entries = g[name]["entries"]
-        items = "".join(f"<li>{html.escape(e)}</li>" for e in entries)
+        items = "".join(f"<li>{_fmt(e)}</li>" for e in entries)
         parts.append(f"<details><summary>{name}: {len(entries)} entries zero at every counted step</summary><ul>{items}</ul></details>")
     parts.append("</section>")
     return "\n".join(parts)
@@ -187,9 +200,9 @@ def check_paragraph(summary: dict[str, Any]) -> str:
         return (f"<p class=\"warn\">Jacobian definition <code>{definition}</code>. The Jacobians were not certified "
                 "against finite differences (collect --check-every K).</p>")
     classes = chk["classes"]
-    shares = ", ".join(f"{html.escape(name)} {count} ({100 * chk['shares'][name]:.1f}%)" for name, count in classes.items())
+    shares = ", ".join(f"{_fmt(name)} {_fmt(count)} ({_num(100 * chk['shares'][name], '.1f')}%)" for name, count in classes.items())
     text = (
-        f"Jacobian definition <code>{definition}</code>. Certificates at {chk['checked_steps']} steps against finite "
+        f"Jacobian definition <code>{definition}</code>. Certificates at {_fmt(chk['checked_steps'])} steps against finite "
         f"differences of the same function (MJX and native MuJoCo, eps 1e-5 to 1e-7): {shares}; largest scaled error "
         f"{_fmt(chk.get('max_err'))}. <em>kink</em>: finite differences change across eps (a contact or friction "
         "switch within eps: no derivative at that scale); <em>native-differs</em>: native MuJoCo does not reproduce "
@@ -197,8 +210,8 @@ def check_paragraph(summary: dict[str, Any]) -> str:
     )
     solver = g.get("solver")
     if solver and solver.get("steps_truncated"):
-        text += (f" The {definition} solve stopped at its iteration cap at {solver['steps_truncated']} of "
-                 f"{solver['steps']} steps (largest residual {_fmt(solver.get('max_residual'))}).")
+        text += (f" The {definition} solve stopped at its iteration cap at {_fmt(solver['steps_truncated'])} of "
+                 f"{_fmt(solver['steps'])} steps (largest residual {_fmt(solver.get('max_residual'))}).")
     cls = ' class="warn"' if classes.get("wrong") else ""
     return f"<p{cls}>{text}</p>"
 
@@ -247,7 +260,7 @@ def page(title: str, analyses: Sequence[tuple[dict[str, Any], Path]], intro: str
       extra: analysis index -> extra HTML put in its section (e.g. an overlay figure).
       appendix: HTML put after the sections (the learnability sections).
     """
-    anchors = [f"env-{i}-{a[0]['env']}" for i, a in enumerate(analyses)]
+    anchors = [anchor(i, a[0]["env"]) for i, a in enumerate(analyses)]
     sections = [section(s, f, anchors[i], (extra or {}).get(i, "")) for i, (s, f) in enumerate(analyses)]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -1,0 +1,97 @@
+"""One writer per output: an OS file lock beside each store and output folder.
+
+``hold(path)`` takes an exclusive ``flock`` on the hidden sibling ``.NAME.lock`` (holding the
+writer's process id) for as long as the ``with`` block runs. A second writer is refused at once
+with "PATH is being written by process N" (exit 2 in the CLI). The operating system releases the
+lock when its process dies, so a killed run never blocks its own resume; the lock file is
+removed by the holder when it finishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import inspect
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from dynsparse import errors
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of an output ``path``: ``.NAME.lock`` beside it."""
+    path = Path(path).absolute()
+    return path.with_name(f".{path.name}.lock")
+
+
+def _owner(file: Path) -> str:
+    try:
+        text = file.read_text().strip()
+    except OSError:
+        return "?"
+    return text if text.isdigit() else "?"
+
+
+@contextlib.contextmanager
+def hold(path: Path | str) -> Iterator[None]:
+    """Hold the write lock of ``path`` (a store or output folder) for the ``with`` block.
+
+    Raises:
+      UserError: another process holds it, or the lock file cannot be created (e.g. a
+        read-only file system), naming the path.
+    """
+    path = Path(path)
+    file = lock_path(path)
+    made = [p for p in [file.parent, *file.parent.parents] if not p.exists()]
+    while True:
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise errors.UserError(f"cannot write {str(path)!r}: {exc.strerror or exc} ({str(file.parent)!r})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise errors.UserError(
+                f"{str(path)!r} is being written by process {_owner(file)}; wait for it to finish or stop it, then rerun"
+            ) from None
+        try:  # the holder before us may have removed the file after we opened it: retry on the new one
+            same = os.fstat(fd).st_ino == os.stat(file).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(file)
+        os.close(fd)
+        for folder in made:  # parents created only for the lock and left empty (e.g. refused input)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def writes(arg: str) -> Callable[[F], F]:
+    """Decorator: hold the lock of the function's path argument ``arg`` while it runs."""
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with hold(signature.bind(*args, **kwargs).arguments[arg]):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
