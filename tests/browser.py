@@ -29,7 +29,8 @@ def require_chromium() -> None:
 
 def inspect(page: Path, screenshot: Path) -> dict[str, Any]:
     """Load ``page`` (file://) and return ``{"images": [{"kind", "complete", "width", "height"}],
-    "tables": {class: count}, "title": str, "sections": int}``; save a full-width screenshot."""
+    "tables": {class: count}, "title": str, "sections": int, "overflow_x": px}`` (``overflow_x`` > 0:
+    a horizontal scroll bar at the 1400-px window); save a full-width screenshot."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -55,6 +56,7 @@ def inspect(page: Path, screenshot: Path) -> dict[str, Any]:
               rows: document.querySelectorAll('table.cross-env tbody tr').length,
               title: document.title,
               sections: document.querySelectorAll('section.env').length,
+              overflow_x: document.documentElement.scrollWidth - document.documentElement.clientWidth,
             }));
             """
         )

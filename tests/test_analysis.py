@@ -173,6 +173,7 @@ def test_report_in_headless_chromium(bouncer_analysis, tmp_path):
     assert broken == []
     assert info["rows"] == 1 and info["sections"] == 1
     assert {"cross-env", "by-contacts", "alignment"} <= set(info["tables"])
+    assert info["overflow_x"] <= 0, "the report scrolls sideways in a 1400-px window"
     assert shot.stat().st_size > 10_000
 
 
@@ -191,3 +192,11 @@ def test_validate_catches_contact_pairs_that_contradict_the_count(bouncer_store,
     rerecord_checksums(copy)  # as if the writer itself had stored the contradiction
     problems, _ = dataset.validate(copy)
     assert any("'contact_pairs' and 'n_contacts' disagree" in p for p in problems)
+
+
+def test_certificate_cell_counts_each_class_of_the_checked_steps():
+    from dynsparse.report import html as html_lib
+
+    row = {"checked_steps": 200, "check_certified": 196, "check_kink": 4, "check_native_differs": 0, "check_wrong": None}
+    assert html_lib._cell(row, "certificates", None) == "196 / 4 / 0 / 0 (200)"
+    assert html_lib._cell({"checked_steps": 0}, "certificates", None) == "not checked"

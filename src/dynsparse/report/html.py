@@ -44,18 +44,17 @@ TABLE_COLUMNS = (
     ("lift", "lift", None),
     ("contact_p", "p (binomial)", None),
     ("jacobian", "Jacobian definition", None),
-    ("checked_steps", "steps certified vs finite diff.", None),
-    ("check_certified", "... certified", None),
-    ("check_kink", "... kink", None),
-    ("check_native_differs", "... native differs", None),
-    ("check_wrong", "... wrong", None),
+    ("certificates", "certified / kink / native differs / wrong (steps checked)", None),
     ("solver_truncated_steps", "steps with a truncated solve", None),
 )
 
+#: the row fields the ``certificates`` cell shows, in order
+CERTIFICATE_FIELDS = ("check_certified", "check_kink", "check_native_differs", "check_wrong")
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.35em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #444; } .warn { color: #a40; } code { background: #f6f6f6; }
@@ -86,6 +85,10 @@ def anchor(i: int, env: Any) -> str:
 
 
 def _cell(row: dict[str, Any], key: str, extra: str | None) -> str:
+    if key == "certificates":
+        if not row.get("checked_steps"):
+            return "not checked"
+        return " / ".join(_fmt(row.get(f) or 0) for f in CERTIFICATE_FIELDS) + f" ({_fmt(row.get('checked_steps'))})"
     text = _fmt(row.get(key))
     if extra is not None:
         value = row.get(extra)
