@@ -98,7 +98,7 @@ def test_fingerspin_gives_the_simulators_slope(definition):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env", ["WalkerRun", "HopperHop"])
+@pytest.mark.parametrize("env", ["WalkerRun", pytest.param("HopperHop", marks=pytest.mark.long)])
 @pytest.mark.parametrize("definition", definitions.DEFINITIONS)
 def test_truncated_solver_tasks_have_no_wrong_step(tmp_path, env, definition):
     """The tasks whose checks "disagreed" before (a tolerance-0 reference; the warm start held at

@@ -89,7 +89,7 @@ def _native_fd_at_stored_steps(ds, spec, eps: float) -> tuple[np.ndarray, np.nda
 
 @pytest.mark.parametrize("env, eps, tol", [
     # FishSwim's fluid forces leave FD an O(eps) error (measured: 5e-5, 5e-6, 5e-7 at eps 1e-5, 1e-6, 1e-7)
-    pytest.param("FishSwim", 1e-7, 2e-6, marks=pytest.mark.slow),
+    pytest.param("FishSwim", 1e-7, 2e-6, marks=pytest.mark.long),
     # HumanoidRun: FD's O(eps^2) truncation on entries up to ~400 (max |diff| 6.8e-3, 6.8e-5 at eps
     # 1e-4, 1e-5) meets round-off at 1e-6 (1.3e-6 relative to max(1, |J|))
     pytest.param("HumanoidRun", 1e-6, 5e-6, marks=pytest.mark.matrix),

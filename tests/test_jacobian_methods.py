@@ -125,7 +125,7 @@ def test_unknown_definition_is_one_line_error(cartpole):
     assert one_error_line(str(exc.value)) == "unknown Jacobian definition 'exact'; allowed: converged, as-run"
 
 
-@pytest.mark.slow
+@pytest.mark.long  # ~10 min; benchmarks/jacobians.py runs the same guard on every benchmark
 @pytest.mark.parametrize("env", ["CheetahRun", "WalkerRun"])
 @pytest.mark.parametrize("definition", definitions.DEFINITIONS)
 def test_substep_equals_reference_on_the_target_envs(env, definition):

@@ -40,7 +40,7 @@ def test_quick_config_is_small_and_full_is_paper_scale():
     assert q.envs == f.envs == reproduce.STUDY_ENVS and len(f.envs) == 8
 
 
-@pytest.mark.slow
+@pytest.mark.long  # ~10-15 min: the README's command (a) end to end
 def test_quick_study_end_to_end_in_chromium(tmp_path):
     import browser
 
