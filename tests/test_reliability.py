@@ -324,6 +324,12 @@ def _bad_inputs(ws: dict[str, Path]) -> list[tuple[str, list[str]]]:
                  ["CartpoleBalance", "--set", "noequals"]):
         cases.append((f"train-policy {' '.join(args)}", ["train-policy", *args, "--out", new]))
     cases.append(("train-policy --out non-empty", ["train-policy", "CartpoleBalance", "--out", str(ws["root"])]))
+    for out in [file, str(ws["root"] / "g.csv"), str(ws["root"] / "g")]:
+        cases.append((f"graphs --out {Path(out).name}", ["graphs", store, "--out", out]))
+    cases.append(("graphs damaged", ["graphs", damaged, "--out", str(ws["root"] / "g.npz")]))
+    for pred in ["/nonexistent.npz", file, empty]:
+        cases.append((f"score {Path(pred).name}", ["score", store, pred]))
+    cases.append(("score --json existing", ["score", store, file, "--json", file]))
     cases += [("unknown command", ["bogus"]), ("no command", []), ("envs extra", ["envs", "x"])]
     return cases
 

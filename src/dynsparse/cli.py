@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from dynsparse import errors
@@ -139,6 +140,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.add_argument("--frequency", action="store_true",
                    help="also give the per-element zero frequency (%% of counted steps each entry is zero)")
+
+    g = sub.add_parser("graphs", help="export the ground-truth causal graphs (global and per step) of a dataset")
+    g.add_argument("path")
+    g.add_argument("--out", required=True, help="FILE.npz (masks with names); the edge list goes to FILE.parquet")
+    g.add_argument("--threshold", type=_positive_float, default=1e-12, help="zero threshold (default 1e-12)")
+    g.add_argument("--relative", action="store_true", help="scale the threshold by each row's L2 norm")
+    g.add_argument("--no-samples", action="store_true", help="only the global graph (no per-step masks)")
+
+    sc = sub.add_parser("score", help="score a learned graph (mask or edge scores, .npz) against a dataset's truth")
+    sc.add_argument("path")
+    sc.add_argument("prediction", help=".npz with out_names, in_names and global and/or samples (see README)")
+    sc.add_argument("--threshold", type=_positive_float, default=1e-12, help="zero threshold of the truth (default 1e-12)")
+    sc.add_argument("--relative", action="store_true", help="scale the threshold by each row's L2 norm")
+    sc.add_argument("--json", default=None, metavar="FILE", help="also write the scores as JSON to FILE")
 
     v = sub.add_parser("validate", help="check a dataset and say exactly what is wrong")
     v.add_argument("path")
@@ -386,6 +401,29 @@ class _ProgressBar:
             self.bar.close()
 
 
+def _cmd_graphs(args: argparse.Namespace) -> int:
+    from dynsparse import dataset, graphs
+
+    ds = dataset.open_dataset(args.path)
+    npz, table = graphs.export(ds, args.out, args.threshold, "relative" if args.relative else "absolute",
+                               samples=not args.no_samples)
+    print(f"wrote {npz} and {table}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from dynsparse import dataset, files, graphs
+
+    if args.json is not None and Path(args.json).exists():
+        raise errors.UserError(f"--json {args.json!r} already exists; nothing was overwritten: choose another file")
+    ds = dataset.open_dataset(args.path)
+    result = graphs.score(ds, args.prediction, args.threshold, "relative" if args.relative else "absolute")
+    print(graphs.format_scores(result))
+    if args.json is not None:
+        files.write_atomic(Path(args.json), json.dumps(result, indent=1).encode())
+    return 0
+
+
 def _cmd_structure(args: argparse.Namespace) -> int:
     from dynsparse import dataset
     from dynsparse.metrics import structure
@@ -511,6 +549,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "train-policy": _cmd_train_policy, "learn": _cmd_learn,
     "envs": _cmd_envs, "collect": _cmd_collect, "structure": _cmd_structure, "validate": _cmd_validate,
+    "graphs": _cmd_graphs, "score": _cmd_score,
     "analyze": _cmd_analyze, "report": _cmd_report, "reproduce": _cmd_reproduce, "sweep": _cmd_sweep,
 }
 
