@@ -20,6 +20,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from dynsparse import graphs
 from dynsparse.learn import data as data_lib
 from dynsparse.learn import model as model_lib
 
@@ -45,10 +46,10 @@ def metrics(pred_n: np.ndarray, y_n: np.ndarray, jac_model: np.ndarray, jac_true
     zt = np.abs(jac_true) < true_threshold
     axes = (1, 2)
     sm, st = zm.mean(axis=axes), zt.mean(axis=axes)
-    both = (zm & zt).sum(axis=axes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(zm.sum(axis=axes) > 0, both / zm.sum(axis=axes), np.nan)
-        recall = np.where(zt.sum(axis=axes) > 0, both / zt.sum(axis=axes), np.nan)
+    # zeros are the positive class here: graphs.graph_scores of the zero masks
+    per_sample = [graphs.graph_scores(zt[n], zm[n]) for n in range(zm.shape[0])]
+    precision = np.asarray([p["precision"] for p in per_sample], float)
+    recall = np.asarray([p["recall"] for p in per_sample], float)
     mean_true = float(st.mean())
     return {
         "mse_norm": float(np.mean((pred_n - y_n) ** 2)),
@@ -57,7 +58,7 @@ def metrics(pred_n: np.ndarray, y_n: np.ndarray, jac_model: np.ndarray, jac_true
         "relative_sparsity": float(sm.mean() / mean_true) if mean_true > 0 else float("nan"),
         "zero_precision": float(np.nanmean(precision)) if np.isfinite(precision).any() else float("nan"),
         "zero_recall": float(np.nanmean(recall)) if np.isfinite(recall).any() else float("nan"),
-        "shd": int(np.sum(zm.all(axis=0) != zt.all(axis=0))),
+        "shd": graphs.graph_scores(zt.all(axis=0), zm.all(axis=0))["shd"],
         "global_zeros_model": int(zm.all(axis=0).sum()),
         "global_zeros_true": int(zt.all(axis=0).sum()),
     }
