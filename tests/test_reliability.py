@@ -331,7 +331,39 @@ def _bad_inputs(ws: dict[str, Path]) -> list[tuple[str, list[str]]]:
         cases.append((f"score {Path(pred).name}", ["score", store, pred]))
     cases.append(("score --json existing", ["score", store, file, "--json", file]))
     cases += [("unknown command", ["bogus"]), ("no command", []), ("envs extra", ["envs", "x"])]
-    return cases
+    return cases + _random_bad_inputs(ws, np.random.default_rng(19), 60)
+
+
+#: numeric options of each command, and values no numeric option accepts
+_NUMERIC = {
+    ("collect", "CartpoleBalance"): ("--episodes", "--steps", "--seed", "--check-every", "--batch-size", "--chunk-steps"),
+    ("analyze", "STORE"): ("--threshold", "--shuffles", "--perplexity", "--max-points", "--episode", "--bin-width", "--seed"),
+    ("structure", "STORE"): ("--threshold",),
+    ("learn", "STORE"): ("--seeds", "--epochs", "--lr", "--batch-size", "--jac-weight", "--model-threshold", "--true-threshold"),
+    ("reproduce",): ("--seed",),
+    ("train-policy", "CartpoleBalance"): ("--timesteps", "--budget-scale", "--seed"),
+    ("graphs", "STORE"): ("--threshold",),
+}
+_NEVER_NUMERIC = ("nan", "x", "", "-1", "inf", "-inf", "1e999", "0x10", "1,5")
+
+
+def _random_bad_inputs(ws: dict[str, Path], rng: np.random.Generator, n: int) -> list[tuple[str, list[str]]]:
+    """``n`` random invocations: a command, 1-3 of its numeric options with values none of them
+    accepts, the rest valid, in random order."""
+    commands = list(_NUMERIC)
+    out = []
+    for _ in range(n):
+        head = list(commands[rng.integers(len(commands))])
+        flags = rng.choice(_NUMERIC[tuple(head)], size=min(len(_NUMERIC[tuple(head)]), int(rng.integers(1, 4))), replace=False)
+        args = [a for f in flags for a in (str(f), str(rng.choice(_NEVER_NUMERIC)))]
+        pairs = [args[i:i + 2] for i in range(0, len(args), 2)]
+        rng.shuffle(pairs)
+        argv = [str(ws["store"]) if h == "STORE" else h for h in head] + [a for p in pairs for a in p]
+        if head[0] != "structure":
+            argv += ["--out", str(ws["root"] / ("new-output.npz" if head[0] == "graphs" else "new-output"))]
+        names = {str(ws["store"]): "STORE", str(ws["root"] / "new-output"): "NEW", str(ws["root"] / "new-output.npz"): "NEW.npz"}
+        out.append(("random: " + " ".join(repr(a) if a == "" else names.get(a, a) for a in argv), argv))
+    return out
 
 
 @pytest.fixture()
@@ -345,10 +377,10 @@ def workspace(bouncer_store, tmp_path):
 
 
 def test_bad_inputs_never_end_in_a_traceback_nor_change_anything(workspace, capsys):
-    """Every command, ~100 malformed invocations: a non-zero exit, a short error on stderr with no
+    """Every command, 125 chosen and 60 random malformed invocations: a non-zero exit, a short error on stderr with no
     traceback, and the workspace (stores, files, folders) exactly as it was."""
     cases = _bad_inputs(workspace)
-    assert len(cases) >= 100
+    assert len(cases) >= 180
     before = _tree_hash(workspace["root"])
     outcomes = []
     for label, argv in cases:
@@ -358,7 +390,7 @@ def test_bad_inputs_never_end_in_a_traceback_nor_change_anything(workspace, caps
         outcomes.append((label, code, lines[0] if lines else ""))
         assert code != 0, (label, err)
         assert "Traceback" not in err and (len(lines) == 1 or reports and lines), (label, err)
-        assert not (workspace["root"] / "new-output").exists(), label
+        assert not list(workspace["root"].glob("new-output*")), label
         assert _tree_hash(workspace["root"]) == before, label
     table = "\n".join(f"{label} | {code} | {line}" for label, code, line in outcomes)
     out = os.environ.get("DYNSPARSE_BAD_INPUT_TABLE")
