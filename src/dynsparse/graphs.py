@@ -31,6 +31,7 @@ negatives: the graph's direction is fixed, inputs at t to outputs at t+1, so no 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,6 @@ def export(ds: Any, out: str | Path, threshold: float = sparsity.DEFAULT_THRESHO
     if samples:
         arrays.update(samples=t.samples, episode=t.episode, step=t.step)
     out.parent.mkdir(parents=True, exist_ok=True)
-    import io
-
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     files.write_atomic(out, buf.getvalue())
@@ -131,9 +130,9 @@ def export(ds: Any, out: str | Path, threshold: float = sparsity.DEFAULT_THRESHO
     if samples:
         rows.append(_edge_rows(t, t.samples, "sample", t.episode, t.step))
     frame = pd.concat(rows, ignore_index=True)
-    tmp = table.with_name(f".{table.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(table)
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    files.write_atomic(table, buf.getvalue())
     return out, table
 
 
