@@ -65,9 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("envs", help="list the environments with their state and action sizes")
 
     c = sub.add_parser("collect", help="roll out a policy and store Jacobians along the trajectories")
-    c.add_argument("env", help="Playground registry name, e.g. CheetahRun")
-    c.add_argument("--episodes", type=_positive_int, default=2)
-    c.add_argument("--steps", type=_positive_int, default=300, help="control steps per episode")
+    c.add_argument("env", help="Playground registry name (CheetahRun), gymnasium:TASK-v5 (gymnasium:HalfCheetah-v5) "
+                               "or mjcf:PATH (any MJCF file); `dynsparse envs` lists them")
+    c.add_argument("--episodes", type=_positive_int, default=None, help="default 2 (with --from: the file's)")
+    c.add_argument("--steps", type=_positive_int, default=None, help="control steps per episode; default 300 (with --from: the file's)")
+    c.add_argument("--substeps", type=_positive_int, default=None, metavar="N",
+                   help="mjcf: models only: physics steps per control step, the action held (default 1)")
+    c.add_argument("--from", dest="from_file", default=None, metavar="FILE",
+                   help="take the Jacobians at recorded states and actions instead of rolling out a policy: an .npz with "
+                        "qpos, qvel, action (episodes x steps x dim) and optional valid (README: Your own trajectories)")
     c.add_argument("--policy", default="random", help="random | colored | ppo:DIR (a train-policy checkpoint)")
     c.add_argument("--noise-beta", "--beta", dest="beta", type=float, default=None,
                    help="colored-noise exponent in [0, 2] (0 white, 1 pink, 2 red); default 1 for colored, "
@@ -235,6 +241,22 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     others = envs.other_names()
     if others:
         print(f"\nlocomotion/manipulation ({len(others)}): need mujoco_menagerie at {envs.menagerie_path()}: {', '.join(others)}")
+    from dynsparse import sources
+
+    gym_ids = sources.gymnasium_ids()
+    if gym_ids:
+        print(f"\nGymnasium MuJoCo tasks ({len(gym_ids)}), state [qpos, qvel] (not the observation):")
+        for task in gym_ids:
+            name = sources.GYMNASIUM + task
+            try:
+                info = envs.static_info(name)
+            except errors.UserError as exc:
+                print(f"{name:<36}  not supported: {str(exc).split(': ', 1)[1].split(';')[0]}")
+                continue
+            print(f"{name:<36}{info['nq']:>4}{info['nv']:>4}{2 * info['nv']:>7}{info['nu']:>8}{info['n_substeps']:>10}{info['dt']:>8.4g}")
+    else:
+        print("\nGymnasium MuJoCo tasks: install gymnasium (pip install gymnasium imageio) for gymnasium:TASK-v5")
+    print("\nany MJCF file: mjcf:PATH (with --substeps N, the action written to ctrl)")
     return 0
 
 
@@ -243,12 +265,23 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     from dynsparse.policies import base as policies_base
 
-    policy = policies_base.config_from_text(args.policy, args.beta, args.noise_scale)
+    episodes, steps = args.episodes, args.steps
+    if args.from_file is not None:
+        from dynsparse.policies import replay
+
+        if args.policy != "random" or args.beta is not None or args.noise_scale is not None:
+            raise errors.UserError("--from replays recorded actions: leave out --policy, --noise-beta and --noise-scale")
+        source = replay.ReplayPolicy(args.from_file)
+        policy = source.config()
+        episodes = source.episodes if episodes is None else episodes
+        steps = source.steps if steps is None else steps
+    else:
+        policy = policies_base.config_from_text(args.policy, args.beta, args.noise_scale)
     config = collect.CollectConfig(
-        env=args.env, episodes=args.episodes, steps=args.steps, policy=policy, seed=args.seed,
-        backend=args.backend, dtype=args.dtype, check_every=args.check_every,
+        env=args.env, episodes=2 if episodes is None else episodes, steps=300 if steps is None else steps,
+        policy=policy, seed=args.seed, backend=args.backend, dtype=args.dtype, check_every=args.check_every,
         batch_size=args.batch_size, chunk_steps=args.chunk_steps, jacobian=args.jacobian,
-        compare_definitions=args.compare_definitions,
+        compare_definitions=args.compare_definitions, substeps=args.substeps,
     ).validated()
     xla.use_cpu_cores()
     jaxcache.enable(args.jax_cache)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dynsparse import dataset, envs, errors, interrupts, locks
+from dynsparse import dataset, envs, errors, interrupts, locks, sources
 from dynsparse.jacobians import autodiff, certify, definitions, finite_diff
 from dynsparse.jacobians import compare as compare_lib
 from dynsparse.policies import base as policies_base
@@ -32,9 +32,11 @@ class CollectConfig:
     """Everything that defines a collection run (stored in the dataset's attrs).
 
     Attributes:
-      env: Playground registry name.
+      env: Playground registry name, ``gymnasium:TASK-v5`` or ``mjcf:PATH`` (``sources``).
       episodes, steps: dataset size (episodes x control steps per episode).
-      policy: policy configuration, e.g. ``{"name": "colored", "beta": 1.0, "scale": 1.0}``.
+      policy: policy configuration, e.g. ``{"name": "colored", "beta": 1.0, "scale": 1.0}``;
+        ``{"name": "from-file", "file": PATH}`` replays recorded trajectories (``policies.replay``;
+        then ``episodes``/``steps`` must be the file's).
       seed: seeds initial states (``fold_in(PRNGKey(seed), episode)``) and policy noise.
       backend: ``autodiff`` (MJX jacfwd, exact) or ``finite_diff`` (native centred differences).
       dtype: ``float64`` (simulation and Jacobians; float32 is refused, see ``envs.check_dtype``).
@@ -48,6 +50,8 @@ class CollectConfig:
         (``jacobians.definitions``).
       compare_definitions: with autodiff, also compute the other definition at every step and
         store how it differs (``definition_*`` variables).
+      substeps: physics steps per control step of an ``mjcf:`` model (``None``: 1); must be
+        ``None`` for every other source.
     """
 
     env: str
@@ -63,6 +67,7 @@ class CollectConfig:
     fd_eps: float = finite_diff.DEFAULT_EPS
     jacobian: str = definitions.DEFAULT_DEFINITION
     compare_definitions: bool = False
+    substeps: int | None = None
 
     def validated(self) -> "CollectConfig":
         """Check every field; return a copy with batch/chunk sizes clipped to the run size.
@@ -90,9 +95,26 @@ class CollectConfig:
             raise errors.UserError(f"compare-definitions must be true or false, got {self.compare_definitions!r}")
         if self.compare_definitions and self.backend != "autodiff":
             raise errors.UserError("compare-definitions computes both exact definitions: it needs --backend autodiff")
+        sources.check_substeps(self.env, self.substeps)
         # Raises on a bad policy; the policy's own configuration is what the dataset records
-        # (a PPO checkpoint resolved to its absolute path, parameter digest and noise beta).
-        policy = policies_base.from_config(self.policy).config()
+        # (a PPO checkpoint resolved to its absolute path, parameter digest and noise beta; a
+        # trajectory file's absolute path and SHA-256).
+        built = policies_base.from_config(self.policy)
+        policy = built.config()
+        if policy["name"] == "from-file":
+            if self.jacobian != "converged":
+                raise errors.UserError(
+                    f"--from: Jacobian definition {self.jacobian!r} depends on the solver's warm start, which recorded "
+                    "trajectories do not hold; allowed: converged"
+                )
+            if self.compare_definitions:
+                raise errors.UserError("--from: --compare-definitions needs the as-run definition, which depends on the solver's warm start that recorded trajectories do not hold")
+            shape = (built.episodes, built.steps)  # type: ignore[attr-defined]
+            if (self.episodes, self.steps) != shape:
+                raise errors.UserError(
+                    f"--from {policy['file']!r} holds {shape[0]} episodes x {shape[1]} steps; --episodes {self.episodes} "
+                    f"--steps {self.steps} differ (leave them out)"
+                )
         return dataclasses.replace(
             self, policy=policy, batch_size=min(self.batch_size, self.episodes), chunk_steps=min(self.chunk_steps, self.steps)
         )
@@ -143,7 +165,15 @@ def collect(
         raise errors.UserError(f"config.env {config.env!r} does not name the given spec {spec.name!r}")
     existing = _existing_checkpoint(out, config)
     if spec is None:
-        spec = envs.load(config.env, config.dtype)
+        spec = envs.load(config.env, config.dtype, config.substeps)
+    record = sources.model_record(config.env, config.substeps) if spec.name == config.env and sources.kind(config.env) != "playground" else {}
+    if existing is not None and record:
+        stored = dataset.open_dataset(out).attrs.get("model_sha256")
+        if stored != record["model_sha256"]:
+            raise errors.UserError(
+                f"{config.env}: the model file {record['model_file']!r} changed since {str(out)!r} was started "
+                f"(SHA-256 {record['model_sha256'][:12]}..., recorded {str(stored)[:12]}...); restore it or choose another --out"
+            )
     policy = policies_base.from_config(config.policy)
     policy.check_env(spec)
     if config.policy["name"] == "random" and not (np.isfinite(spec.action_low).all() and np.isfinite(spec.action_high).all()):
@@ -153,7 +183,10 @@ def collect(
         config.chunk_steps, config.dtype, envs.contact_pairs(spec)[0], spec.qstate_names,
     )
     if existing is None:
-        dataset.create(out, layout, _attrs(config, spec))
+        attrs = _attrs(config, spec) | record
+        if config.policy["name"] == "from-file":
+            attrs |= _replay_attrs(policy, spec)
+        dataset.create(out, layout, attrs)
         checkpoint = dataset.Checkpoint(0, layout.n_units, None)
     else:
         checkpoint = existing
@@ -183,6 +216,12 @@ def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint
     except (KeyError, json.JSONDecodeError) as exc:
         raise errors.UserError(f"dataset {str(out)!r} has no readable run configuration in its attrs") from exc
     wanted = config.identity()
+    was, now = stored.get("policy") or {}, wanted["policy"]
+    if was.get("name") == now.get("name") == "from-file" and was.get("file") == now.get("file") and was.get("sha256") != now.get("sha256"):
+        raise errors.UserError(
+            f"--from {now['file']!r} changed since the run in {str(out)!r} started (SHA-256 {now['sha256'][:12]}..., "
+            f"recorded {str(was.get('sha256'))[:12]}...); restore it or choose another --out"
+        )
     diffs = [f"{k}: stored {stored.get(k)!r}, requested {wanted[k]!r}" for k in dataset.IDENTITY_KEYS if stored.get(k) != wanted[k]]
     if diffs:
         raise errors.UserError(
@@ -194,6 +233,29 @@ def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint
     for problem in checkpoint.problems(layout):
         raise errors.UserError(f"{str(out)!r}: {problem}; run `dynsparse validate {out}`")
     return checkpoint
+
+
+def _replay_attrs(policy: policies_base.Policy, spec: envs.EnvSpec) -> dict[str, Any]:
+    """Attrs of a ``--from`` run: the file, its SHA-256 and how well its rows follow the model."""
+    from dynsparse.policies import replay
+
+    assert isinstance(policy, replay.ReplayPolicy)
+    mismatch = replay.next_state_mismatch(policy.arrays, spec.mj_model, spec.n_substeps)
+    if mismatch is not None and mismatch > 1e-3:
+        log.warning(
+            "--from %s: the file's next rows differ from %s's own step by %.3g (median relative, native MuJoCo): "
+            "the trajectories may come from another model, frame skip or action convention", policy.file, spec.name, mismatch,
+        )
+    return {
+        "source_file": policy.file, "source_sha256": policy.sha256,
+        "source_next_state_mismatch": float("nan") if mismatch is None else mismatch,
+        "source_definition": (
+            "Jacobians at recorded (qpos, qvel, action) rows of source_file: the simulator is set to each valid row's "
+            "state (mjx.forward), the recorded action applied; next_state is the model's own step from there, not the "
+            "file's next row; source_next_state_mismatch = median over up to 50 valid row pairs of max |s'_model - "
+            "s_next_file| / max(|s_next_file|, 1) with native MuJoCo (the model's solver, cold warm start)"
+        ),
+    }
 
 
 def _steps_done(layout: dataset.Layout, next_unit: int) -> int:
@@ -248,10 +310,10 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
         ),
         "contact_definition": envs.CONTACT_DEFINITION,
         "solver_diagnostics": (
-            "of the definition's own solve at every substep: solver_residual = max over substeps of |r| / trace(M) "
-            "at the returned qacc (r = M qacc - qfrc_smooth - qfrc_constraint, the cost gradient); solver_truncated = "
-            "substeps stopped at the iteration cap with that residual >= the tolerance; solver_start_returned = "
-            "substeps whose start point already passed the gradient test while a constraint was active"
+            "of the definition's own constraint solves (one per substep; four per substep with RK4): solver_residual = "
+            "max over the solves of |r| / trace(M) at the returned qacc (r = M qacc - qfrc_smooth - qfrc_constraint, the "
+            "cost gradient); solver_truncated = solves stopped at the iteration cap with that residual >= the tolerance; "
+            "solver_start_returned = solves whose start point already passed the gradient test while a constraint was active"
         ),
         "check_definition": certify.DEFINITION_TEXT + f"; checked steps: 0, K, 2K, ... of every episode, K = {config.check_every}",
         "check_classes": json.dumps(list(certify.CLASSES)),
@@ -327,7 +389,7 @@ class _Runner:
         padded_steps = self.layout.n_chunks * self.layout.chunk_steps
         noise = self.policy.batch_noise(self.config.seed, self._batch_episodes(b), self.config.steps, self.spec.nu)
         if padded_steps > self.config.steps:
-            noise = np.concatenate([noise, np.zeros((noise.shape[0], padded_steps - self.config.steps, self.spec.nu))], axis=1)
+            noise = np.concatenate([noise, np.zeros((noise.shape[0], padded_steps - self.config.steps, noise.shape[-1]))], axis=1)
         return noise.astype(self.config.dtype)
 
     def _initial_carry(self, b: int) -> tuple[Any, Any]:

@@ -89,7 +89,7 @@ CHECKPOINT = "dynsparse-checkpoint.npz"
 #: Config keys that identify a run: resuming with any of these different is refused.
 IDENTITY_KEYS = (
     "env", "episodes", "steps", "policy", "seed", "backend", "dtype", "check_every",
-    "batch_size", "chunk_steps", "fd_eps", "jacobian", "compare_definitions",
+    "batch_size", "chunk_steps", "fd_eps", "jacobian", "compare_definitions", "substeps",
 )
 
 #: Certificate classes of checked steps; ``check_class`` holds the index (-1: not checked).

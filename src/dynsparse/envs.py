@@ -183,10 +183,17 @@ def menagerie_path() -> str:
 def check_name(name: str) -> None:
     """Raise ``UserError`` if ``name`` is not a loadable environment, suggesting close names.
 
+    Names with a source prefix (``gymnasium:``, ``mjcf:``) are checked by ``dynsparse.sources``.
+
     Locomotion and manipulation environments need the mujoco_menagerie assets on disk (see
     ``use_menagerie``); when they are missing this raises instead of letting Playground clone them
     from the network.
     """
+    from dynsparse import sources
+
+    if sources.kind(name) != "playground":
+        sources.check(name)
+        return
     dm = dm_control_names()
     if name in dm:
         return
@@ -206,7 +213,8 @@ def check_name(name: str) -> None:
     close = difflib.get_close_matches(name, dm + tuple(others), n=3, cutoff=0.5)
     if not close:
         close = [n for n in dm + tuple(others) if n.lower().startswith(name.lower()[:4])][:3]
-    hint = f"; did you mean {', '.join(close)}?" if close else "; run `dynsparse envs` for the list"
+    hint = (f"; did you mean {', '.join(close)}?" if close else
+            "; run `dynsparse envs` for the list (Playground names, gymnasium:TASK-v5, mjcf:PATH)")
     raise errors.UserError(f"unknown environment {name!r}{hint}")
 
 
@@ -255,18 +263,27 @@ def action_bounds(model: mujoco.MjModel) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=None)
-def load(name: str, dtype: str = "float64") -> EnvSpec:
-    """Load a Playground environment by registry name with the differentiable MJX implementation.
+def load(name: str, dtype: str = "float64", substeps: int | None = None) -> EnvSpec:
+    """Load an environment with the differentiable MJX implementation.
 
     Args:
-      name: registry name, e.g. ``"CheetahRun"``.
+      name: Playground registry name (``"CheetahRun"``), ``gymnasium:TASK-v5`` or ``mjcf:PATH``
+        (``dynsparse.sources``).
       dtype: ``"float64"``, the only one supported (see ``check_dtype``).
+      substeps: physics steps per control step of an ``mjcf:`` model (default 1); ``None`` for
+        every other source (they define their own).
 
     Raises:
-      UserError: unknown name, missing robot assets, or an unsupported dtype.
+      UserError: unknown name, missing robot assets or file, a model MJX cannot build, or an
+        unsupported dtype.
     """
+    from dynsparse import sources
+
     check_dtype(dtype)
     check_name(name)
+    sources.check_substeps(name, substeps)
+    if sources.kind(name) != "playground":
+        return _spec(name, sources.load(name, substeps), dtype)
     from mujoco_playground import registry
 
     dm = name in dm_control_names()
@@ -366,35 +383,80 @@ def active_contact_pairs(data: Any, table: np.ndarray, n_pairs: int) -> jax.Arra
     return jnp.zeros((n_pairs + 1,), bool).at[idx].max(active)[:n_pairs]
 
 
-class MjcfEnv:
-    """A minimal Playground-style environment around any MJCF model (reward 0, obs = state).
+#: How an ``MjcfEnv`` draws initial states (see ``MjcfEnv``).
+RESET_KINDS = ("uniform", "uniform-normal", "reacher", "pusher")
 
-    Used for hand-built models whose Jacobians are known on paper, and for user models.
-    ``reset`` draws ``qpos = qpos0 + U(-init_noise, init_noise)`` (per degree of freedom: a
-    quaternion is turned by a rotation vector with such components and normalised) and ``qvel =
-    U(-init_noise, init_noise)``; ``step`` holds ``ctrl = action`` for ``n_substeps`` MJX steps.
+
+class MjcfEnv:
+    """A minimal Playground-style environment around any MuJoCo model (reward 0, obs = state).
+
+    Used for hand-built models whose Jacobians are known on paper, for user models (``mjcf:``)
+    and for Gymnasium's MuJoCo tasks (``gymnasium:``). ``step`` holds ``ctrl = action`` for
+    ``n_substeps`` MJX steps (Gymnasium's ``do_simulation``: ``data.ctrl[:] = action`` then
+    ``mj_step(nstep=frame_skip)``). ``reset`` draws, with ``s = init_noise``:
+
+    - ``uniform`` (default): ``qpos = init_qpos (+) U(-s, s)`` per degree of freedom (a quaternion
+      is turned by a rotation vector with such components and normalised), ``qvel = init_qvel +
+      U(-s, s)``;
+    - ``uniform-normal``: the same ``qpos``, ``qvel = init_qvel + s N(0, 1)`` (Gymnasium's
+      HalfCheetah, Ant, InvertedDoublePendulum);
+    - ``reacher`` / ``pusher``: Gymnasium's Reacher-v5 / Pusher-v5 ``reset_model`` (goal in a disc
+      of radius 0.2 / the cylinder at least 0.17 from the goal, by rejection).
+
+    ``init_qpos`` / ``init_qvel`` default to the model's ``qpos0`` and zero.
     """
 
-    def __init__(self, xml: str, n_substeps: int = 1, init_noise: float = 0.1):
+    def __init__(
+        self, model: str | mujoco.MjModel, n_substeps: int = 1, init_noise: float = 0.1,
+        reset_kind: str = "uniform", init_qpos: np.ndarray | None = None, init_qvel: np.ndarray | None = None,
+    ):
         from mujoco import mjx
 
-        self.mj_model = mujoco.MjModel.from_xml_string(xml)
+        self.mj_model = mujoco.MjModel.from_xml_string(model) if isinstance(model, str) else model
         self.mjx_model = mjx.put_model(self.mj_model, impl="jax")
         self.n_substeps = int(n_substeps)
         self.dt = float(self.mj_model.opt.timestep) * self.n_substeps
         self.init_noise = float(init_noise)
         self.action_size = int(self.mj_model.nu)
+        if reset_kind not in RESET_KINDS:
+            raise ValueError(f"unknown reset kind {reset_kind!r}; allowed: {', '.join(RESET_KINDS)}")
+        self.reset_kind = reset_kind
+        m = self.mj_model
+        self.init_qpos = np.array(m.qpos0 if init_qpos is None else init_qpos, np.float64)
+        self.init_qvel = np.zeros(m.nv) if init_qvel is None else np.array(init_qvel, np.float64)
+
+    def _initial(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(qpos (nq,), qvel (nv,))`` drawn by ``reset_kind``."""
+        m, s = self.mj_model, self.init_noise
+        k1, k2, k3 = jax.random.split(key, 3)
+        c = tangent.charts(m)
+        qpos0, qvel0 = jnp.asarray(self.init_qpos), jnp.asarray(self.init_qvel)
+        if self.reset_kind == "pusher":
+            def draw(k: jax.Array) -> jax.Array:
+                k_x, k_y = jax.random.split(k)
+                return jnp.array([jax.random.uniform(k_x, (), minval=-0.3, maxval=0.0),
+                                  jax.random.uniform(k_y, (), minval=-0.2, maxval=0.2)])
+
+            cyl = _reject(draw, lambda p: jnp.linalg.norm(p) > 0.17, k1)
+            qpos = qpos0.at[-4:-2].set(cyl).at[-2:].set(0.0)
+            qvel = (qvel0 + jax.random.uniform(k2, (m.nv,), minval=-0.005, maxval=0.005)).at[-4:].set(0.0)
+            return qpos, qvel
+        if self.reset_kind == "reacher":
+            qpos = qpos0 + jax.random.uniform(k1, (m.nq,), minval=-0.1, maxval=0.1)
+            goal = _reject(lambda k: jax.random.uniform(k, (2,), minval=-0.2, maxval=0.2), lambda g: jnp.linalg.norm(g) < 0.2, k3)
+            qvel = (qvel0 + jax.random.uniform(k2, (m.nv,), minval=-0.005, maxval=0.005)).at[-2:].set(0.0)
+            return qpos.at[-2:].set(goal), qvel
+        dq = jax.random.uniform(k1, (m.nv,), minval=-s, maxval=s)
+        qpos = tangent.normalize_quaternions(c, tangent.retract(c, qpos0, dq))
+        if self.reset_kind == "uniform-normal":
+            return qpos, qvel0 + s * jax.random.normal(k2, (m.nv,))
+        return qpos, qvel0 + jax.random.uniform(k2, (m.nv,), minval=-s, maxval=s)
 
     def reset(self, key: jax.Array) -> Any:
         from mujoco import mjx
         from mujoco_playground._src import mjx_env
 
-        k1, k2 = jax.random.split(key)
-        m = self.mj_model
-        dq = jax.random.uniform(k1, (m.nv,), minval=-self.init_noise, maxval=self.init_noise)
-        c = tangent.charts(m)
-        qpos = tangent.normalize_quaternions(c, tangent.retract(c, jnp.asarray(m.qpos0), dq))
-        qvel = jax.random.uniform(k2, (m.nv,), minval=-self.init_noise, maxval=self.init_noise)
+        qpos, qvel = self._initial(key)
         data = mjx.make_data(self.mjx_model).replace(qpos=qpos, qvel=qvel)
         data = mjx.forward(self.mjx_model, data)
         return mjx_env.State(data, state_of(data), jnp.zeros(()), jnp.zeros(()), {}, {})
@@ -408,6 +470,19 @@ class MjcfEnv:
         data, _ = jax.lax.scan(substep, state.data, None, length=self.n_substeps)
         done = (jnp.isnan(data.qpos).any() | jnp.isnan(data.qvel).any()).astype(float)
         return state.replace(data=data, obs=state_of(data), reward=jnp.zeros(()), done=done)
+
+
+def _reject(draw: Callable[[jax.Array], jax.Array], accept: Callable[[jax.Array], jax.Array], key: jax.Array) -> jax.Array:
+    """Rejection sampling: ``draw(k)`` with fresh keys until ``accept`` holds (as Gymnasium's loops)."""
+    def cond(c: tuple[jax.Array, jax.Array]) -> jax.Array:
+        return ~accept(c[1])
+
+    def body(c: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        k, sub = jax.random.split(c[0])
+        return k, draw(sub)
+
+    k, sub = jax.random.split(key)
+    return jax.lax.while_loop(cond, body, (k, draw(sub)))[1]
 
 
 def from_mjcf(xml: str, name: str = "mjcf", n_substeps: int = 1, init_noise: float = 0.1) -> EnvSpec:

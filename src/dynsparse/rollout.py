@@ -109,8 +109,16 @@ def _chunk_fn(spec: envs.EnvSpec, policy_json: str, with_jacobians: bool, defini
         other = autodiff.make_jacobian_fn(spec, definition=next(d for d in definitions.DEFINITIONS if d != definition))
     pair_names, pair_table = envs.contact_pairs(spec)
 
+    replay = getattr(policy, "recorded", None)
+
     def step(carry: tuple[Any, jax.Array], noise_t: jax.Array) -> tuple[tuple[Any, jax.Array], dict]:
         state, alive = carry
+        if replay is not None:  # collect --from: the recorded state of this step, its validity
+            from mujoco import mjx
+
+            qpos, qvel, alive = replay(noise_t)
+            d = mjx.forward(spec.mjx_model, state.data.replace(qpos=qpos.astype(state.data.qpos.dtype), qvel=qvel.astype(state.data.qvel.dtype)))
+            state = state.replace(data=d)
         d = state.data
         a = policy.act(state.obs, noise_t, low, high).astype(d.qpos.dtype)
         nxt = env.step(state, a)

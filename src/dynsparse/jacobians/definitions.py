@@ -62,7 +62,7 @@ CONVERGED = SolverSettings()
 DESCRIPTIONS = {
     "converged": (
         "converged: J_s = ds'/ds, J_a = ds'/da of the control step s' = f(s, a) (n_substeps MuJoCo steps, "
-        "ctrl = a held) with every substep's constraint problem solved to convergence (same solver and cone, "
+        "ctrl = a held) with every substep's constraint problem (each of its four stages' with RK4) solved to convergence (same solver and cone, "
         f"iterations {CONVERGED.iterations}, line-search iterations {CONVERGED.ls_iterations}, tolerance "
         f"{CONVERGED.tolerance:g} on the Euclidean norm of the cost gradient) and differentiated at its optimum by the implicit function theorem over the "
         "active constraint set: the physics' Jacobian, independent of the solver warm start and iteration cap. "
@@ -189,10 +189,11 @@ def diagnostics(m: Any, infos: solve.SolveInfo) -> dict[str, jax.Array]:
     substeps) of a definition's model ``m``.
 
     Returns:
-      ``solver_residual`` (float: the largest ``|r| / trace(M)`` over substeps at the returned
-      accelerations), ``solver_truncated`` (int32: substeps whose solve stopped at its iteration
-      cap above tolerance), ``solver_start_returned`` (int32: substeps whose solver start point
-      passed the gradient test while a constraint was active: no iteration moved it).
+      ``solver_residual`` (float: the largest ``|r| / trace(M)`` over the solves at the returned
+      accelerations), ``solver_truncated`` (int32: solves stopped at their iteration cap above
+      tolerance), ``solver_start_returned`` (int32: solves whose start point passed the gradient
+      test while a constraint was active: no iteration moved it). One solve per substep; four
+      per substep with RK4 (``infos`` then has a trailing stage axis).
     """
     tol = m.opt.tolerance
     capped = (infos.niter >= m.opt.iterations) & (infos.residual >= tol)

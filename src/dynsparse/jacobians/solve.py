@@ -39,8 +39,10 @@ Two tangent rules (``TANGENTS``):
   at zero iterations; 8.8e-4 scaled error on a box resting on a floor after a converged solve).
 
 ``step`` is ``mjx.step`` composed from MJX's own stages with this solve (sensors are not
-computed; they do not act on the dynamics). Supported integrators: Euler and implicitfast
-(every DM-Control task); RK4 is refused.
+computed; they do not act on the dynamics). Supported integrators: Euler, implicitfast (every
+DM-Control task) and RK4 (most Gymnasium MuJoCo tasks): RK4 runs four forward passes per
+step, each with its own constraint solve (``SolveInfo`` then has a trailing axis of 4 stages),
+exactly as MJX's ``rungekutta4``; implicit (full) is refused.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import jax.numpy as jnp
 import mujoco
 from mujoco.mjx._src import forward as mjx_forward
 from mujoco.mjx._src import math as mjx_math
+from mujoco.mjx._src import scan as mjx_scan
 from mujoco.mjx._src import solver as mjx_solver
 from mujoco.mjx._src import support as mjx_support
 from mujoco.mjx._src.types import DisableBit, IntegratorType, SolverType
@@ -240,12 +243,15 @@ def no_solve_info(d: Any) -> SolveInfo:
     )
 
 
+SUPPORTED_INTEGRATORS = (IntegratorType.EULER, IntegratorType.IMPLICITFAST, IntegratorType.RK4)
+
+
 def check_integrator(m: Any) -> None:
     """Raise ``UserError`` unless ``step`` supports the model's integrator."""
-    if m.opt.integrator not in (IntegratorType.EULER, IntegratorType.IMPLICITFAST):
+    if m.opt.integrator not in SUPPORTED_INTEGRATORS:
         raise errors.UserError(
             f"integrator {IntegratorType(m.opt.integrator).name} is not supported by dynsparse's "
-            "differentiated step; allowed: EULER, IMPLICITFAST"
+            f"differentiated step; allowed: {', '.join(i.name for i in SUPPORTED_INTEGRATORS)}"
         )
 
 
@@ -268,9 +274,59 @@ def _integrate(m: Any, d: Any) -> Any:
     return mjx_forward.implicit(m, d)
 
 
+def _rk4(m: Any, d: Any, forward: Any, stage_inputs: Any = None) -> tuple[Any, Any]:
+    """MJX's ``rungekutta4`` (same operations, same order) with its three inner forward passes
+    replaced by ``forward(d, x) -> (d, aux)``; ``x`` is stage ``i``'s slice of ``stage_inputs``
+    (leading axis 3, or ``None``). ``d`` is the data after the first forward pass.
+
+    Returns:
+      ``(d_next, aux)`` with ``aux`` stacked over the three inner stages (leading axis 3).
+    """
+    d0 = d
+    a_tab, b_tab = mjx_forward._RK4_A, mjx_forward._RK4_B  # pylint: disable=protected-access
+    c_tab = jnp.tril(a_tab).sum(axis=0)
+    times = d.time + c_tab * m.opt.timestep
+    kqvel = d.qvel
+    qvel, qacc, act_dot = jax.tree_util.tree_map(lambda k: b_tab[0] * k, (kqvel, d.qacc, d.act_dot))
+    integrate_fn = lambda *args: mjx_forward._integrate_pos(*args, dt=m.opt.timestep)  # pylint: disable=protected-access
+
+    def f(carry: Any, xs: Any) -> tuple[Any, Any]:
+        qvel, qacc, act_dot, kqvel, d = carry
+        (a, b, t), x = xs
+        dqvel, dqacc, dact_dot = jax.tree_util.tree_map(lambda k: a * k, (kqvel, d.qacc, d.act_dot))
+        kqpos = mjx_scan.flat(m, integrate_fn, "jqv", "q", m.jnt_type, d0.qpos, dqvel)
+        kact = d0.act + dact_dot * m.opt.timestep
+        kqvel = d0.qvel + dqacc * m.opt.timestep
+        d = d.replace(qpos=kqpos, qvel=kqvel, act=kact, time=t)
+        d, aux = forward(d, x)
+        qvel += b * kqvel
+        qacc += b * d.qacc
+        act_dot += b * d.act_dot
+        return (qvel, qacc, act_dot, kqvel, d), aux
+
+    abt = jnp.vstack([jnp.diag(a_tab), b_tab[1:4], times]).T
+    out, aux = jax.lax.scan(f, (qvel, qacc, act_dot, kqvel, d), ((abt[:, 0], abt[:, 1], abt[:, 2]), stage_inputs), unroll=3)
+    qvel, qacc, act_dot, _, d1 = out
+    d = d1.replace(qpos=d0.qpos, qvel=d0.qvel, act=d0.act, time=d0.time)
+    return mjx_forward._advance(m, d, act_dot, qacc, qvel), aux  # pylint: disable=protected-access
+
+
+def _stack_first(first: Any, rest: Any) -> Any:
+    """Stage 0's pytree and stages 1..3 (leading axis 3) as one pytree with a leading axis of 4."""
+    return jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x[None], y]), first, rest)
+
+
 #: The primal result of one constraint solve: ``(qacc (nv,), qfrc_constraint (nv,), efc_force
 #: (nefc,), H (nv, nv))`` (``H``: ``hessian`` at ``qacc``).
 Solution = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+
+
+def _forward(m: Any, d: Any, tangent: str, exact_norm: bool) -> tuple[Any, SolveInfo]:
+    """MJX's ``forward`` (no sensors) with the constraint solve of rule ``tangent``."""
+    d = _smooth_stages(m, d)
+    if _has_constraints(d):
+        return solve(m, d, tangent, exact_norm)
+    return d.replace(qacc=d.qacc_smooth), no_solve_info(d)
 
 
 def step(m: Any, d: Any, tangent: str, exact_norm: bool = False) -> tuple[Any, SolveInfo]:
@@ -279,39 +335,58 @@ def step(m: Any, d: Any, tangent: str, exact_norm: bool = False) -> tuple[Any, S
 
     Returns:
       ``(d_next, info)``: the next data (``qacc_warmstart`` = this step's ``qacc``, as MJX) and
-      the solve's ``SolveInfo``.
+      the solve's ``SolveInfo`` (fields of shape ``(4,)``, one per stage, for RK4).
     """
     check_integrator(m)
-    d = _smooth_stages(m, d)
-    if _has_constraints(d):
-        d, info = solve(m, d, tangent, exact_norm)
-    else:
-        d, info = d.replace(qacc=d.qacc_smooth), no_solve_info(d)
+    d, info = _forward(m, d, tangent, exact_norm)
+    if m.opt.integrator == IntegratorType.RK4:
+        d, infos = _rk4(m, d, lambda d_, _: _forward(m, d_, tangent, exact_norm))
+        return d, _stack_first(info, infos)
     return _integrate(m, d), info
 
 
-def primal_step(m: Any, d: Any, exact_norm: bool = False) -> tuple[Any, SolveInfo, Solution]:
-    """One step without tangents (inputs' tangents are dropped): ``(d_next, info, solution)``.
-    ``solution`` feeds ``step_at`` so that differentiated passes need not run the solver
-    (``exact_norm``: see ``run``)."""
-    check_integrator(m)
-    d = _smooth_stages(m, _sg_tree(d))
+def _primal_forward(m: Any, d: Any, exact_norm: bool) -> tuple[Any, SolveInfo, Solution]:
+    d = _smooth_stages(m, d)
     if _has_constraints(d):
         d, info = run(m, d, exact_norm)
         solution = (d.qacc, d.qfrc_constraint, d._impl.efc_force, hessian(m, d, d.qacc))  # pylint: disable=protected-access
     else:
         d, info = d.replace(qacc=d.qacc_smooth), no_solve_info(d)
         solution = (d.qacc, d.qfrc_constraint, jnp.zeros((0,), d.qacc.dtype), jnp.zeros((0, 0), d.qacc.dtype))
+    return d, info, solution
+
+
+def primal_step(m: Any, d: Any, exact_norm: bool = False) -> tuple[Any, SolveInfo, Solution]:
+    """One step without tangents (inputs' tangents are dropped): ``(d_next, info, solution)``.
+    ``solution`` feeds ``step_at`` so that differentiated passes need not run the solver
+    (``exact_norm``: see ``run``). For RK4, ``info`` and ``solution`` have a leading axis of 4
+    (one per stage)."""
+    check_integrator(m)
+    d, info, solution = _primal_forward(m, _sg_tree(d), exact_norm)
+    if m.opt.integrator == IntegratorType.RK4:
+        def stage(d_: Any, _: None) -> tuple[Any, tuple[SolveInfo, Solution]]:
+            d_, info_, solution_ = _primal_forward(m, _sg_tree(d_), exact_norm)
+            return d_, (info_, solution_)
+
+        d, (infos, solutions) = _rk4(m, d, stage)
+        return d, _stack_first(info, infos), _stack_first(solution, solutions)
     return _integrate(m, d), info, solution
+
+
+def _forward_at(m: Any, d: Any, solution: Solution) -> Any:
+    d = _smooth_stages(m, d)
+    if _has_constraints(d):
+        x, qfrc, force = implicit_tangents(m, d, *solution)
+        return d.tree_replace({"qacc": x, "qfrc_constraint": qfrc, "_impl.efc_force": force})
+    return d.replace(qacc=d.qacc_smooth)
 
 
 def step_at(m: Any, d: Any, solution: Solution) -> Any:
     """The step whose constraint solve returned ``solution`` (from ``primal_step`` at the same
     primal inputs), with implicit tangents: the solver is not run. Returns the next data."""
-    d = _smooth_stages(m, d)
-    if _has_constraints(d):
-        x, qfrc, force = implicit_tangents(m, d, *solution)
-        d = d.tree_replace({"qacc": x, "qfrc_constraint": qfrc, "_impl.efc_force": force})
-    else:
-        d = d.replace(qacc=d.qacc_smooth)
-    return _integrate(m, d)
+    if m.opt.integrator == IntegratorType.RK4:
+        first = jax.tree_util.tree_map(lambda x: x[0], solution)
+        rest = jax.tree_util.tree_map(lambda x: x[1:], solution)
+        d = _forward_at(m, d, first)
+        return _rk4(m, d, lambda d_, x: (_forward_at(m, d_, x), None), rest)[0]
+    return _integrate(m, _forward_at(m, d, solution))

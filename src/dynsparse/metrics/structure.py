@@ -248,7 +248,7 @@ def format_checks(result: dict[str, Any]) -> list[str]:
     solver = result.get("solver")
     if solver:
         lines.append(
-            f"solver ({result.get('jacobian')}): {solver['steps_truncated']} of {solver['steps']} steps had a substep "
+            f"solver ({result.get('jacobian')}): {solver['steps_truncated']} of {solver['steps']} steps had a constraint solve "
             f"stopped at the iteration cap; {solver['steps_start_returned']} a start point returned with a constraint "
             f"active; residual |r|/trace(M) max {solver['max_residual']:.3g}, median {solver['median_residual']:.3g}"
         )

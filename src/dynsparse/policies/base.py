@@ -105,8 +105,9 @@ class ColoredNoisePolicy(Policy):
 
 
 POLICIES = {"random": RandomPolicy, "colored": ColoredNoisePolicy}
-#: all policy names (``ppo`` is imported on first use: it needs a checkpoint)
-NAMES = ("random", "colored", "ppo")
+#: all policy names (``ppo`` is imported on first use: it needs a checkpoint; ``from-file`` replays
+#: a trajectory file, ``collect --from``)
+NAMES = ("random", "colored", "ppo", "from-file")
 
 
 def make(name: str, **kwargs: Any) -> Policy:
@@ -118,6 +119,10 @@ def make(name: str, **kwargs: Any) -> Policy:
             raise errors.UserError("policy 'ppo' needs a checkpoint folder (checkpoint=DIR; --policy ppo:DIR)")
 
         cls: type[Policy] = PPOPolicy
+    elif name == "from-file":
+        from dynsparse.policies.replay import ReplayPolicy
+
+        cls = ReplayPolicy
     elif name in POLICIES:
         cls = POLICIES[name]
     else:
@@ -153,8 +158,8 @@ def config_from_text(text: str, beta: float | None = None, scale: float | None =
         if scale is not None:
             policy["scale"] = scale
         return policy
-    if arg or name not in NAMES:
-        raise errors.UserError(f"unknown policy {text!r}; allowed: random, colored, ppo:DIR")
+    if arg or name not in NAMES or name == "from-file":
+        raise errors.UserError(f"unknown policy {text!r}; allowed: random, colored, ppo:DIR (recorded trajectories: --from FILE)")
     if name == "colored":
         return {"name": "colored", "beta": 1.0 if beta is None else beta, "scale": 1.0 if scale is None else scale}
     if beta is not None or scale is not None:
