@@ -115,6 +115,31 @@ def test_humanoid_refusal_names_the_solver():
     assert "\n" not in str(exc.value)
 
 
+def test_dm_control_specs_are_the_suite_models():
+    """The suite's own XML (not Playground's port): timestep, solver iterations and substeps of
+    ``control_timestep / timestep``; energy (which MJX lacks) switched off; unsupported models
+    refused in one line naming the collision pair (no compile)."""
+    from dm_control.suite import cheetah, walker
+
+    spec = envs.load("dm_control:cheetah-run")
+    want = mujoco.MjModel.from_xml_string(*cheetah.get_model_and_assets())
+    assert spec.n_substeps == 1 and spec.sim_dt == want.opt.timestep == 0.01
+    assert spec.mj_model.opt.iterations == want.opt.iterations and spec.mj_model.nbody == want.nbody
+    assert spec.state_names == envs.load("CheetahRun").state_names
+    w = envs.load("dm_control:walker-walk")
+    assert w.n_substeps == round(walker._CONTROL_TIMESTEP / w.sim_dt) == 10
+    cart = envs.load("dm_control:cartpole-balance")
+    assert not cart.mj_model.opt.enableflags & mujoco.mjtEnableBit.mjENBL_ENERGY
+    with pytest.raises(errors.UserError, match=r"dm_control:fish-swim: MJX .* cannot simulate this model: \(mjtGeom.mjGEOM_ELLIPSOID, mjtGeom.mjGEOM_BOX\) collisions not implemented;") as exc:
+        envs.load("dm_control:fish-swim")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(errors.UserError, match="unknown dm_control task 'cheetah-runn'; did you mean dm_control:cheetah-run"):
+        envs.check_name("dm_control:cheetah-runn")
+    record = sources.model_record("dm_control:cheetah-run")
+    assert record["model_sha256"] == sources.model_record("dm_control:cheetah-run")["model_sha256"]
+    assert record["model_sha256"] != sources.model_record("dm_control:walker-walk")["model_sha256"]
+
+
 def test_uncompilable_mjcf_gives_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.xml"
     bad.write_text("<mujoco><worldbody><body><joint type='nonsense'/></body></worldbody></mujoco>")
@@ -262,10 +287,11 @@ class TestGymnasiumHalfCheetah:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["Hopper-v5", "Walker2d-v5"])
-def test_planar_rk4_walkers_x_position_influences_only_itself(task):
-    """Hopper-v5 and Walker2d-v5 (RK4, contacts with the floor): translation invariance on the plane."""
-    spec = envs.load(sources.GYMNASIUM + task)
+@pytest.mark.parametrize("name", ["gymnasium:Hopper-v5", "gymnasium:Walker2d-v5", "dm_control:cheetah-run"])
+def test_planar_walkers_x_position_influences_only_itself(name):
+    """Hopper-v5 and Walker2d-v5 (RK4, contacts with the floor) and dm_control's original cheetah:
+    translation invariance on the plane."""
+    spec = envs.load(name)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     states = jax.vmap(spec.env.reset)(keys)
     jac = jax.jit(jax.vmap(autodiff.make_jacobian_fn(spec)))

@@ -223,11 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _route_mujoco_warnings() -> None:
-    """Send MuJoCo's C-level warnings (e.g. deprecated XML attributes in Playground's models) to
-    logging instead of stdout, where they would interleave with the command's output."""
-    import mujoco
+    from dynsparse import sources
 
-    mujoco.set_mju_user_warning(lambda msg: logging.getLogger("mujoco").info("%s", msg.strip()))
+    sources.route_mujoco_warnings()
 
 
 def _cmd_envs(args: argparse.Namespace) -> int:
@@ -247,17 +245,28 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     if gym_ids:
         print(f"\nGymnasium MuJoCo tasks ({len(gym_ids)}), state [qpos, qvel] (not the observation):")
         for task in gym_ids:
-            name = sources.GYMNASIUM + task
-            try:
-                info = envs.static_info(name)
-            except errors.UserError as exc:
-                print(f"{name:<36}  not supported: {str(exc).split(': ', 1)[1].split(';')[0]}")
-                continue
-            print(f"{name:<36}{info['nq']:>4}{info['nv']:>4}{2 * info['nv']:>7}{info['nu']:>8}{info['n_substeps']:>10}{info['dt']:>8.4g}")
+            _print_env_row(sources.GYMNASIUM + task)
     else:
         print("\nGymnasium MuJoCo tasks: install gymnasium (pip install gymnasium imageio) for gymnasium:TASK-v5")
+    dm_tasks = sources.dm_control_tasks()
+    if dm_tasks:
+        print(f"\ndm_control suite tasks ({len(dm_tasks)}), the original models (not Playground's ports):")
+        for task in dm_tasks:
+            _print_env_row(sources.DM_CONTROL + task)
     print("\nany MJCF file: mjcf:PATH (with --substeps N, the action written to ctrl)")
     return 0
+
+
+def _print_env_row(name: str) -> None:
+    """One ``envs`` row of a prefixed source, or why MJX cannot run it."""
+    from dynsparse import envs
+
+    try:
+        info = envs.static_info(name)
+    except errors.UserError as exc:
+        print(f"{name:<40}  not supported: {str(exc).split(': ', 1)[1].split(';')[0]}")
+        return
+    print(f"{name:<40}{info['nq']:>4}{info['nv']:>4}{2 * info['nv']:>7}{info['nu']:>8}{info['n_substeps']:>10}{info['dt']:>8.4g}")
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
