@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsparse import envs, xla
+from dynsparse import envs, tangent, xla
 from dynsparse.jacobians import autodiff, definitions
 from dynsparse.policies import Policy
 
@@ -117,7 +117,8 @@ def _chunk_fn(spec: envs.EnvSpec, policy_json: str, with_jacobians: bool, defini
             from mujoco import mjx
 
             qpos, qvel, alive = replay(noise_t)
-            d = mjx.forward(spec.mjx_model, state.data.replace(qpos=qpos.astype(state.data.qpos.dtype), qvel=qvel.astype(state.data.qvel.dtype)))
+            qpos = tangent.normalize_quaternions(spec.charts, qpos.astype(state.data.qpos.dtype))
+            d = mjx.forward(spec.mjx_model, state.data.replace(qpos=qpos, qvel=qvel.astype(state.data.qvel.dtype)))
             state = state.replace(data=d)
         d = state.data
         a = policy.act(state.obs, noise_t, low, high).astype(d.qpos.dtype)

@@ -71,14 +71,20 @@ def zero_frequency(ds: Any, threshold: float = sparsity.DEFAULT_THRESHOLD, kind:
     return out
 
 
-def global_structure(ds: Any, threshold: float = sparsity.DEFAULT_THRESHOLD, kind: str = "absolute") -> dict[str, Any]:
+def global_structure(
+    ds: Any, threshold: float = sparsity.DEFAULT_THRESHOLD, kind: str = "absolute", inactive: bool = True,
+) -> dict[str, Any]:
     """The Q1 table of a dataset as a JSON-serialisable dict.
+
+    Args:
+      inactive: also list the constraints never active in the data and the global zeros they
+        may hide (``constraints.for_dataset``; rebuilds the model from the attrs).
 
     Returns:
       ``{"env", "backend", "policy", "threshold": {"value", "kind"}, "steps": {...},
       "J_s": {"zeros", "total", "percent", "entries": ["out <- in", ...]}, "J_a": {...},
-      "check": {...}, "solver_start_returned": int}``. With no counted step, ``zeros`` is
-      ``None`` (nothing can be said).
+      "check": {...}, "solver_start_returned": int, "inactive": {...}}``. With no counted step,
+      ``zeros`` is ``None`` (nothing can be said).
     """
     zc = zero_counts(ds, threshold, kind)
     result: dict[str, Any] = {
@@ -110,6 +116,10 @@ def global_structure(ds: Any, threshold: float = sparsity.DEFAULT_THRESHOLD, kin
     result["check"] = check_summary(small)
     result["solver"] = solver_summary(small)
     result["definitions"] = definition_summary(small)
+    if inactive:
+        from dynsparse.metrics import constraints
+
+        result["inactive"] = constraints.for_dataset(ds, result)
     return result
 
 
@@ -216,6 +226,10 @@ def format_table(result: dict[str, Any]) -> str:
         if entries:
             lines += ["", f"{name} entries zero at every counted step ({len(entries)}):"]
             lines += [f"  {e}" for e in entries]
+    if result.get("inactive"):
+        from dynsparse.metrics import constraints
+
+        lines += [""] + constraints.format_lines(result["inactive"])
     lines.append("")
     lines.append(f"Jacobian definition: {result.get('jacobian')}")
     if result.get("backend") == "finite_diff" and th["kind"] == "absolute" and th["value"] < 1e-8:

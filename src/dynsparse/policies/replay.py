@@ -9,8 +9,8 @@ The file is a NumPy ``.npz`` with arrays
 ``valid``   ``(episodes, steps)``      optional, bool: which steps exist (default all)
 ==========  ======================  ===================================================
 
-(2-D arrays ``(steps, dim)`` / ``(steps,)`` are one episode.) At every valid step dynsparse
-sets the simulator to the recorded ``(qpos, qvel)``, applies the recorded action and takes the
+(2-D arrays ``(steps, dim)`` are one episode.) At every valid step dynsparse sets the simulator
+to the recorded ``(qpos, qvel)`` (free- and ball-joint quaternions normalised), applies the recorded action and takes the
 Jacobians there; the next state it stores is the model's own step from that state, not the
 file's next row. The solver's hidden state (its warm start) is not in such files, so only the
 ``converged`` Jacobian definition, which does not depend on it, is allowed.

@@ -150,6 +150,7 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
                 f'<p class="warn">The {name} global-zero count last changed after {_fmt(last)} of {_fmt(cov["n_steps"])} pooled steps: '
                 "it has not saturated, so some of its global zeros may only be states this data never visited.</p>"
             )
+    parts.append(inactive_paragraph(summary))
     files = summary["figures"]
     title = f"{summary['env']} ({summary['policy_label']})"
     for kind in figures_lib.KINDS:
@@ -186,12 +187,44 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
         f"{kind.replace('_', ' ')}: " + ", ".join(f"{_fmt(r['variable'])} ({_fmt(r['switches'])})" for r in top[kind][:5])
         for kind in ("rows", "state_columns", "action_columns")) + "</p>")
     parts.append("<h3>Global zeros (named)</h3>")
+    risky: dict[str, list[str]] = {}
+    for c in (g.get("inactive") or {}).get("constraints", []):
+        for e in c.get("zeros", []):
+            risky.setdefault(e, []).append(f"{c['name']} {c['kind']}")
     for name in ("J_s", "J_a"):
         entries = g[name]["entries"]
-        items = "".join(f"<li>{_fmt(e)}</li>" for e in entries)
+        items = "".join(
+            f"<li>{_fmt(e)}" + (f" <em>(may be unvisited: {_fmt(', '.join(risky[e]))} never active)</em>" if e in risky else "") + "</li>"
+            for e in entries
+        )
         parts.append(f"<details><summary>{name}: {len(entries)} entries zero at every counted step</summary><ul>{items}</ul></details>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def inactive_paragraph(summary: dict[str, Any], limit: int = 8) -> str:
+    """The constraints never active in the data and the global zeros they may hide
+    (``metrics.constraints``); empty for summaries written before it existed."""
+    inactive = summary["global"].get("inactive")
+    if not inactive:
+        return ""
+    note = f" {_fmt(inactive['note'])}." if inactive.get("note") else ""
+    cons = inactive["constraints"]
+    risky = [c for c in cons if c.get("zeros")]
+    if not risky:
+        return (f"<p>Constraints never active in the {_fmt(inactive['steps'])} counted steps: {_fmt(len(cons))}; none of them "
+                f"acts on a variable with a global zero.{note}</p>")
+    items = "".join(
+        f"<li>{_fmt(c['name'])} {_fmt(c['kind'])} never active in {_fmt(inactive['steps'])} steps: {_fmt(len(c['zeros']))} zeros in "
+        f"column(s) {_fmt(', '.join(sorted({e.split(' <- ', 1)[1] for e in c['zeros']})))} may be unvisited</li>"
+        for c in risky[:limit]
+    )
+    more = f"<li>... and {_fmt(len(risky) - limit)} more</li>" if len(risky) > limit else ""
+    return (
+        f'<div class="warn"><p>{_fmt(inactive["zeros_at_risk"])} global zero(s) may only mean that the data never activated a '
+        f"constraint that acts on their input variable ({_fmt(len(cons))} constraint(s) never active, {_fmt(len(risky))} of them "
+        f"touching global zeros; a flag, not a proof).{note}</p><ul>{items}{more}</ul></div>"
+    )
 
 
 def check_paragraph(summary: dict[str, Any]) -> str:
