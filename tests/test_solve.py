@@ -129,13 +129,18 @@ def test_the_composed_step_is_mjx_step_bit_for_bit(integrator):
     assert int(np.asarray(jax.vmap(envs.count_contacts)(want)).max()) > 0
 
 
-def test_implicit_integrator_is_refused_with_one_line_error():
-    spec = _arm("implicit")
+@pytest.mark.parametrize("integrator, feature", [
+    ("implicit", "mjtIntegrator.mjINT_IMPLICIT is not implemented (mjx.step runs Euler, RK4, implicitfast)"),
+    ("discrete", "mjtIntegrator.mjINT_DISCRETE is not implemented (mjx.step runs Euler, RK4, implicitfast)"),
+])
+def test_integrators_mjx_cannot_step_are_refused_with_one_line_error(integrator, feature):
+    """MJX steps with neither the fully implicit nor the discrete integrator (put_model accepts
+    the latter, mjx.step does not): both refused when the model is built, naming the integrator;
+    every integrator mjx.step runs is differentiated."""
     with pytest.raises(errors.UserError) as exc:
-        autodiff.make_jacobian_fn(spec)
-    assert one_error_line(str(exc.value)) == (
-        "integrator IMPLICIT is not supported by dynsparse's differentiated step; allowed: EULER, IMPLICITFAST, RK4"
-    )
+        _arm(integrator)
+    assert one_error_line(str(exc.value)).startswith(f"Arm{integrator}: MJX (mujoco-mjx 3.17.0) cannot simulate this model: {feature};")
+    assert {i.name for i in solve.SUPPORTED_INTEGRATORS} == {"EULER", "RK4", "IMPLICITFAST"}
 
 
 def test_converged_settings_apply_to_both_simulators(cartpole):

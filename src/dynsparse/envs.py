@@ -383,6 +383,9 @@ def active_contact_pairs(data: Any, table: np.ndarray, n_pairs: int) -> jax.Arra
     return jnp.zeros((n_pairs + 1,), bool).at[idx].max(active)[:n_pairs]
 
 
+#: The integrators ``mjx.step`` runs (mujoco-mjx 3.17).
+_MJX_STEP_INTEGRATORS = (mujoco.mjtIntegrator.mjINT_EULER, mujoco.mjtIntegrator.mjINT_RK4, mujoco.mjtIntegrator.mjINT_IMPLICITFAST)
+
 #: How an ``MjcfEnv`` draws initial states (see ``MjcfEnv``).
 RESET_KINDS = ("uniform", "uniform-normal", "reacher", "pusher")
 
@@ -413,6 +416,8 @@ class MjcfEnv:
         from mujoco import mjx
 
         self.mj_model = mujoco.MjModel.from_xml_string(model) if isinstance(model, str) else model
+        if self.mj_model.opt.integrator not in _MJX_STEP_INTEGRATORS:  # put_model accepts DISCRETE, mjx.step does not
+            raise NotImplementedError(f"{mujoco.mjtIntegrator(self.mj_model.opt.integrator)} is not implemented (mjx.step runs Euler, RK4, implicitfast)")
         self.mjx_model = mjx.put_model(self.mj_model, impl="jax")
         self.n_substeps = int(n_substeps)
         self.dt = float(self.mj_model.opt.timestep) * self.n_substeps
@@ -486,5 +491,14 @@ def _reject(draw: Callable[[jax.Array], jax.Array], accept: Callable[[jax.Array]
 
 
 def from_mjcf(xml: str, name: str = "mjcf", n_substeps: int = 1, init_noise: float = 0.1) -> EnvSpec:
-    """An ``EnvSpec`` for an MJCF string (see ``MjcfEnv``); float64."""
-    return _spec(name, MjcfEnv(xml, n_substeps, init_noise))
+    """An ``EnvSpec`` for an MJCF string (see ``MjcfEnv``); float64.
+
+    Raises:
+      UserError: MJX cannot build the model (names the feature, ``sources.build_error``).
+    """
+    from dynsparse import sources
+
+    try:
+        return _spec(name, MjcfEnv(xml, n_substeps, init_noise))
+    except NotImplementedError as exc:
+        raise sources.build_error(name, exc) from exc
