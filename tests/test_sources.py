@@ -287,10 +287,17 @@ class TestGymnasiumHalfCheetah:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gymnasium:Hopper-v5", "gymnasium:Walker2d-v5", "dm_control:cheetah-run"])
+@pytest.mark.parametrize("name", [
+    "gymnasium:Hopper-v5",
+    pytest.param("gymnasium:Walker2d-v5", marks=pytest.mark.long),  # 7 min of compiling; Hopper covers RK4 + contacts in CI
+    "dm_control:cheetah-run",
+])
 def test_planar_walkers_x_position_influences_only_itself(name):
     """Hopper-v5 and Walker2d-v5 (RK4, contacts with the floor) and dm_control's original cheetah:
-    translation invariance on the plane."""
+    translation invariance on the plane. Below 1e-30 rather than exactly 0: with RK4 and floor
+    contacts the tangent arithmetic leaves products of round-off of 1e-34..1e-38 in that column
+    (measured on Hopper-v5; Walker2d-v5 and the Euler cheetahs give exact zeros), 22 orders of
+    magnitude below the default zero threshold 1e-12."""
     spec = envs.load(name)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     states = jax.vmap(spec.env.reset)(keys)
@@ -308,7 +315,7 @@ def test_planar_walkers_x_position_influences_only_itself(name):
         a = jnp.asarray(rng.uniform(spec.action_low, spec.action_high, (2, spec.nu)))
         j_s, _, _, _ = jac(states.data, a)
         j_s = np.asarray(j_s)
-        assert (j_s[:, others, col] == 0).all()
+        assert np.abs(j_s[:, others, col]).max() < 1e-30
         states = advance(states, a)
         contacts += int(np.asarray(jax.vmap(envs.count_contacts)(states.data)).sum())
     assert contacts > 0
