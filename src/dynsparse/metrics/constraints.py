@@ -39,9 +39,11 @@ from dynsparse import dataset
 def model_of(ds: Any) -> tuple[mujoco.MjModel | None, str]:
     """The native model a dataset was collected with, rebuilt from its attrs (``env`` and, for
     ``mjcf:``, ``substeps``), and a note: ``(model, "")`` or ``(None, why not)``."""
-    from dynsparse import envs, errors
+    from dynsparse import envs, errors, sources
 
     name = ds.attrs.get("env")
+    if sources.kind(str(name)) == "mjcf" and ds.attrs.get("model_file"):
+        name = sources.MJCF + str(ds.attrs["model_file"])  # absolute: readable from any working directory
     try:
         config = json.loads(ds.attrs.get("config", "{}"))
         spec = envs.load(str(name), "float64", config.get("substeps"))
