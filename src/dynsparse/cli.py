@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("envs", help="list the environments with their state and action sizes")
 
     c = sub.add_parser("collect", help="roll out a policy and store Jacobians along the trajectories")
-    c.add_argument("env", help="Playground registry name (CheetahRun), gymnasium:TASK-v5 (gymnasium:HalfCheetah-v5) "
-                               "or mjcf:PATH (any MJCF file); `dynsparse envs` lists them")
+    c.add_argument("env", help="Playground registry name (CheetahRun), gymnasium:TASK-v5 (gymnasium:HalfCheetah-v5), "
+                               "dm_control:DOMAIN-TASK (dm_control:cheetah-run) or mjcf:PATH (any MJCF file); "
+                               "`dynsparse envs` lists them")
     c.add_argument("--episodes", type=_positive_int, default=None, help="default 2 (with --from: the file's)")
     c.add_argument("--steps", type=_positive_int, default=None, help="control steps per episode; default 300 (with --from: the file's)")
     c.add_argument("--substeps", type=_positive_int, default=None, metavar="N",
