@@ -117,27 +117,27 @@ def dm_control_tasks() -> tuple[str, ...]:
     return () if suite is None else tuple(f"{d}-{t}" for d, t in suite.ALL_TASKS)
 
 
+def _check_task(name: str, prefix: str, tasks: tuple[str, ...], package: str, what: str, allowed: str) -> None:
+    """``UserError`` unless ``name[len(prefix):]`` is one of ``tasks`` (empty: ``package`` is not
+    installed), suggesting close names."""
+    task = name[len(prefix):]
+    if not tasks:
+        raise errors.UserError(f"environment {name!r} needs the {package.split()[0]} package, which is not installed; pip install {package}")
+    if task not in tasks:
+        close = difflib.get_close_matches(task, tasks, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(prefix + c for c in close)}?" if close else f"allowed: {allowed}"
+        raise errors.UserError(f"unknown {what} {task!r}; {hint}")
+
+
 def check(name: str) -> None:
     """Raise ``UserError`` unless a prefixed ``name`` names an available model (cheap: the
     model is not built)."""
     if name.startswith(GYMNASIUM):
-        task = name[len(GYMNASIUM):]
         ids = gymnasium_ids()
-        if not ids:
-            raise errors.UserError(f"environment {name!r} needs the gymnasium package, which is not installed; pip install 'gymnasium>=1.2' imageio")
-        if task not in ids:
-            close = difflib.get_close_matches(task, ids, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(GYMNASIUM + c for c in close)}?" if close else f"allowed: {', '.join(GYMNASIUM + i for i in ids)}"
-            raise errors.UserError(f"unknown Gymnasium MuJoCo task {task!r}; {hint}")
+        _check_task(name, GYMNASIUM, ids, "gymnasium imageio", "Gymnasium MuJoCo task", ", ".join(GYMNASIUM + i for i in ids))
     elif name.startswith(DM_CONTROL):
-        task = name[len(DM_CONTROL):]
-        tasks = dm_control_tasks()
-        if not tasks:
-            raise errors.UserError(f"environment {name!r} needs the dm-control package, which is not installed; pip install dm-control")
-        if task not in tasks:
-            close = difflib.get_close_matches(task, tasks, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(DM_CONTROL + c for c in close)}?" if close else "allowed: dm_control:DOMAIN-TASK, e.g. dm_control:cheetah-run (`dynsparse envs` lists them)"
-            raise errors.UserError(f"unknown dm_control task {task!r}; {hint}")
+        _check_task(name, DM_CONTROL, dm_control_tasks(), "dm-control", "dm_control task",
+                    "dm_control:DOMAIN-TASK, e.g. dm_control:cheetah-run (`dynsparse envs` lists them)")
     elif name.startswith(MJCF):
         mjcf_path(name)
 
