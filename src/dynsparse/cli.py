@@ -108,19 +108,25 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--only", action="append", default=[], metavar="JOB", help="run only this job (repeatable); ids as in summary.csv")
     w.add_argument("--menagerie", default=argparse.SUPPRESS, metavar="PATH", help="as the global --menagerie")
 
-    t = sub.add_parser("train-policy", help="train a PPO policy (brax, Playground's published hyper-parameters)")
+    t = sub.add_parser("train-policy", help="train a PPO policy (brax, Playground's published hyper-parameters); resumable")
     t.add_argument("env", help="a DM-Control suite name in Playground, e.g. CheetahRun")
-    t.add_argument("--out", required=True, help="checkpoint folder (must not exist); rewritten after every evaluation")
+    t.add_argument("--out", required=True,
+                   help="checkpoint folder (new, or with --resume one this command wrote); rewritten after every evaluation")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out from its last evaluation (options default to the saved run's; "
+                        "options given must equal them)")
+    t.add_argument("--time-limit", type=_positive_float, default=None, metavar="SECONDS",
+                   help="stop before an iteration that would end after this many seconds (resume it later with --resume)")
     t.add_argument("--timesteps", type=_positive_int, default=None, help="environment steps (default: the published budget)")
-    t.add_argument("--budget-scale", type=_positive_float, default=1.0,
+    t.add_argument("--budget-scale", type=_positive_float, default=None,
                    help="fraction of the published step budget, when --timesteps is not given (default 1)")
     t.add_argument("--noise-beta", type=float, default=None,
                    help="exploration colored-noise exponent in [0, 2] (default 0.5; 0 = brax's white noise)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a brax ppo.train keyword, e.g. --set num_envs=256 (repeatable)")
-    t.add_argument("--policy-hidden", default="32,32,32,32", help="policy MLP widths (default brax's 32,32,32,32)")
-    t.add_argument("--value-hidden", default="256,256,256,256,256", help="value MLP widths (default 256 x 5)")
+    t.add_argument("--policy-hidden", default=None, help="policy MLP widths (default brax's 32,32,32,32)")
+    t.add_argument("--value-hidden", default=None, help="value MLP widths (default 256,256,256,256,256)")
 
     lp = sub.add_parser("learn", help="train MLP world models (5 losses x seeds) and compare their Jacobian sparsity with the truth")
     lp.add_argument("datasets", nargs="+", help="datasets from `dynsparse collect` (pooled per environment)")
@@ -343,6 +349,9 @@ def _widths(flag: str, text: str) -> tuple[int, ...]:
 
 
 def _cmd_train_policy(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+
     from tqdm import tqdm
 
     from dynsparse import jaxcache
@@ -354,12 +363,21 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise errors.UserError(f"--set {item!r} must be KEY=VALUE, e.g. num_envs=256")
         overrides.append((key.strip(), value.strip()))
-    config = ppo_train.TrainConfig(
-        env=args.env, timesteps=args.timesteps, budget_scale=args.budget_scale,
-        noise_beta=ppo_train.DEFAULT_TRAIN_BETA if args.noise_beta is None else args.noise_beta,
-        seed=args.seed, overrides=tuple(overrides),
-        policy_hidden=_widths("--policy-hidden", args.policy_hidden), value_hidden=_widths("--value-hidden", args.value_hidden),
-    ).validated()
+    given = {
+        "timesteps": args.timesteps, "budget_scale": args.budget_scale, "noise_beta": args.noise_beta, "seed": args.seed,
+        "overrides": tuple(overrides) or None,
+        "policy_hidden": None if args.policy_hidden is None else _widths("--policy-hidden", args.policy_hidden),
+        "value_hidden": None if args.value_hidden is None else _widths("--value-hidden", args.value_hidden),
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.resume:
+        saved = ppo_train.config_from_saved(args.out)
+        if saved.env != args.env:
+            raise errors.UserError(f"cannot resume {args.out}: it trains {saved.env}, not {args.env}")
+        config = dataclasses.replace(saved, **given)  # given options must equal the saved ones (checked by train)
+    else:
+        config = ppo_train.TrainConfig(env=args.env, **given)
+    config = config.validated()
     jaxcache.enable(args.jax_cache)
     bar = None
 
@@ -370,18 +388,20 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         bar.update(max(0, point.steps - bar.n))
         bar.set_postfix_str(f"return {point.return_mean:.1f} +- {point.return_std:.1f}")
 
+    budget = ppo_train.Budget(None if args.time_limit is None else time.time() + args.time_limit)
     try:
-        meta = ppo_train.train(config, args.out, on_eval=on_eval)
+        meta = ppo_train.train(config, args.out, on_eval=on_eval, resume=args.resume, budget=budget)
     except KeyboardInterrupt:
-        print(f"dynsparse: interrupted; {args.out} holds the last evaluated policy, if any (\"complete\": false); "
-              "training does not resume: train again into a new folder", file=sys.stderr)
+        print(f"dynsparse: interrupted; {args.out} holds the run up to its last evaluation (\"complete\": false); "
+              f"continue it with: dynsparse train-policy {args.env} --out {args.out} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         if bar is not None:
             bar.close()
     ev = meta["evaluation"] or {}
-    print(f"wrote {args.out}: {args.env}, {meta['training']['steps_done']} steps, evaluation return "
-          f"{ev.get('return_mean', float('nan')):.1f} +- {ev.get('return_std', float('nan')):.1f} "
+    state = "complete" if meta["complete"] else "paused at the time limit (continue with --resume)"
+    print(f"wrote {args.out}: {args.env}, {meta['training']['steps_done']} of {meta['training']['budget_timesteps']} steps, "
+          f"{state}, evaluation return {ev.get('return_mean', float('nan')):.1f} +- {ev.get('return_std', float('nan')):.1f} "
           f"({meta['training']['wall_s']:.0f} s on {meta['training']['device']})")
     return 0
 

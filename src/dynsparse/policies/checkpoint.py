@@ -52,7 +52,8 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
     return tree
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """``np.savez`` of ``arrays`` as bytes (uncompressed)."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -72,7 +73,7 @@ def save(folder: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    data = _npz_bytes({k: np.asarray(v) for k, v in arrays.items()})
+    data = npz_bytes({k: np.asarray(v) for k, v in arrays.items()})
     sha = hashlib.sha256(data).hexdigest()
     params_name = f"params-{sha[:16]}.npz"
     files.write_atomic(folder / params_name, data)

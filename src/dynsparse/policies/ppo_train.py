@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,12 +30,6 @@ from dynsparse.policies import checkpoint
 from dynsparse.policies import noise as noise_lib
 from dynsparse.versions import package_versions
 
-#: brax ``ppo.train`` keywords a user may override (numbers and booleans only)
-_NOT_OVERRIDABLE = {"environment", "num_timesteps", "network_factory", "wrap_env_fn", "progress_fn",
-                    "policy_params_fn", "seed", "eval_env", "randomization_fn", "save_checkpoint_path",
-                    "restore_checkpoint_path", "restore_params", "wrap_env", "vision", "augment_pixels",
-                    "learning_rate_schedule", "normalize_observations_mode", "max_devices_per_host",
-                    "training_metrics_steps"}
 VERSIONS = ("dynsparse", "jax", "jaxlib", "brax", "flax", "optax", "mujoco", "mujoco-mjx", "playground")
 DEFAULT_TRAIN_BETA = 0.5
 
@@ -133,12 +129,15 @@ def _cast(value: Any, kind: type) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def overridable_keys() -> dict[str, Any]:
-    """brax ``ppo.train`` keywords with number/bool defaults that ``--set`` may change."""
+    """brax ``ppo.train`` keywords the resumable loop honours (``ppo_loop.SUPPORTED``) that ``--set``
+    may change, with brax's defaults (``None`` defaults listed as 0.0: a number turns them on)."""
     from brax.training.agents.ppo import train as ppo
+
+    from dynsparse.policies import ppo_loop
 
     out: dict[str, Any] = {}
     for name, p in inspect.signature(ppo.train).parameters.items():
-        if name in _NOT_OVERRIDABLE:
+        if name not in ppo_loop.SUPPORTED:
             continue
         default = p.default
         if isinstance(default, (bool, int, float)) or default is None and name in ("max_grad_norm", "episode_length", "clipping_epsilon_value", "normalize_until_count"):
@@ -256,34 +255,107 @@ def versions() -> dict[str, str]:
     return package_versions(VERSIONS)
 
 
+STATE_FILE = "train_state.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """When a training segment stops early: ``stop_at`` is a ``time.time()`` deadline (None: none).
+
+    Before each iteration the trainer estimates its duration from the previous one (x 1.2); it
+    stops (saving nothing new: the last evaluation is already saved) when that would pass
+    ``stop_at``, so a lease's deadline costs no half-done iteration.
+    """
+
+    stop_at: float | None = None
+
+    def allows(self, last_iteration_s: float, now: float | None = None) -> bool:
+        """Whether an iteration expected to last ``last_iteration_s`` seconds (x 1.2) ends before ``stop_at``."""
+        now = time.time() if now is None else now
+        return self.stop_at is None or now + 1.2 * last_iteration_s < self.stop_at
+
+
 @locks.writes("out")
-def train(config: TrainConfig, out: str | Path, on_eval: Callable[[EvalPoint, int], None] | None = None) -> dict[str, Any]:
-    """Train and save a checkpoint in ``out`` (refused if ``out`` exists and is not empty).
+def train(config: TrainConfig, out: str | Path, on_eval: Callable[[EvalPoint, int], None] | None = None,
+          resume: bool = False, budget: Budget = Budget()) -> dict[str, Any]:
+    """Train (or continue training) and save a checkpoint in ``out``.
+
+    After every evaluation ``out`` receives the policy checkpoint (``policy.json`` and
+    ``params-*.npz``, see ``checkpoint``) and the full training state ``train_state.npz`` (optimizer
+    moments, normaliser, step count, random keys: see ``ppo_loop``), both replaced atomically.
 
     Args:
-      config: the run (validated here).
-      out: checkpoint folder; rewritten after every evaluation.
+      config: the run (validated here). On resume it must equal the saved run's configuration.
+      out: checkpoint folder: new or empty, or (``resume``) a folder this function wrote.
       on_eval: called with each evaluation and the total step budget.
+      resume: continue the run saved in ``out`` from its last evaluation (bit for bit the same
+        result as an uninterrupted run on the same device and package versions).
+      budget: an optional deadline for this segment (see :class:`Budget`).
 
     Returns:
-      The checkpoint's ``policy.json`` content.
+      The checkpoint's ``policy.json`` content (``"complete"`` false when the budget is not done).
 
     Raises:
-      UserError: bad configuration, or ``out`` already holds something.
+      UserError: bad configuration; ``out`` not empty (fresh) or holding no resumable run, or a run
+        with another configuration (resume).
     """
     import jax
 
     config = config.validated()
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise errors.UserError(f"{out} already exists and is not empty; choose a new --out (nothing was changed)")
+    saved = None
+    if resume:
+        saved = _saved_run(out, config)
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise errors.UserError(f"{out} already exists and is not empty; choose a new --out, or continue it with --resume "
+                               "(nothing was changed)")
     rl = config.rl_config()
     previous_x64 = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", False)  # brax PPO trains in float32
     try:
-        return _train(config, rl, out, on_eval)
+        return _train(config, rl, out, on_eval, saved, budget)
     finally:
         jax.config.update("jax_enable_x64", previous_x64)
+
+
+def config_record(config: TrainConfig) -> dict[str, Any]:
+    """The configuration as JSON values (what a resume must match)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _saved_run(out: Path, config: TrainConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from dynsparse.policies import ppo_loop
+
+    path = out / STATE_FILE
+    if not path.is_file():
+        what = "a policy without its training state (trained before resumable training, or exported)" if (out / checkpoint.META).is_file() else "no training state"
+        raise errors.UserError(f"cannot resume {out}: it holds {what}; train into a new --out")
+    arrays, record = ppo_loop.load_state(path)
+    saved_config = record.get("config", {})
+    mine = config_record(config)
+    diff = sorted(k for k in set(saved_config) | set(mine) if saved_config.get(k) != mine.get(k))
+    if diff:
+        k = diff[0]
+        raise errors.UserError(f"cannot resume {out}: it was trained with {k}={saved_config.get(k)!r}, not {mine.get(k)!r}; "
+                               "resume with the same options (or train into a new --out)")
+    return arrays, record
+
+
+def config_from_saved(out: str | Path) -> TrainConfig:
+    """The ``TrainConfig`` of the run saved in ``out`` (for ``train-policy --resume`` without options).
+
+    Raises:
+      UserError: ``out`` holds no resumable run.
+    """
+    from dynsparse.policies import ppo_loop
+
+    path = Path(out) / STATE_FILE
+    if not path.is_file():
+        raise errors.UserError(f"cannot resume {out}: no {STATE_FILE} in it")
+    c = dict(ppo_loop.load_state(path)[1]["config"])
+    c["overrides"] = tuple((k, v) for k, v in c.get("overrides", ()))
+    c["policy_hidden"], c["value_hidden"] = tuple(c["policy_hidden"]), tuple(c["value_hidden"])
+    return TrainConfig(**c)
 
 
 def jax_compat() -> list[str]:
@@ -308,12 +380,12 @@ def jax_compat() -> list[str]:
     return added
 
 
-def _train(config: TrainConfig, rl: dict[str, Any], out: Path, on_eval: Callable[[EvalPoint, int], None] | None) -> dict[str, Any]:
+def _train(config: TrainConfig, rl: dict[str, Any], out: Path, on_eval: Callable[[EvalPoint, int], None] | None,
+           saved: tuple[dict[str, np.ndarray], dict[str, Any]] | None, budget: Budget) -> dict[str, Any]:
     import jax
-    from brax.training.agents.ppo import train as ppo
     from mujoco_playground import registry
 
-    from dynsparse.policies import ppo_networks
+    from dynsparse.policies import ppo_loop, ppo_networks
 
     compat = jax_compat()
     env = registry.load(config.env, config_overrides={"impl": "jax"})
@@ -325,56 +397,72 @@ def _train(config: TrainConfig, rl: dict[str, Any], out: Path, on_eval: Callable
     network = {"policy_hidden": list(config.policy_hidden), "value_hidden": list(config.value_hidden),
                "activation": "swish", "distribution": "tanh_normal", "min_std": 0.001}
     factory = ppo_networks.make_network_factory(nu, config.policy_hidden, config.value_hidden, network["activation"])
-    kwargs = dict(rl)
-    num_timesteps = kwargs.pop("num_timesteps")
-    kwargs.pop("episode_length", None)
+    hp = dict(rl)
+    num_timesteps = hp.pop("num_timesteps")
+    device = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}"
+    run = ppo_loop.PPORun(env, eval_env, num_timesteps, factory, config.seed,
+                          make_colored_noise_wrapper(int(n_obs), int(nu), config.noise_beta, int(rl["episode_length"])), **hp)
+    if saved is None:
+        record: dict[str, Any] = {"config": config_record(config), "curve": [], "wall_s": 0.0, "segments": []}
+        state = run.initial_state()
+    else:
+        arrays, record = saved
+        state = run.state_from_arrays(arrays, str(out / STATE_FILE))
+    if not run.resumable:
+        print(f"dynsparse: num_resets_per_eval is 0, so this run cannot be resumed (environments carry over between "
+              f"epochs); only its policy is saved", file=sys.stderr)
+    segment = {"from_steps": run.env_steps(state), "device": device, "versions": versions(), "jax_compat": compat}
+    record["segments"] = [*record["segments"], segment]
+    wall_before = float(record["wall_s"])
     start = time.time()
-    curve: list[EvalPoint] = []
-    latest: dict[str, Any] = {}
+    curve = [EvalPoint(**p) for p in record["curve"]]
     base_meta = {
         "env": config.env, "obs_size": int(n_obs), "action_size": int(nu), "network": network,
         "normalize_observations": bool(rl.get("normalize_observations", False)),
         "noise": {"beta": float(config.noise_beta), "length": int(rl["episode_length"]), "kind": "colored, per episode"},
         "training": {
-            "trainer": "brax.training.agents.ppo.train", "impl": "jax", "dtype": "float32", "seed": config.seed,
+            "trainer": "dynsparse.policies.ppo_loop (brax.training.agents.ppo.train, resumable)", "impl": "jax",
+            "dtype": "float32", "seed": config.seed,
             "budget_timesteps": int(num_timesteps), "budget_scale": config.budget_scale if config.timesteps is None else None,
             "hyperparameters": {k: v for k, v in rl.items()},
             "overrides": {k: v for k, v in config.overrides},
-            "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
-            "jax_compat": compat,
+            "device": device, "jax_compat": compat, "segments": record["segments"],
+            "resumable": run.resumable,
         },
         "evaluation_protocol": "brax Evaluator: mean undiscounted return of num_eval_envs episodes of episode_length steps, "
                                "stochastic policy with the training noise",
         "versions": versions(),
         "python": platform.python_version(),
     }
-
-    def keep_params(step: int, make_policy: Any, params: Any) -> None:
-        del make_policy
-        latest["step"], latest["params"] = int(step), jax.device_get(params)
+    num_eval_envs = int(hp.get("num_eval_envs", 128))
+    last_iteration = {"t": time.time(), "duration": 0.0}
 
     def on_progress(step: int, metrics: dict[str, Any]) -> None:
-        if "eval/episode_reward" not in metrics:
-            return
-        point = EvalPoint(int(step), float(metrics["eval/episode_reward"]),
-                          float(metrics.get("eval/episode_reward_std", float("nan"))), time.time() - start)
-        curve.append(point)
-        if latest.get("step") != int(step):  # brax's first evaluation (step 0) comes before its parameters
-            return
-        _save(out, base_meta, latest["params"], curve, complete=False, steps_done=latest["step"],
-              num_eval_envs=int(kwargs.get("num_eval_envs", 128)))
-        if on_eval is not None:
-            on_eval(point, int(num_timesteps))
+        curve.append(EvalPoint(int(step), float(metrics.get("eval/episode_reward", float("nan"))),
+                               float(metrics.get("eval/episode_reward_std", float("nan"))),
+                               wall_before + time.time() - start))
 
-    _, params, _ = ppo.train(
-        environment=env, eval_env=eval_env, num_timesteps=num_timesteps, episode_length=rl["episode_length"],
-        network_factory=factory, seed=config.seed, progress_fn=on_progress, policy_params_fn=keep_params,
-        wrap_env_fn=make_colored_noise_wrapper(int(n_obs), int(nu), config.noise_beta, int(rl["episode_length"])),
-        **kwargs,
-    )
-    latest["params"] = jax.device_get(params)
-    return _save(out, base_meta, latest["params"], curve, complete=True, steps_done=latest.get("step", num_timesteps),
-                 num_eval_envs=int(kwargs.get("num_eval_envs", 128)), wall_s=time.time() - start)
+    def on_iteration(st: ppo_loop.LoopState, metrics: dict[str, Any]) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        steps = run.env_steps(st)
+        segment["to_steps"] = steps
+        record.update(curve=[dataclasses.asdict(p) for p in curve], wall_s=wall_before + time.time() - start)
+        if run.resumable:
+            ppo_loop.save_state(run, st, out / STATE_FILE, record)
+        _save(out, base_meta, run.params(st), curve, complete=False, steps_done=steps, num_eval_envs=num_eval_envs,
+              wall_s=record["wall_s"])
+        now = time.time()
+        last_iteration.update(duration=now - last_iteration["t"], t=now)
+        if on_eval is not None and curve:
+            on_eval(curve[-1], int(num_timesteps))
+
+    def go_on() -> bool:
+        return budget.allows(last_iteration["duration"])
+
+    state = ppo_loop.run(run, state, on_progress, on_iteration, go_on)
+    done = state.iterations_done >= run.num_evals_after_init
+    return _save(out, base_meta, run.params(state), curve, complete=done, steps_done=run.env_steps(state),
+                 num_eval_envs=num_eval_envs, wall_s=wall_before + time.time() - start)
 
 
 def _count(count: Any) -> np.ndarray:
@@ -384,8 +472,8 @@ def _count(count: Any) -> np.ndarray:
     return np.asarray(count)
 
 
-def _save(out: Path, base_meta: dict[str, Any], params: Any, curve: list[EvalPoint], complete: bool, steps_done: int,
-          num_eval_envs: int, wall_s: float | None = None) -> dict[str, Any]:
+def params_arrays(params: Any) -> dict[str, np.ndarray]:
+    """brax's ``(normaliser, policy, value)`` parameters as the checkpoint's flat named arrays."""
     normalizer, policy, value = params
     arrays = {
         "normalizer/mean": np.asarray(normalizer.mean), "normalizer/std": np.asarray(normalizer.std),
@@ -393,6 +481,12 @@ def _save(out: Path, base_meta: dict[str, Any], params: Any, curve: list[EvalPoi
     }
     arrays.update(checkpoint.flatten(policy, "policy/"))
     arrays.update(checkpoint.flatten(value, "value/"))
+    return arrays
+
+
+def _save(out: Path, base_meta: dict[str, Any], params: Any, curve: list[EvalPoint], complete: bool, steps_done: int,
+          num_eval_envs: int, wall_s: float | None = None) -> dict[str, Any]:
+    arrays = params_arrays(params)
     last = curve[-1] if curve else None
     meta = {
         **base_meta,
