@@ -70,7 +70,7 @@ def main() -> int:
             rows.append({"beta": beta, "scale": scale, "episodes": n, "steps": T, "reached": float(hit.mean()),
                          "first_step_median": float(np.median(first)) if first else None,
                          "squash": args.squash, "return_mean": float(r.sum(axis=0).mean()), "return_max": float(r.sum(axis=0).max())})
-            print(f"beta {beta:3.1f} scale {scale:3.1f}: reached in {hit.sum():3d}/{n} episodes, "
+            print(f"beta {beta:g} scale {scale:g}: reached in {hit.sum():3d}/{n} episodes, "
                   f"mean return {rows[-1]['return_mean']:7.2f} ({time.time() - t0:.0f} s)", flush=True)
     form = "clip(scale * eps, -1, 1)" if args.squash == "clip" else "tanh(scale * eps)"
     lines = [f"{args.env}: open-loop colored-noise actions {form}, {n} episodes x {T} steps, seed {args.seed}",

@@ -15,7 +15,8 @@ checkpoints back. Two steps:
   the other**, each with the GPU to itself for an equal share of the minutes: a task with a saved
   training state (``policy-training/ENV/train_state.npz``) resumes it, a new one starts the
   published budget (Playground's ``brax_ppo_config``) with ``num_resets_per_eval`` 2 and one
-  evaluation (and checkpoint) per ~2M steps, and the task's exploration beta (:data:`BETAS`).
+  evaluation (and checkpoint) per ~2M steps, and the task's exploration beta and scale
+  (:data:`BETAS`, :data:`EXPLORATION_SCALES`).
   ``train-policy --time-limit`` stops each before an iteration that would overrun its share; a
   watchdog sends SIGINT 60 s after the share and SIGKILL 30 s later (the last evaluation is saved
   either way). ``$OUT/ENV/`` receives each task's checkpoint (``policy.json``, ``params-*.npz``,
@@ -56,10 +57,12 @@ from pathlib import Path
 
 STUDY_ENVS = ("BallInCup", "CartpoleBalance", "CheetahRun", "ReacherHard", "FingerSpin", "FingerTurnEasy",
               "WalkerRun", "SwimmerSwimmer6")
-#: exploration beta per task for a new training (default: train-policy's 0.5); BallInCup's is the
-#: one whose open-loop colored noise reached the cup most often (scripts/explore_colored_noise.py,
-#: see README)
-BETAS = {"BallInCup": 2.0}
+#: exploration beta and policy-std multiplier (brax's var_scale) per task for a new training
+#: (default: train-policy's beta 0.5, scale 1). BallInCup: open-loop colored noise never reached
+#: the cup at the untrained policy's std (tanh(0.7 eps): 0/128 episodes for every beta), and did
+#: most often with beta 0.5-1 at std ~2 (scripts/explore_colored_noise.py; README)
+BETAS = {"BallInCup": 1.0}
+EXPLORATION_SCALES = {"BallInCup": 3.0}
 #: environment steps of one PPO training step with the published settings (1024 x 30 x 32)
 STEPS_PER_TRAINING_STEP = 1024 * 30 * 32
 RESETS_PER_EVAL = 2
@@ -100,6 +103,8 @@ def train_command(env: str, out: Path, resume: bool, time_limit_s: float, timest
     cmd += ["--timesteps", str(budget), "--set", f"num_resets_per_eval={RESETS_PER_EVAL}", "--set", f"num_evals={evals}"]
     if env in BETAS:
         cmd += ["--noise-beta", str(BETAS[env])]
+    if env in EXPLORATION_SCALES:
+        cmd += ["--exploration-scale", str(EXPLORATION_SCALES[env])]
     return cmd + extra
 
 

@@ -40,11 +40,12 @@ def test_new_training_command_uses_the_published_budget_checkpoints_every_two_st
     cmd = lease.train_command("BallInCup", tmp_path / "o", False, 300.4, None, ["--set", "num_envs=8"])
     text = " ".join(cmd)
     assert "train-policy BallInCup" in text and "--time-limit 300" in text and "--timesteps 60000000" in text
-    assert "--set num_resets_per_eval=2" in text and f"--noise-beta {lease.BETAS['BallInCup']}" in text
+    assert "--set num_resets_per_eval=2" in text and "--noise-beta 1.0" in text and "--exploration-scale 3.0" in text
     evals = int(text.split("num_evals=")[1].split()[0])
     assert evals == 32  # ceil(60M / (2 x 983,040)) + 1: one training step per epoch, ~2M steps per evaluation
     assert cmd[-2:] == ["--set", "num_envs=8"]
     assert "--noise-beta" not in lease.train_command("CheetahRun", tmp_path, False, 10, None, [])
+    assert "--exploration-scale" not in lease.train_command("CheetahRun", tmp_path, False, 10, None, [])
     resume = lease.train_command("CheetahRun", tmp_path / "o", True, 10, None, ["--set", "x=1"])
     assert resume[-1] == "--resume" and "--set" not in resume  # a resumed run keeps its own options
 

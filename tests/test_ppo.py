@@ -61,7 +61,8 @@ def _brax_networks(meta: dict, arrays: dict):
     from dynsparse.policies import ppo_networks
 
     nu, n_obs = meta["action_size"], meta["obs_size"]
-    factory = ppo_networks.make_network_factory(nu, meta["network"]["policy_hidden"], meta["network"]["value_hidden"])
+    factory = ppo_networks.make_network_factory(nu, meta["network"]["policy_hidden"], meta["network"]["value_hidden"],
+                                                var_scale=meta["network"].get("var_scale", 1.0))
     nets = factory((n_obs + nu,), nu, preprocess_observations_fn=running_statistics.normalize)
     tree = checkpoint.unflatten(arrays)
     norm = running_statistics.init_state(jax.ShapeDtypeStruct((n_obs + nu,), jnp.float32)).replace(
@@ -71,11 +72,17 @@ def _brax_networks(meta: dict, arrays: dict):
     return nets, norm, tree["policy"]
 
 
-@pytest.mark.parametrize("env", ["CartpoleBalance", "CheetahRun"])
-def test_ppo_actions_equal_brax_networks_sampling_with_the_same_eps(env):
-    meta, arrays = checkpoint.load(POLICIES / env)
+@pytest.mark.parametrize("env,var_scale", [("CartpoleBalance", 1.0), ("CheetahRun", 1.0), ("CheetahRun", 2.5)])
+def test_ppo_actions_equal_brax_networks_sampling_with_the_same_eps(env, var_scale, tmp_path):
+    folder = POLICIES / env
+    if var_scale != 1.0:  # a policy trained with --exploration-scale: brax's var_scale widens sigma
+        meta, arrays = checkpoint.load(folder)
+        meta = {k: v for k, v in meta.items() if k not in ("params_file", "params_sha256")}
+        meta["network"] = {**meta["network"], "var_scale": var_scale}
+        folder = checkpoint.save(tmp_path / env, meta, arrays)
+    meta, arrays = checkpoint.load(folder)
     nets, norm, params = _brax_networks(meta, arrays)
-    pol = ppo.PPOPolicy(POLICIES / env)
+    pol = ppo.PPOPolicy(folder)
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(16, pol.n_obs)).astype(np.float32)
     eps = rng.normal(size=(16, pol.nu)).astype(np.float32)
@@ -85,7 +92,7 @@ def test_ppo_actions_equal_brax_networks_sampling_with_the_same_eps(env):
     low, high = -jnp.ones(pol.nu), jnp.ones(pol.nu)
     got = jax.vmap(lambda o, e: pol.act(o, e, low, high))(obs, eps)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
-    det = ppo.PPOPolicy(POLICIES / env, scale=0.0)
+    det = ppo.PPOPolicy(folder, scale=0.0)
     got_det = jax.vmap(lambda o, e: det.act(o, e, low, high))(obs, eps)
     np.testing.assert_allclose(np.asarray(got_det), np.asarray(dist.mode(logits)), rtol=1e-5, atol=1e-6)
 

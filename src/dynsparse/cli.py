@@ -122,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="fraction of the published step budget, when --timesteps is not given (default 1)")
     t.add_argument("--noise-beta", type=float, default=None,
                    help="exploration colored-noise exponent in [0, 2] (default 0.5; 0 = brax's white noise)")
+    t.add_argument("--exploration-scale", type=_positive_float, default=None,
+                   help="multiply the policy's standard deviation (brax's var_scale; default 1)")
     t.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a brax ppo.train keyword, e.g. --set num_envs=256 (repeatable)")
@@ -365,6 +367,7 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         overrides.append((key.strip(), value.strip()))
     given = {
         "timesteps": args.timesteps, "budget_scale": args.budget_scale, "noise_beta": args.noise_beta, "seed": args.seed,
+        "exploration_scale": args.exploration_scale,
         "overrides": tuple(overrides) or None,
         "policy_hidden": None if args.policy_hidden is None else _widths("--policy-hidden", args.policy_hidden),
         "value_hidden": None if args.value_hidden is None else _widths("--value-hidden", args.value_hidden),

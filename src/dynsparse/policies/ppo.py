@@ -68,6 +68,7 @@ class PPOPolicy(base.Policy):
         self._mean = np.asarray(arrays["normalizer/mean"][: self.n_obs], np.float32)
         self._std = np.asarray(arrays["normalizer/std"][: self.n_obs], np.float32)
         self._min_std = float(net.get("min_std", 0.001))
+        self._var_scale = float(net.get("var_scale", 1.0))
         try:  # the network must accept its declared observation size and emit its action size
             mu, _ = self.mean_std(np.zeros((1, self.n_obs), np.float32))
             ok = self._mean.shape == (self.n_obs,) and self._std.shape == (self.n_obs,) and tuple(mu.shape) == (1, self.nu)
@@ -108,7 +109,7 @@ class PPOPolicy(base.Policy):
         from dynsparse.policies.ppo_networks import mean_and_std
 
         x = (jnp.asarray(obs, jnp.float32) - self._mean) / self._std
-        return mean_and_std(self._mlp.apply(self._params, x), self._min_std)
+        return mean_and_std(self._mlp.apply(self._params, x), self._min_std, self._var_scale)
 
     def act(self, obs: Any, noise: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
         if not hasattr(obs, "shape"):

@@ -56,10 +56,11 @@ class ColoredNormalTanh(distribution.NormalTanhDistribution):
         return dist.loc + dist.scale * parameters[..., 2 * self._nu :]
 
 
-def mean_and_std(policy_out: jax.Array, min_std: float = 0.001) -> tuple[jax.Array, jax.Array]:
-    """The Gaussian of the policy MLP's ``(..., 2 * nu)`` output: ``mu``, ``sigma`` (pre-tanh)."""
+def mean_and_std(policy_out: jax.Array, min_std: float = 0.001, var_scale: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """The Gaussian of the policy MLP's ``(..., 2 * nu)`` output: ``mu``, ``sigma`` (pre-tanh),
+    ``sigma = (softplus(raw) + min_std) * var_scale`` as brax's ``NormalTanhDistribution``."""
     loc, scale = jnp.split(policy_out, 2, axis=-1)
-    return loc, jax.nn.softplus(scale) + min_std
+    return loc, (jax.nn.softplus(scale) + min_std) * var_scale
 
 
 def make_network_factory(
@@ -67,6 +68,7 @@ def make_network_factory(
     policy_hidden: Sequence[int] = (32,) * 4,
     value_hidden: Sequence[int] = (256,) * 5,
     activation: str = "swish",
+    var_scale: float = 1.0,
 ) -> Callable[..., ppo_networks.PPONetworks]:
     """A brax ``network_factory`` for observations that end with ``n_noise`` noise entries.
 
@@ -75,6 +77,8 @@ def make_network_factory(
       policy_hidden, value_hidden: hidden layer widths (brax's defaults, which Playground's
         DM-Control parameters use).
       activation: a name in ``ACTIVATIONS``.
+      var_scale: multiplies the policy's standard deviation (brax's ``var_scale``; 1 = brax's
+        default; > 1 explores more widely from the start, e.g. for a sparse reward).
 
     Returns:
       ``factory(observation_size, action_size, preprocess_observations_fn) -> PPONetworks``.
@@ -107,7 +111,7 @@ def make_network_factory(
         return ppo_networks.PPONetworks(
             policy_network=networks.FeedForwardNetwork(init=lambda key: policy_module.init(key, dummy), apply=policy_apply),
             value_network=networks.FeedForwardNetwork(init=lambda key: value_module.init(key, dummy), apply=value_apply),
-            parametric_action_distribution=ColoredNormalTanh(action_size),
+            parametric_action_distribution=ColoredNormalTanh(action_size, var_scale=var_scale),
         )
 
     return factory

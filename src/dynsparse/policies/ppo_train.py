@@ -43,6 +43,7 @@ class TrainConfig:
       timesteps: environment steps to train; ``None`` = the published budget times ``budget_scale``.
       budget_scale: fraction (> 0) of the published budget, used when ``timesteps`` is ``None``.
       noise_beta: exploration-noise exponent (0 white, 0.5 the paper's best for PPO, 1 pink, 2 red).
+      exploration_scale: multiplies the policy's standard deviation (brax's ``var_scale``; 1 = brax).
       seed: training seed.
       overrides: brax ``ppo.train`` keywords replacing published values (``num_envs``, ...).
       policy_hidden, value_hidden: hidden layer widths (brax's defaults, as Playground uses).
@@ -52,6 +53,7 @@ class TrainConfig:
     timesteps: int | None = None
     budget_scale: float = 1.0
     noise_beta: float = DEFAULT_TRAIN_BETA
+    exploration_scale: float = 1.0
     seed: int = 0
     overrides: tuple[tuple[str, Any], ...] = ()
     policy_hidden: tuple[int, ...] = (32, 32, 32, 32)
@@ -70,6 +72,9 @@ class TrainConfig:
         if not (isinstance(self.budget_scale, (int, float)) and math.isfinite(self.budget_scale) and self.budget_scale > 0):
             raise errors.UserError(f"budget-scale must be a finite number > 0, got {self.budget_scale!r}")
         noise_lib.check_beta(self.noise_beta)
+        if isinstance(self.exploration_scale, bool) or not isinstance(self.exploration_scale, (int, float)) \
+                or not math.isfinite(self.exploration_scale) or self.exploration_scale <= 0:
+            raise errors.UserError(f"exploration-scale must be a finite number > 0, got {self.exploration_scale!r}")
         errors.check_seed(self.seed)
         for name in ("policy_hidden", "value_hidden"):
             sizes = getattr(self, name)
@@ -395,8 +400,10 @@ def _train(config: TrainConfig, rl: dict[str, Any], out: Path, on_eval: Callable
         raise errors.UserError(f"{config.env} has a structured observation {n_obs!r}; train-policy needs a flat one")
     nu = env.action_size
     network = {"policy_hidden": list(config.policy_hidden), "value_hidden": list(config.value_hidden),
-               "activation": "swish", "distribution": "tanh_normal", "min_std": 0.001}
-    factory = ppo_networks.make_network_factory(nu, config.policy_hidden, config.value_hidden, network["activation"])
+               "activation": "swish", "distribution": "tanh_normal", "min_std": 0.001,
+               "var_scale": float(config.exploration_scale)}
+    factory = ppo_networks.make_network_factory(nu, config.policy_hidden, config.value_hidden, network["activation"],
+                                                var_scale=float(config.exploration_scale))
     hp = dict(rl)
     num_timesteps = hp.pop("num_timesteps")
     device = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}"
