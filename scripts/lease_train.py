@@ -170,6 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             code = _run_one(cmd, share, log)
             log.flush()
             try:
+                if code not in (0, 130):  # 130: stopped by the watchdog's SIGINT after its last evaluation
+                    raise OSError(f"train-policy exited with {code}; see its output above")
                 rep = {**segment_report(dst), "exit": code}
             except (OSError, KeyError, json.JSONDecodeError, IndexError) as e:
                 rep = {"env": env, "exit": code, "error": f"no checkpoint ({e})"}
