@@ -4,7 +4,7 @@ Runs (or resumes) the study into ``--out`` and prints, per environment: collecti
 into the first chunk (JIT trace + compile + one chunk; near zero compile with a warm
 JAX cache) and the rest, and the analysis time by stage (t-SNE, figures, ...). The baseline,
 measured in the same run on the same recorded states, is a plain single-thread Python loop of
-chained native ``mujoco.mjd_transitionFD`` (centred, tolerance 0) over ``--baseline-steps`` steps
+chained native ``mujoco.mjd_transitionFD`` (centred, the model's own solver settings) over ``--baseline-steps`` steps
 of each dataset, extrapolated to the study's size; the ratio is baseline / study (> 1: the study
 is faster than that loop would be for its Jacobians alone). The baseline runs in a JAX-free
 subprocess (see benchmarks/jacobians.py for why).
