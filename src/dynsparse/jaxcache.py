@@ -10,6 +10,13 @@ import os
 from pathlib import Path
 
 ENV_VAR = "DYNSPARSE_JAX_CACHE"
+_current: Path | None = None
+
+
+def current() -> Path | None:
+    """The folder ``enable`` turned on in this process (None: off). ``exported`` keeps its
+    serialized programs in ``<folder>/exported``."""
+    return _current
 
 
 def default_dir() -> Path:
@@ -24,11 +31,14 @@ def enable(path: str | Path | None = None) -> Path | None:
     """Turn the cache on at ``path`` (default ``default_dir()``); ``"off"`` leaves it off."""
     import jax
 
+    global _current
     target = Path(path) if path is not None else default_dir()
     if str(target) == "off":
+        _current = None
         return None
     target.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(target))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _current = target
     return target

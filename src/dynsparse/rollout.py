@@ -34,14 +34,17 @@ def make_reset_fn(spec: envs.EnvSpec) -> Callable[[jax.Array], Any]:
     Floating leaves are cast to ``spec.dtype`` (Playground's reset makes float64 data even for a
     float32 model) and made strongly typed (``reset`` returns e.g. a weakly typed ``time``), so
     that the carry has exactly the types the chunk function returns and it compiles once.
+    With the JAX cache on, the traced program is kept on disk (``exported.Cached``).
     """
+    from dynsparse import exported
+
     dtype = jnp.dtype(spec.dtype)
 
     def reset(keys: jax.Array) -> Any:
         states = jax.vmap(spec.env.reset)(keys)
         return jax.tree_util.tree_map(lambda x: _strong(x, dtype), states)
 
-    return jax.jit(reset)
+    return exported.Cached(jax.jit(reset), "reset", exported.env_identity(spec))
 
 
 def _strong(x: jax.Array, dtype: Any) -> jax.Array:
@@ -76,7 +79,8 @@ def make_chunk_fn(
 ) -> Callable[..., Any]:
     """Jitted ``chunk(states, alive, noise) -> (states, alive, outputs)``, cached per
     ``(spec, policy configuration, with_jacobians, definition, compare_definitions)`` so a process
-    traces and compiles it once.
+    traces and compiles it once; with the JAX cache on, the traced program is kept on disk per
+    argument signature (``exported.Cached``), so a later process skips tracing too.
 
     Args (of the returned function):
       states: batched Playground ``State`` (batch ``B``).
@@ -153,4 +157,11 @@ def _chunk_fn(spec: envs.EnvSpec, policy_json: str, with_jacobians: bool, defini
         (state, alive), out = jax.lax.scan(step, (state, alive), noise)
         return state, alive, out
 
-    return jax.jit(jax.vmap(one_env), compiler_options=xla.compiler_options())
+    from dynsparse import exported
+
+    program = getattr(policy, "program_identity", None)
+    identity = {**exported.env_identity(spec), "policy": policy_json, "policy_program": program() if program else None,
+                "with_jacobians": with_jacobians,
+                "definition": definition, "compare_definitions": compare_definitions}
+    options = xla.compiler_options()
+    return exported.Cached(jax.jit(jax.vmap(one_env), compiler_options=options), "chunk", identity, options)

@@ -88,6 +88,14 @@ class PPOPolicy(base.Policy):
             "eval_return": ev.get("return_mean"), "trained_beta": self.meta["noise"]["beta"],
         }
 
+    def program_identity(self) -> dict[str, Any]:
+        """What a compiled program with this policy depends on beyond ``config()``: the whole
+        ``policy.json`` (network, ``min_std``, ``var_scale``), for ``exported``'s file key."""
+        import hashlib
+        import json
+
+        return {"policy_json_sha256": hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()}
+
     def check_env(self, spec: Any) -> None:
         """Refuse an environment this policy was not trained on (name, observation or action size)."""
         env_name, action_size = spec.name, spec.nu

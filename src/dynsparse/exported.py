@@ -1,0 +1,296 @@
+"""Serialized programs (``jax.export``), so a later command skips tracing the control step.
+
+JAX's persistent compilation cache (``jaxcache``) saves the XLA compile of the rollout chunk and
+of the reset, but not the Python tracing and lowering before it, which is most of a command's
+start-up (measured on CheetahRun, batch 16, warm XLA cache: reset 13 s + chunk 27-31 s of
+tracing, 2 s of cache-hit compile). :class:`Cached` wraps a jitted function: on its first call
+with given argument shapes it looks for a serialized StableHLO module (``jax.export``) under
+``<jax cache>/exported/``; found, it deserializes it (~0.04 s) and compiles it (an XLA-cache hit
+after the first time); not found, it traces and exports once, writes the module, and runs the
+exported module itself (so a cold run compiles once, as before). Outputs are bit-identical to the
+traced function's (tested).
+
+A stale program would be a wrong measurement, so the file's key covers everything the traced
+function depends on: the caller's identity (environment name, the MuJoCo model's binary, its
+substeps and dtype, the environment's configuration and its class's source file, the policy's
+configuration, the Jacobian options), the argument tree, shapes, dtypes, weak types and
+shardings, the installed versions of dynsparse's numerical dependencies, a digest of every
+dynsparse source file, the x64 flag, the backend and devices, ``XLA_FLAGS`` and the compiler
+options. Any change gives a new key (a new file); nothing is ever reused across them. With
+``--jax-cache off`` (or ``DYNSPARSE_EXPORTED=off``) nothing is read or written. A file that cannot be read is ignored (with a
+warning) and rewritten; a function that cannot be exported runs traced, as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import io
+import json
+import os
+import pickle
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+FORMAT = 1
+#: ``DYNSPARSE_EXPORTED=off`` traces every program as before (the XLA cache still applies): for
+#: benchmarks that measure what exporting saves
+OFF_VAR = "DYNSPARSE_EXPORTED"
+DEPENDENCIES = ("jax", "jaxlib", "mujoco", "mujoco-mjx", "playground", "brax", "flax", "numpy", "ml_collections")
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """SHA-256 over every ``.py`` file of the installed dynsparse package (names and contents)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def model_digest(model: Any) -> str:
+    """SHA-256 of a ``mujoco.MjModel``'s binary form (``mj_saveModel``)."""
+    import mujoco
+    import numpy as np
+
+    buf = np.empty(mujoco.mj_sizeModel(model), np.uint8)
+    mujoco.mj_saveModel(model, None, buf)
+    return hashlib.sha256(buf.tobytes()).hexdigest()
+
+
+def env_identity(spec: Any) -> dict[str, Any]:
+    """What the traced control step of an ``envs.EnvSpec`` depends on, as JSON values."""
+    env = spec.env
+    config = getattr(env, "_config", None)
+    try:
+        config_text = config.to_json() if hasattr(config, "to_json") else repr(config)
+    except (TypeError, ValueError):
+        config_text = repr(config)
+    try:
+        env_source = hashlib.sha256(Path(inspect.getsourcefile(type(env)) or "").read_bytes()).hexdigest()
+    except (OSError, TypeError):
+        env_source = type(env).__qualname__
+    models = {model_digest(spec.mj_model)}
+    if getattr(env, "mj_model", None) is not None and env.mj_model is not spec.mj_model:
+        models.add(model_digest(env.mj_model))
+    return {"name": spec.name, "class": f"{type(env).__module__}.{type(env).__qualname__}", "class_source": env_source,
+            "models": sorted(models), "n_substeps": int(spec.n_substeps), "dtype": str(spec.dtype), "config": config_text}
+
+
+def _environment() -> dict[str, Any]:
+    import jax
+
+    from dynsparse.versions import package_versions
+
+    return {"format": FORMAT, "versions": package_versions(DEPENDENCIES), "source": source_digest(),
+            "python": sys.version.split()[0], "x64": bool(jax.config.read("jax_enable_x64")),
+            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def _aval(leaf: Any) -> Any:
+    import jax
+
+    weak = bool(getattr(jax.core.get_aval(leaf), "weak_type", False))
+    sharding = getattr(leaf, "sharding", None)
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding, weak_type=weak)
+
+
+def _treedef_digest(treedef: Any) -> str:
+    """A digest of an argument tree with its static data (``str(treedef)`` holds object addresses
+    that change between processes): node types by name, static data canonicalised, arrays by
+    content."""
+    return hashlib.sha256(repr(_canonical_tree(treedef)).encode()).hexdigest()
+
+
+def _canonical_tree(treedef: Any) -> Any:
+    data = treedef.node_data()
+    if data is None:
+        return "*"
+    kind, aux = data
+    return (f"{kind.__module__}.{kind.__qualname__}", _canonical(aux), tuple(_canonical_tree(c) for c in treedef.children()))
+
+
+def _canonical(x: Any) -> Any:
+    """A repr-stable form of pytree static data (no object addresses)."""
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        return ("ndarray", str(x.dtype), x.shape, hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest())
+    if isinstance(x, (str, bytes, int, float, bool, complex, type(None), np.generic)):
+        return repr(x)
+    if isinstance(x, (tuple, list)):
+        return (type(x).__name__, tuple(_canonical(v) for v in x))
+    if isinstance(x, dict):
+        return ("dict", tuple((repr(k), _canonical(v)) for k, v in x.items()))
+    if isinstance(x, type):
+        return f"type {x.__module__}.{x.__qualname__}"
+    slots = getattr(type(x), "__slots__", None)
+    fields = {k: getattr(x, k) for k in slots if hasattr(x, k)} if slots else getattr(x, "__dict__", None)
+    if fields is not None:
+        return (f"{type(x).__module__}.{type(x).__qualname__}", _canonical(dict(sorted(fields.items()))))
+    text = repr(x)
+    if " at 0x" in text:
+        raise ValueError(f"pytree static data {type(x).__qualname__} has no stable description")
+    return text
+
+
+def _layout(aval: Any) -> str:
+    """Which part of an array each device holds (the same for equivalent shardings of any type)."""
+    if aval.sharding is None:
+        return "-"
+    if 0 in aval.shape:
+        return "empty"  # nothing to place (JAX may replicate or split an empty output either way)
+    return str(sorted((d.id, str(idx)) for d, idx in aval.sharding.devices_indices_map(aval.shape).items()))
+
+
+class Cached:
+    """A jitted function whose traced program is kept on disk per argument signature.
+
+    Args:
+      fn: the ``jax.jit``-ed function (its ``__wrapped__`` is what gets exported).
+      name: a short name for the files (``chunk``, ``reset``).
+      identity: JSON values naming what ``fn`` closes over (see the module docstring).
+      compiler_options: XLA options ``fn`` was jitted with (used to compile the exported module).
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str, identity: dict[str, Any],
+                 compiler_options: dict[str, Any] | None = None):
+        self.fn = fn
+        self.name = name
+        self.identity = identity
+        self.compiler_options = compiler_options
+        self._calls: dict[Any, tuple[Callable[..., Any], Any]] = {}
+        #: how each signature was obtained: "loaded", "exported" or "traced" (for tests and timings)
+        self.sources: dict[str, str] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        import jax
+
+        from dynsparse import jaxcache
+
+        folder = jaxcache.current()
+        if folder is None or os.environ.get(OFF_VAR) == "off":
+            return self.fn(*args)
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        avals = [_aval(x) for x in leaves]
+        signature = (treedef, tuple((a.shape, str(a.dtype), a.weak_type, _layout(a)) for a in avals))
+        entry = self._calls.get(signature)
+        if entry is None:
+            entry = self._prepare(Path(folder) / "exported", treedef, avals, signature)
+            self._calls[signature] = entry
+        call, out_treedef = entry
+        if out_treedef is None:
+            return call(*args)
+        return jax.tree_util.tree_unflatten(out_treedef, call(*leaves))
+
+    def key(self, treedef: Any, signature: Any) -> str:
+        """The file key of one argument signature (SHA-256 hex)."""
+        record = {"name": self.name, "identity": self.identity, "environment": _environment(),
+                  "treedef": _treedef_digest(treedef), "avals": [list(map(str, s)) for s in signature[1]],
+                  "compiler_options": self.compiler_options}
+        return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _prepare(self, folder: Path, treedef: Any, avals: list[Any], signature: Any) -> tuple[Callable[..., Any], Any]:
+        import jax
+
+        try:
+            key = self.key(treedef, signature)
+        except ValueError:  # static data without a stable description: no safe key, so no file
+            self.sources[f"unkeyed-{len(self.sources)}"] = "traced"
+            return self.fn, None
+        path = folder / f"{self.name}-{key[:40]}.bin"
+        if path.is_file():
+            try:
+                exp, out_treedef = _read(path)
+                _prepare_custom_calls(exp)
+                self.sources[key] = "loaded"
+                return self._compiled_call(exp), out_treedef
+            except Exception as e:  # noqa: BLE001 - any unreadable file is ignored and rewritten
+                warnings.warn(f"dynsparse: ignoring the unreadable exported program {path} ({type(e).__name__}: {e}); "
+                              "tracing again", stacklevel=3)
+        inner = getattr(self.fn, "__wrapped__", None)
+        if inner is None:
+            self.sources[key] = "traced"
+            return self.fn, None
+        out_tree: list[Any] = []
+
+        def flat(*leaves: Any) -> list[Any]:
+            out = inner(*jax.tree_util.tree_unflatten(treedef, leaves))
+            flat_out, tree = jax.tree_util.tree_flatten(out)
+            out_tree.append(tree)
+            return flat_out
+
+        try:
+            exp = jax.export.export(jax.jit(flat))(*avals)
+            blob = exp.serialize()
+        except Exception as e:  # noqa: BLE001 - export is an optimisation: run traced instead
+            warnings.warn(f"dynsparse: could not export the {self.name} program ({type(e).__name__}: {e}); "
+                          "running it traced", stacklevel=3)
+            self.sources[key] = "traced"
+            return self.fn, None
+        _write(path, blob, out_tree[-1])
+        self.sources[key] = "exported"
+        return self._compiled_call(exp), out_tree[-1]
+
+    def _compiled_call(self, exp: Any) -> Callable[..., Any]:
+        import jax
+
+        if self.compiler_options:
+            return jax.jit(exp.call, compiler_options=self.compiler_options)
+        return jax.jit(exp.call)
+
+
+#: custom-call targets a loaded program may hold: XLA's own, and LAPACK's (initialised below)
+_XLA_TARGETS = frozenset({"mhlo.topk", "Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape", "shape_assertion"})
+_LAPACK = re.compile(r"lapack_[a-z]+_ffi")
+
+
+def custom_call_targets(exp: Any) -> set[str]:
+    """The custom-call target names in an exported program's module."""
+    return set(re.findall(r"custom_call @([A-Za-z0-9_.]+)", exp.mlir_module()))
+
+
+def _prepare_custom_calls(exp: Any) -> None:
+    """Make the program's custom calls callable in this process, or refuse it.
+
+    JAX initialises LAPACK's function table lazily, when it first *lowers* a linear-algebra op
+    (``jaxlib.lapack.prepare_lapack_call``). A deserialized program is never lowered, so calling
+    its ``lapack_*_ffi`` targets in a fresh process jumps through null pointers (a segmentation
+    fault, seen with jaxlib 0.8.2). LAPACK is therefore initialised here; a target that is neither
+    XLA's nor LAPACK's raises ``ValueError`` (the caller traces instead).
+    """
+    targets = custom_call_targets(exp)
+    unknown = sorted(t for t in targets if t not in _XLA_TARGETS and not _LAPACK.fullmatch(t))
+    if unknown:
+        raise ValueError(f"custom calls {unknown} cannot be prepared in a fresh process")
+    if any(_LAPACK.fullmatch(t) for t in targets):
+        import numpy as np
+        from jax._src.lib import lapack  # the one place dynsparse reaches into jaxlib: see the docstring
+
+        lapack.prepare_lapack_call("potrf_ffi", np.dtype(np.float64))
+
+
+def _write(path: Path, blob: bytearray, out_treedef: Any) -> None:
+    from dynsparse import files
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    pickle.dump({"format": FORMAT, "module": bytes(blob), "out_treedef": out_treedef}, buf)
+    files.write_atomic(path, buf.getvalue())
+
+
+def _read(path: Path) -> tuple[Any, Any]:
+    import jax
+
+    with open(path, "rb") as f:
+        record = pickle.load(f)  # our own cache folder, written by _write (as XLA's cache holds executables)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError(f"format {record.get('format') if isinstance(record, dict) else None!r}, expected {FORMAT}")
+    return jax.export.deserialize(bytearray(record["module"])), record["out_treedef"]

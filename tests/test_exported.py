@@ -1,0 +1,123 @@
+"""exported.Cached: programs kept on disk are bit-identical to traced ones, keyed by everything they
+depend on, loaded in fresh processes (LAPACK initialised), and never reused across a change."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dynsparse import exported, jaxcache
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(jaxcache, "_current", tmp_path / "jc")
+    monkeypatch.delenv(exported.OFF_VAR, raising=False)
+    return tmp_path / "jc" / "exported"
+
+
+def _fn(x: jax.Array, d: dict) -> tuple[jax.Array, dict]:
+    return jnp.linalg.cholesky(x @ x.T + jnp.eye(x.shape[0])), {"s": d["a"].sum() * x, "t": d["b"] + 1}
+
+
+def _args(n: int = 3) -> tuple:
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)))
+    return x, {"a": jnp.arange(float(n)), "b": jnp.ones(2, jnp.int32)}
+
+
+def _equal(a, b) -> bool:
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    return ta == tb and all(np.array_equal(np.asarray(x), np.asarray(y)) and np.asarray(x).dtype == np.asarray(y).dtype
+                            for x, y in zip(la, lb))
+
+
+def test_export_then_load_equal_the_traced_program_bit_for_bit(cache):
+    jitted = jax.jit(_fn)
+    ref = jitted(*_args())
+    first = exported.Cached(jitted, "t", {"id": 1})
+    assert _equal(first(*_args()), ref) and list(first.sources.values()) == ["exported"]
+    files = sorted(cache.glob("t-*.bin"))
+    assert len(files) == 1
+    again = exported.Cached(jitted, "t", {"id": 1})  # a new process would start here
+    assert _equal(again(*_args()), ref) and list(again.sources.values()) == ["loaded"]
+    assert _equal(again(*_args()), ref) and len(again.sources) == 1  # in memory from now on
+    assert sorted(cache.glob("t-*.bin")) == files
+
+
+def test_every_change_gets_its_own_file(cache, monkeypatch):
+    jitted = jax.jit(_fn)
+    exported.Cached(jitted, "t", {"id": 1})(*_args())
+    other_identity = exported.Cached(jitted, "t", {"id": 2})
+    other_identity(*_args())
+    other_shape = exported.Cached(jitted, "t", {"id": 1})
+    other_shape(*_args(4))
+    x, d = _args()
+    other_dtype = exported.Cached(jitted, "t", {"id": 1})
+    other_dtype(x, {"a": d["a"], "b": d["b"].astype(jnp.int16)})
+    monkeypatch.setattr(exported, "source_digest", lambda: "edited dynsparse")
+    other_source = exported.Cached(jitted, "t", {"id": 1})
+    other_source(*_args())
+    for c in (other_identity, other_shape, other_dtype, other_source):
+        assert list(c.sources.values()) == ["exported"]
+    assert len(list(cache.glob("t-*.bin"))) == 5
+
+
+def test_unreadable_file_is_ignored_and_rewritten_and_off_switches(cache, monkeypatch, tmp_path):
+    jitted = jax.jit(_fn)
+    ref = jitted(*_args())
+    exported.Cached(jitted, "t", {"id": 1})(*_args())
+    (path,) = cache.glob("t-*.bin")
+    path.write_bytes(b"garbage")
+    fresh = exported.Cached(jitted, "t", {"id": 1})
+    with pytest.warns(UserWarning, match="ignoring the unreadable exported program"):
+        assert _equal(fresh(*_args()), ref)
+    assert list(fresh.sources.values()) == ["exported"] and path.read_bytes() != b"garbage"
+    monkeypatch.setenv(exported.OFF_VAR, "off")
+    off = exported.Cached(jitted, "t", {"id": 3})
+    assert _equal(off(*_args()), ref) and not off.sources
+    monkeypatch.delenv(exported.OFF_VAR)
+    monkeypatch.setattr(jaxcache, "_current", None)  # --jax-cache off
+    none = exported.Cached(jitted, "t", {"id": 4})
+    assert _equal(none(*_args()), ref) and not none.sources
+    assert len(list(cache.glob("t-*.bin"))) == 1
+
+
+def test_static_data_is_keyed_by_content_not_address():
+    a = jax.tree_util.tree_structure((np.float64(1.0), {"k": 2}))
+    assert exported._treedef_digest(a) == exported._treedef_digest(jax.tree_util.tree_structure((np.float64(3.0), {"k": 5})))
+    assert exported._canonical(np.array([1, 2])) != exported._canonical(np.array([1, 3]))
+    with pytest.raises(ValueError, match="no stable description"):
+        exported._canonical(object())
+
+
+def test_a_fresh_process_loads_a_lapack_program_with_static_array_data(tmp_path):
+    """The second process loads (no tracing) and runs a program holding LAPACK calls; before
+    LAPACK was initialised for loaded programs this crashed with a segmentation fault."""
+    folder = tmp_path / "jc"
+    runs = [subprocess.run([sys.executable, str(HERE / "exported_program.py"), str(folder)], capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+    first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+    assert first["sources"] == ["exported"] and second["sources"] == ["loaded"]
+    assert {k: v for k, v in first.items() if k != "sources"} == {k: v for k, v in second.items() if k != "sources"}
+    assert len(list((folder / "exported").glob("test-*.bin"))) == 1
+    assert any(t.startswith("lapack_") for t in second["targets"]), second["targets"]
+    sys.path.insert(0, str(HERE))
+    try:
+        import exported_program
+    finally:
+        sys.path.remove(str(HERE))
+    ref_box, ref = exported_program.program(exported_program.Box(jnp.asarray(np.arange(16.0).reshape(4, 4) / 7.0), jnp.ones(3),
+                                                                 exported_program.Static(np.array([1, 2, 3]))), jnp.arange(4.0))
+    assert np.array_equal(np.asarray(ref_box.x), np.asarray(second["chol"])) and np.array_equal(np.asarray(ref["sol"]), second["sol"])
