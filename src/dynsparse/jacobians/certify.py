@@ -270,9 +270,11 @@ def native_refs(native: finite_diff.NativeStep, x: finite_diff.StepInputs, eps: 
 
 @functools.lru_cache(maxsize=16)
 def _batched_mjx_fd(spec: envs.EnvSpec, definition: str) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
-    from dynsparse import xla
+    from dynsparse import exported, xla
 
-    return jax.jit(jax.vmap(make_mjx_fd(spec, definition)), compiler_options=xla.compiler_options())
+    options = xla.compiler_options()
+    identity = {**exported.env_identity(spec), "definition": definition, "eps": list(EPS)}
+    return exported.Cached(jax.jit(jax.vmap(make_mjx_fd(spec, definition)), compiler_options=options), "certify-fd", identity, options)
 
 
 class StepChecker:
