@@ -36,7 +36,7 @@ def test_cli_rejects_unknown_env(tmp_path, capsys):
 
 def test_quick_config_is_small_and_full_is_paper_scale():
     q, f = reproduce.StudyConfig.quick(), reproduce.StudyConfig.full()
-    assert (q.episodes, q.steps) == (2, 100) and (f.episodes, f.steps) == (10, 1000)
+    assert (q.episodes, q.steps) == (2, 300) and (f.episodes, f.steps) == (10, 1000)
     assert q.envs == f.envs == reproduce.STUDY_ENVS and len(f.envs) == 8
 
 

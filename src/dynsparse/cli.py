@@ -194,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("reproduce", help="the whole study: collect, analyse and report the eight DM-Control tasks")
     q.add_argument("--out", required=True, help="study folder; rerun the same command to resume")
-    q.add_argument("--quick", action="store_true", help="a small version (2 episodes x 100 steps) for smoke tests")
+    q.add_argument("--quick", action="store_true", help="a small version (2 episodes x 300 steps; its Table-1 counts equal the paper scale's)")
     q.add_argument("--envs", default=None, help="comma-separated subset of the eight tasks (default: all eight)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--jacobian", default="converged", metavar="DEFINITION", help="converged (default) | as-run, as in collect")
