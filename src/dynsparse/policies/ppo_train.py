@@ -336,9 +336,8 @@ def _saved_run(out: Path, config: TrainConfig) -> tuple[dict[str, np.ndarray], d
         what = "a policy without its training state (trained before resumable training, or exported)" if (out / checkpoint.META).is_file() else "no training state"
         raise errors.UserError(f"cannot resume {out}: it holds {what}; train into a new --out")
     arrays, record = ppo_loop.load_state(path)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    saved_config = {**config_record(TrainConfig(env="", **{k: v for k, v in defaults.items() if k != "env"})),
-                    **record.get("config", {})}  # a field added since the run was saved has its default
+    # a field added since the run was saved has its default
+    saved_config = {**config_record(TrainConfig(env="")), **record.get("config", {})}
     mine = config_record(config)
     diff = sorted(k for k in set(saved_config) | set(mine) if saved_config.get(k) != mine.get(k))
     if diff:
