@@ -387,7 +387,8 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
     def on_eval(point: object, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=f"train {args.env}", unit="step", unit_scale=True, file=sys.stderr)
+            # starts at the first evaluation's steps (a resumed run's), so the rate counts only this run's steps
+            bar = tqdm(total=total, initial=point.steps, desc=f"train {args.env}", unit="step", unit_scale=True, file=sys.stderr)
         bar.update(max(0, point.steps - bar.n))
         bar.set_postfix_str(f"return {point.return_mean:.1f} +- {point.return_std:.1f}")
 
