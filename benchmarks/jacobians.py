@@ -12,7 +12,8 @@ this machine's two SMT siblings that slowed a native loop in the same process by
 Rows:
 
 - native finite differences, thread-parallel (``mjd_transitionFD`` releases the GIL);
-- dynsparse's ``finite_diff`` backend (single thread);
+- dynsparse's ``finite_diff`` backend: one step at a time (``NativeStep``, the old loop) and
+  batched (``BatchedFD``: ``mujoco.rollout``, on 1 thread and on each ``--threads`` count);
 - the old default path (before named definitions: forward mode through every solver iteration
   of ``mjx.step`` per substep, the warm start held at every substep), for the speed comparison;
 - the autodiff methods (``dynsparse.jacobians.autodiff``) of each definition at each batch size: compile seconds
@@ -104,13 +105,18 @@ def native_rates(spec: Any, inputs: list[finite_diff.StepInputs], threads: list[
     """Jacobians per second of the baseline, the threaded loops and the ``finite_diff`` backend."""
     n = len(inputs)
     plain_fd_loop(spec, inputs)  # warm-up (page in MuJoCo, allocate, let the clock settle)
-    fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps)
-    rates = {"baseline": 0.0, "finite_diff": 0.0, **{f"threads{t}": 0.0 for t in threads}}
+    fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps, threads=0)
+    arrays = {f: np.stack([np.asarray(getattr(x, f)) for x in inputs]) for f in finite_diff.StepInputs.__dataclass_fields__}
+    batched = {t: finite_diff.BatchedFD(spec.mj_model, spec.n_substeps, threads=0 if t == 1 else t) for t in sorted({1, *threads})}
+    rates = {"baseline": 0.0, "finite_diff": 0.0, **{f"threads{t}": 0.0 for t in threads},
+             **{f"batched{t}": 0.0 for t in batched}}
     for _ in range(repeat):  # interleaved, best of each: drifts of the machine hit all rows alike
         rates["baseline"] = max(rates["baseline"], n / plain_fd_loop(spec, inputs))
         for t in threads:
             rates[f"threads{t}"] = max(rates[f"threads{t}"], n / threaded_fd(spec, inputs, t))
         rates["finite_diff"] = max(rates["finite_diff"], n / best_of(lambda: [fd(x) for x in inputs], 1))
+        for t, b in batched.items():
+            rates[f"batched{t}"] = max(rates[f"batched{t}"], n / best_of(lambda: b.jacobians(arrays), 1))
     return rates
 
 
@@ -235,7 +241,9 @@ def main(args: argparse.Namespace) -> None:
     base_rate = native["baseline"]
     rows: list[tuple[str, object, float, float, float]] = [
         *((f"native mjd_transitionFD, {t} threads", "-", native[f"threads{t}"], float("nan"), float("nan")) for t in args.threads),
-        ("finite_diff backend (converged, 1 thread)", "-", native["finite_diff"], float("nan"), float("nan")),
+        ("finite_diff one step at a time (converged, 1 thread)", "-", native["finite_diff"], float("nan"), float("nan")),
+        *((f"finite_diff backend, batched (converged, {t} thread{'s' if t > 1 else ''})", "-", native[f"batched{t}"], float("nan"), float("nan"))
+          for t in sorted({1, *args.threads})),
     ]
 
     def measure(name: str, fn: Callable[..., Any], b: int) -> Any:

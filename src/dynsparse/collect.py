@@ -409,8 +409,9 @@ class _Runner:
         if self.config.backend == "finite_diff":
             o["J_s"] = np.full((ne, nt, n, n), np.nan)
             o["J_a"] = np.full((ne, nt, n, self.spec.nu), np.nan)
-            for i, t in zip(*np.nonzero(valid)):
-                o["J_s"][i, t], o["J_a"][i, t] = self.fd(finite_diff.StepInputs.from_arrays(o, (i, t)))
+            where = np.nonzero(valid)
+            if where[0].size:
+                o["J_s"][where], o["J_a"][where] = self.fd.batch({f.name: o[f.name][where] for f in dataclasses.fields(finite_diff.StepInputs)})
             o["solver_residual"] = np.full((ne, nt), np.nan)
             o["solver_truncated"] = o["solver_start_returned"] = np.full((ne, nt), -1)
         else:

@@ -19,6 +19,7 @@ zeros on exact derivatives, use these to check values.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Mapping
 
 import mujoco
@@ -126,16 +127,208 @@ class NativeStep:
         return cols, s_next
 
 
-class FiniteDiffBackend:
-    """The ``finite_diff`` backend: native FD Jacobians of a definition's control step."""
+def default_threads() -> int:
+    """Threads for native batches: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
-    def __init__(self, model: mujoco.MjModel, n_substeps: int, eps: float = DEFAULT_EPS, definition: str = definitions.DEFAULT_DEFINITION):
+
+class BatchedFD:
+    """``NativeStep.jacobian`` for many steps at once: every perturbed control step of a batch
+    is one trajectory of ``mujoco.rollout`` (C++, on ``threads`` threads, no Python per substep).
+
+    Computes the same numbers as ``NativeStep.jacobian`` (the same ``mj_step`` sequence from the
+    same state, warm start, ``ctrl``, activations and mocap; the same perturbation and difference
+    arithmetic; checked bit for bit in ``tests/test_finite_diff.py``). Per step ``1 + 2 (2 nv +
+    nu)`` trajectories of ``n_substeps`` steps: the nominal one and each centred pair.
+
+    Args:
+      model: the environment's native model (copied with the definition's solver settings).
+      n_substeps: physics steps per control step.
+      definition: ``"converged"`` or ``"as-run"``.
+      threads: worker threads (default: this process's cores); 0 runs on the calling thread.
+      chunk: steps per ``rollout`` call (bounds memory: ``chunk (1 + 2 (2nv + nu)) n_substeps``
+        states are held at once).
+    """
+
+    def __init__(self, model: mujoco.MjModel, n_substeps: int, definition: str = definitions.DEFAULT_DEFINITION,
+                 threads: int | None = None, chunk: int = 256):
+        from mujoco import rollout
+
+        self.model = definitions.native_model(model, definition)
+        self.n_substeps = int(n_substeps)
+        self.nq, self.nv, self.nu = int(model.nq), int(model.nv), int(model.nu)
+        self.threads = default_threads() if threads is None else int(threads)
+        self.chunk = max(1, int(chunk))
+        self._rollout = rollout.Rollout(nthread=self.threads)
+        self._datas = [mujoco.MjData(self.model) for _ in range(max(1, self.threads))]
+        self._scratch = mujoco.MjData(self.model)
+        self.state_spec = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
+        self.control_spec = int(mujoco.mjtState.mjSTATE_CTRL)
+        if self.model.nmocap:
+            self.control_spec |= int(mujoco.mjtState.mjSTATE_MOCAP_POS) | int(mujoco.mjtState.mjSTATE_MOCAP_QUAT)
+        self.nstate = mujoco.mj_stateSize(self.model, self.state_spec)
+        self.ncontrol = mujoco.mj_stateSize(self.model, self.control_spec)
+        # positions of qpos / qvel inside a full-physics state and of ctrl inside a control vector
+        self._qpos_at = self._offset(self.state_spec, "qpos", self.nq)
+        self._qvel_at = self._offset(self.state_spec, "qvel", self.nv)
+        self._ctrl_at = self._offset(self.control_spec, "ctrl", self.nu)
+        # hinge and slide joints only: mj_integratePos / mj_differentiatePos are one addition /
+        # subtraction per coordinate, done here on whole arrays; otherwise MuJoCo's own calls
+        self._layout: tuple[dict[str, slice], dict[str, slice]] | None = None
+        self._layout = self._vector_layout()
+        self._flat = self.nq == self.nv and not np.isin(self.model.jnt_type, (mujoco.mjtJoint.mjJNT_FREE, mujoco.mjtJoint.mjJNT_BALL)).any()
+
+    def _offset(self, spec: int, field: str, size: int) -> int:
+        """Where ``data.<field>`` starts in an ``mj_getState(spec)`` vector (found by marking)."""
+        d = mujoco.MjData(self.model)
+        if not size:
+            return 0
+        a = getattr(d, field)
+        a[...] = (np.arange(1, size + 1) * 1e9).reshape(a.shape)
+        v = np.zeros(mujoco.mj_stateSize(self.model, spec))
+        mujoco.mj_getState(self.model, d, v, spec)
+        at = int(np.flatnonzero(v == 1e9)[0])
+        if not np.array_equal(v[at:at + size], a.ravel()):
+            raise RuntimeError(f"MuJoCo's state vector does not hold data.{field} contiguously")
+        return at
+
+    def _pack(self, x: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Full-physics states ``(k, nstate)`` and control vectors ``(k, ncontrol)`` of ``k`` steps.
+
+        Whole arrays where the vectors hold only time, qpos, qvel, act / ctrl, mocap (their
+        layout found by marking at construction); ``mj_getState`` per step otherwise."""
+        k = len(x["qpos"])
+        if self._layout is not None:
+            st, ct = self._layout
+            state, control = np.zeros((k, self.nstate)), np.zeros((k, self.ncontrol))
+            for name, at in st.items():
+                state[:, at] = np.asarray(x[name], np.float64).reshape(k, -1)
+            for name, at in ct.items():
+                control[:, at] = np.asarray(x[name], np.float64).reshape(k, -1)
+            return state, control
+        m, d = self.model, self._scratch
+        state, control = np.zeros((k, self.nstate)), np.zeros((k, self.ncontrol))
+        for i in range(k):
+            set_inputs(m, d, StepInputs.from_arrays(x, (i,)))
+            mujoco.mj_getState(m, d, state[i], self.state_spec)
+            mujoco.mj_getState(m, d, control[i], self.control_spec)
+        return state, control
+
+    def _vector_layout(self) -> tuple[dict[str, slice], dict[str, slice]] | None:
+        """Where each ``StepInputs`` field sits in the state and control vectors, or ``None``
+        when they hold anything else (plugin state, history)."""
+        m = self.model
+        st = {"time": slice(0, 1), "qpos": slice(self._qpos_at, self._qpos_at + self.nq),
+              "qvel": slice(self._qvel_at, self._qvel_at + self.nv),
+              "act": slice(self._offset(self.state_spec, "act", m.na), self._offset(self.state_spec, "act", m.na) + m.na)}
+        ct = {"ctrl": slice(self._ctrl_at, self._ctrl_at + self.nu)}
+        if m.nmocap:
+            p, q = self._offset(self.control_spec, "mocap_pos", 3 * m.nmocap), self._offset(self.control_spec, "mocap_quat", 4 * m.nmocap)
+            ct |= {"mocap_pos": slice(p, p + 3 * m.nmocap), "mocap_quat": slice(q, q + 4 * m.nmocap)}
+        if self.nstate != 1 + self.nq + self.nv + m.na or self.ncontrol != self.nu + 7 * m.nmocap:
+            return None
+        # check on a marked example that the layout reproduces mj_getState
+        d = mujoco.MjData(m)
+        rng = np.random.default_rng(0)
+        x = StepInputs(rng.normal(size=m.nq), rng.normal(size=m.nv), rng.normal(size=m.nv), rng.normal(size=m.nu),
+                       rng.normal(size=m.na), rng.normal(size=(m.nmocap, 3)), rng.normal(size=(m.nmocap, 4)), 1.5)
+        set_inputs(m, d, x)
+        a, b = np.zeros(self.nstate), np.zeros(self.ncontrol)
+        mujoco.mj_getState(m, d, a, self.state_spec)
+        mujoco.mj_getState(m, d, b, self.control_spec)
+        self._layout = (st, ct)
+        arrays = {f.name: np.asarray(getattr(x, f.name))[None] for f in dataclasses.fields(StepInputs)}
+        got = self._pack(arrays)
+        self._layout = None
+        return (st, ct) if np.array_equal(got[0][0], a) and np.array_equal(got[1][0], b) else None
+
+    def _qpos_perturbed(self, qpos: np.ndarray, eps: float) -> np.ndarray:
+        """``(nv, nq)``: ``qpos (+) eps e_j`` for each tangent direction ``j`` (``mj_integratePos``)."""
+        out = np.repeat(qpos[None], self.nv, axis=0)
+        for j in range(self.nv):
+            e = np.zeros(self.nv)
+            e[j] = eps
+            mujoco.mj_integratePos(self.model, out[j], e, 1.0)
+        return out
+
+    def _tangent_differences(self, ref: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """``(r, 2 nv)``: ``s[i] - ref`` in the tangent space at ``ref`` (``mj_differentiatePos``)."""
+        nq = self.nq
+        if self._flat:
+            return s - ref
+        dq = np.zeros((len(s), self.nv))
+        for i in range(len(s)):
+            mujoco.mj_differentiatePos(self.model, dq[i], 1.0, ref[:nq], s[i, :nq])
+        return np.concatenate([dq, s[:, nq:] - ref[nq:]], axis=1)
+
+    def jacobians(self, arrays: Mapping[str, np.ndarray], eps: float = DEFAULT_EPS) -> tuple[np.ndarray, np.ndarray]:
+        """Centred FD Jacobians of ``k`` steps.
+
+        Args:
+          arrays: ``StepInputs`` fields, each with leading ``(k,)``.
+          eps: the centred-difference step (tangent coordinates and action units).
+
+        Returns:
+          ``(J, s_next)``: ``J`` ``(k, 2nv, 2nv + nu)`` = ``[J_s | J_a]`` in the tangent space,
+          ``s_next`` ``(k, nq + nv)`` the nominal ``[qpos, qvel]`` after each step.
+        """
+        k = len(np.asarray(arrays["qpos"]))
+        ncol = 2 * self.nv + self.nu
+        jac = np.zeros((k, 2 * self.nv, ncol))
+        s_next = np.zeros((k, self.nq + self.nv))
+        for c0 in range(0, k, self.chunk):
+            idx = np.arange(c0, min(k, c0 + self.chunk))
+            jac[idx], s_next[idx] = self._chunk({f: np.asarray(v)[idx] for f, v in arrays.items()}, float(eps))
+        return jac, s_next
+
+    def _chunk(self, x: Mapping[str, np.ndarray], eps: float) -> tuple[np.ndarray, np.ndarray]:
+        k, nq, nv, nu = len(x["qpos"]), self.nq, self.nv, self.nu
+        ncol, per = 2 * nv + nu, 1 + 2 * (2 * nv + nu)
+        state, control = self._pack(x)
+        states = np.repeat(state[:, None], per, axis=1)  # row 0 nominal, 1..ncol plus, ncol+1.. minus
+        controls = np.repeat(control[:, None], per, axis=1)
+        qp, qv, cu = (slice(self._qpos_at, self._qpos_at + nq), slice(self._qvel_at, self._qvel_at + nv),
+                      slice(self._ctrl_at, self._ctrl_at + nu))
+        for sign, r0 in ((eps, 1), (-eps, 1 + ncol)):
+            if self._flat:
+                states[:, r0:r0 + nv, qp] = state[:, None, qp] + np.eye(nv) * sign
+            else:
+                for i in range(k):
+                    states[i, r0:r0 + nv, qp] = self._qpos_perturbed(state[i, qp], sign)
+            states[:, r0 + nv:r0 + 2 * nv, qv] = state[:, None, qv] + np.eye(nv) * sign
+            controls[:, r0 + 2 * nv:r0 + ncol, cu] = control[:, None, cu] + np.eye(nu) * sign
+        warm = np.repeat(np.asarray(x["warmstart"], np.float64)[:, None, :], per, axis=1)
+        out, _ = self._rollout.rollout(
+            self.model, self._datas, states.reshape(k * per, self.nstate),
+            controls.reshape(k * per, 1, self.ncontrol), control_spec=self.control_spec,
+            nstep=self.n_substeps, initial_warmstart=warm.reshape(k * per, nv))
+        final = out[:, -1].reshape(k, per, self.nstate)
+        s = np.concatenate([final[..., self._qpos_at:self._qpos_at + nq], final[..., self._qvel_at:self._qvel_at + nv]], axis=-1)
+        if self._flat:
+            plus, minus = s[:, 1:1 + ncol] - s[:, :1], s[:, 1 + ncol:] - s[:, :1]
+        else:
+            plus = np.stack([self._tangent_differences(s[i, 0], s[i, 1:1 + ncol]) for i in range(k)])
+            minus = np.stack([self._tangent_differences(s[i, 0], s[i, 1 + ncol:]) for i in range(k)])
+        return np.swapaxes((plus - minus) / (2 * eps), 1, 2), s[:, 0]
+
+
+class FiniteDiffBackend:
+    """The ``finite_diff`` backend: native FD Jacobians of a definition's control step
+    (batched on all cores through ``BatchedFD``)."""
+
+    def __init__(self, model: mujoco.MjModel, n_substeps: int, eps: float = DEFAULT_EPS, definition: str = definitions.DEFAULT_DEFINITION,
+                 threads: int | None = None):
         self.step = NativeStep(model, n_substeps, definition)
+        self.batched = BatchedFD(model, n_substeps, definition, threads)
         self.eps = float(eps)
         self.nx = 2 * model.nv
 
     def __call__(self, x: StepInputs) -> tuple[np.ndarray, np.ndarray]:
-        """``(J_s, J_a)`` at ``x``: ``(2nv, 2nv)`` and ``(2nv, nu)`` (tangent space)."""
+        """``(J_s, J_a)`` at ``x``: ``(2nv, 2nv)`` and ``(2nv, nu)`` (tangent space; one step,
+        on the calling thread)."""
         j, _ = self.step.jacobian(x, self.eps)
         return j[:, : self.nx], j[:, self.nx:]
 
@@ -149,8 +342,9 @@ class FiniteDiffBackend:
           ``J_s`` of shape ``L + (nx, nx)`` and ``J_a`` of shape ``L + (nx, nu)``.
         """
         lead = np.asarray(arrays["qpos"]).shape[:-1]
-        js = np.zeros(lead + (self.nx, self.nx))
-        ja = np.zeros(lead + (self.nx, self.step.nu))
-        for idx in np.ndindex(*lead):
-            js[idx], ja[idx] = self(StepInputs.from_arrays(arrays, idx))
-        return js, ja
+        n = int(np.prod(lead))
+        flat = {f.name: np.asarray(arrays[f.name]).reshape((n,) + np.asarray(arrays[f.name]).shape[len(lead):])
+                for f in dataclasses.fields(StepInputs)}
+        j, _ = self.batched.jacobians(flat, self.eps)
+        j = j.reshape(lead + j.shape[1:])
+        return j[..., : self.nx], j[..., self.nx:]
