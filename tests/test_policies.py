@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from dynsparse import errors, policies
-from dynsparse.policies import base
 from dynsparse.policies import noise as noise_lib
 
 
@@ -72,11 +71,11 @@ def test_random_policy_spans_bounds_and_colored_is_clipped():
 
 def test_config_round_trip():
     pol = policies.make("colored", beta=0.5, scale=0.3)
-    again = base.from_config(pol.config())
+    again = policies.from_config(pol.config())
     assert again.config() == {"name": "colored", "beta": 0.5, "scale": 0.3}
     with pytest.raises(errors.UserError, match="unknown policy 'expert'"):
-        base.from_config({"name": "expert"})
+        policies.from_config({"name": "expert"})
     with pytest.raises(errors.UserError, match="policy 'ppo' needs a checkpoint folder"):
-        base.from_config({"name": "ppo"})
+        policies.from_config({"name": "ppo"})
     with pytest.raises(errors.UserError, match="bad options for policy 'colored'"):
-        base.from_config({"name": "colored", "colour": "red"})
+        policies.from_config({"name": "colored", "colour": "red"})

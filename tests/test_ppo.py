@@ -18,8 +18,8 @@ import pytest
 
 from helpers import one_error_line
 
-from dynsparse import cli, errors
-from dynsparse.policies import base, checkpoint, ppo
+from dynsparse import cli, errors, policies
+from dynsparse.policies import checkpoint, ppo
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies"
@@ -109,11 +109,11 @@ def test_identical_inputs_and_seeds_give_identical_actions():
 
 
 def test_config_round_trip_records_the_checkpoint():
-    pol = base.make("ppo", checkpoint=str(POLICIES / "ReacherHard"), beta=1.0, scale=0.5)
+    pol = policies.make("ppo", checkpoint=str(POLICIES / "ReacherHard"), beta=1.0, scale=0.5)
     cfg = pol.config()
     assert cfg["sha256"] == pol.meta["params_sha256"] and cfg["beta"] == 1.0 and cfg["scale"] == 0.5
     assert cfg["env"] == "ReacherHard" and cfg["trained_beta"] == 0.5
-    assert base.from_config(json.loads(json.dumps(cfg))).config() == cfg
+    assert policies.from_config(json.loads(json.dumps(cfg))).config() == cfg
 
 
 def test_colored_normal_tanh_uses_eps_and_keeps_brax_log_prob_and_entropy():
@@ -188,7 +188,7 @@ def test_other_env_and_mismatched_sizes_are_refused():
 ])
 def test_bad_ppo_options(kw, match):
     with pytest.raises(errors.UserError, match=match):
-        base.make("ppo", checkpoint=str(POLICIES / "CartpoleBalance"), **kw)
+        policies.make("ppo", checkpoint=str(POLICIES / "CartpoleBalance"), **kw)
 
 
 def test_cli_collect_refuses_a_checkpoint_of_another_env(capsys, tmp_path):

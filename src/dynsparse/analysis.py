@@ -18,8 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -122,25 +120,12 @@ def analyze(path: str | Path, out: str | Path, options: AnalyzeOptions = Analyze
     ds = dataset.open_dataset(path)
     if options.episode is not None and not 0 <= options.episode < ds.sizes["episode"]:
         raise errors.UserError(f"episode {options.episode} does not exist; allowed: 0 .. {ds.sizes['episode'] - 1}")
-    files.refuse_file_as_folder(out)
     ident = {"dataset": _dataset_identity(ds, path), "options": options.identity()}
-    if out.exists():
-        prior = existing_summary(out)
-        if prior is not None and prior.get("identity") == ident:
-            log.info("%s is up to date", out)
-            return out
-        if prior is not None or any(out.iterdir()):
-            raise errors.UserError(
-                f"{str(out)!r} already exists and holds something else (another dataset, options or progress); "
-                "nothing was changed: choose another --out or remove it"
-            )
-        out.rmdir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir()
-    try:
+    if files.claim(out, SUMMARY, ident, "analysis", read=lambda summary: summary.get("identity"),
+                   hint="choose another --out or remove it") == "same":
+        log.info("%s is up to date", out)
+        return out
+    with files.publish(out) as tmp:
         report_stage = on_stage or (lambda _s: None)
 
         def stage(name: str) -> None:
@@ -154,10 +139,6 @@ def analyze(path: str | Path, out: str | Path, options: AnalyzeOptions = Analyze
         from dynsparse.report import html
 
         (tmp / "index.html").write_text(html.page(f"dynsparse: {summary['env']}", [(summary, tmp)]))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                         "Jacobian) | as-run (the step exactly as the environment runs it)")
     c.add_argument("--compare-definitions", action="store_true",
                    help="also compute the other definition at every step and store how it differs")
-    c.add_argument("--batch-size", type=_positive_int, default=16, help="episodes simulated together")
+    c.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="episodes simulated together (default: at most 64, equal batches; a resumed run keeps its own)")
     c.add_argument("--chunk-steps", type=_positive_int, default=100, help="steps per compiled chunk and per stored chunk")
     c.add_argument("--out", required=True, help="output Zarr store; rerun the same command to resume")
     c.add_argument("--menagerie", default=argparse.SUPPRESS, metavar="PATH", help="as the global --menagerie")
@@ -281,7 +282,7 @@ def _print_env_row(name: str) -> None:
 def _cmd_collect(args: argparse.Namespace) -> int:
     from dynsparse import collect, jaxcache, xla
 
-    from dynsparse.policies import base as policies_base
+    from dynsparse import policies
 
     episodes, steps = args.episodes, args.steps
     if args.from_file is not None:
@@ -294,11 +295,12 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         episodes = source.episodes if episodes is None else episodes
         steps = source.steps if steps is None else steps
     else:
-        policy = policies_base.config_from_text(args.policy, args.beta, args.noise_scale)
+        policy = policies.config_from_text(args.policy, args.beta, args.noise_scale)
     config = collect.CollectConfig(
         env=args.env, episodes=2 if episodes is None else episodes, steps=300 if steps is None else steps,
         policy=policy, seed=args.seed, backend=args.backend, dtype=args.dtype, check_every=args.check_every,
-        batch_size=args.batch_size, chunk_steps=args.chunk_steps, jacobian=args.jacobian,
+        batch_size=collect.stored_batch_size(Path(args.out)) if args.batch_size is None else args.batch_size,
+        chunk_steps=args.chunk_steps, jacobian=args.jacobian,
         compare_definitions=args.compare_definitions, substeps=args.substeps,
     ).validated()
     xla.use_cpu_cores()

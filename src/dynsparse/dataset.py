@@ -71,16 +71,14 @@ them all. A missing chunk is never read as its fill value.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from dynsparse import errors, manifest, versions
+from dynsparse import errors, files, manifest, versions
 
 FORMAT = "dynsparse-dataset"
 FORMAT_VERSION = 3  # 2: contact_pairs; 3: named Jacobian definitions, certificates
@@ -224,16 +222,10 @@ def create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
     if layout.separate_qstate:
         coords["qstate"] = list(layout.qstate_names)
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-    tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        ds.to_zarr(tmp, mode="w-", compute=False, encoding=encoding, consolidated=True, zarr_format=2)
+    with files.publish(path) as tmp:  # the store appears whole or not at all
+        ds.to_zarr(tmp, mode="w", compute=False, encoding=encoding, consolidated=True, zarr_format=2)
         manifest.record_creation(tmp)
         _write_checkpoint(tmp, next_unit=0, n_units=layout.n_units, carry=None)
-        os.rename(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_store(path: Path) -> bool:
@@ -349,13 +341,9 @@ def _write_checkpoint(path: Path, next_unit: int, n_units: int, carry: list[np.n
     arrays = {"next_unit": np.int64(next_unit), "n_units": np.int64(n_units), "has_carry": np.bool_(carry is not None)}
     for i, leaf in enumerate(carry or []):
         arrays[f"leaf_{i:04d}"] = np.asarray(leaf)
-    final = Path(path) / CHECKPOINT
-    tmp = final.with_name(f".{CHECKPOINT}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    files.write_atomic(Path(path) / CHECKPOINT, buf.getvalue())
 
 
 def write_checkpoint(path: Path, next_unit: int, n_units: int, carry: list[np.ndarray] | None) -> None:

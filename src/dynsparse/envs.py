@@ -153,7 +153,9 @@ def use_menagerie(path: str | None) -> None:
     import os
     from pathlib import Path
 
-    from mujoco_playground._src import mjx_env
+    from dynsparse import upstream
+
+    mjx_env = upstream.playground_mjx_env()
 
     global _menagerie_explicit
     source = "--menagerie"
@@ -175,7 +177,9 @@ def use_menagerie(path: str | None) -> None:
 
 def menagerie_path() -> str:
     """Where Playground looks for the mujoco_menagerie robot assets (after ``use_menagerie``)."""
-    from mujoco_playground._src import mjx_env
+    from dynsparse import upstream
+
+    mjx_env = upstream.playground_mjx_env()
 
     return str(mjx_env.MENAGERIE_PATH)
 
@@ -199,7 +203,9 @@ def check_name(name: str) -> None:
         return
     others = _other_playground_names()
     if name in others:
-        from mujoco_playground._src import mjx_env
+        from dynsparse import upstream
+
+        mjx_env = upstream.playground_mjx_env()
 
         use_menagerie(None)
         if not mjx_env.MENAGERIE_PATH.exists():
@@ -356,7 +362,9 @@ def contact_pairs(spec: EnvSpec) -> tuple[tuple[str, ...], np.ndarray]:
       ``(names, table)``: names ``'geom1|geom2'`` (n_pairs,), and an ``(ngeom, ngeom)`` int32
       table, symmetric, holding the pair index or -1.
     """
-    from mujoco.mjx._src import collision_driver
+    from dynsparse import upstream
+
+    collision_driver = upstream.mjx_collision_driver()
 
     m = spec.mj_model
     table = np.full((m.ngeom, m.ngeom), -1, np.int32)
@@ -459,7 +467,10 @@ class MjcfEnv:
 
     def reset(self, key: jax.Array) -> Any:
         from mujoco import mjx
-        from mujoco_playground._src import mjx_env
+
+        from dynsparse import upstream
+
+        mjx_env = upstream.playground_mjx_env()
 
         qpos, qvel = self._initial(key)
         data = mjx.make_data(self.mjx_model).replace(qpos=qpos, qvel=qvel)

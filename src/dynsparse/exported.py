@@ -272,9 +272,9 @@ def _prepare_custom_calls(exp: Any) -> None:
         raise ValueError(f"custom calls {unknown} cannot be prepared in a fresh process")
     if any(_LAPACK.fullmatch(t) for t in targets):
         import numpy as np
-        from jax._src.lib import lapack  # the one place dynsparse reaches into jaxlib: see the docstring
+        from dynsparse import upstream
 
-        lapack.prepare_lapack_call("potrf_ffi", np.dtype(np.float64))
+        upstream.jaxlib_lapack().prepare_lapack_call("potrf_ffi", np.dtype(np.float64))
 
 
 def _write(path: Path, blob: bytearray, out_treedef: Any) -> None:

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import html
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -109,21 +108,8 @@ class StageEvent:
 
 
 def _check_study(out: Path, config: StudyConfig) -> None:
-    files.refuse_file_as_folder(out)
-    path = out / STUDY_FILE
-    if path.exists():
-        try:
-            prior = json.loads(path.read_text())
-        except ValueError:
-            raise errors.UserError(f"{str(path)!r} is unreadable; nothing was changed: remove it or choose another --out") from None
-        if prior != config.identity():
-            diff = sorted(k for k in config.identity() if prior.get(k) != config.identity()[k])
-            raise errors.UserError(
-                f"{str(out)!r} holds a study with another configuration (differs in {', '.join(diff)}); "
-                "nothing was changed: choose another --out (e.g. one for --quick and one for the full study)"
-            )
-    elif out.exists() and any(out.iterdir()):
-        raise errors.UserError(f"{str(out)!r} exists and is not a dynsparse study folder; nothing was changed: choose another --out")
+    files.claim(out, STUDY_FILE, config.identity(), "study",
+                hint="choose another --out (e.g. one for --quick and one for the full study)")
 
 
 def _timed_analyze(store: Path, folder: Path, options: analysis.AnalyzeOptions) -> float:
@@ -215,9 +201,7 @@ def reproduce(out: str | Path, config: StudyConfig = StudyConfig(),
     out = Path(out)
     configs, options = preflight(out, config)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{STUDY_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(config.identity(), indent=1))
-    tmp.replace(out / STUDY_FILE)
+    files.write_json(out / STUDY_FILE, config.identity())
     emit = on_stage or (lambda _e: None)
     total = 2 * len(config.envs) + 1
     timing: dict[str, dict[str, float]] = {env: {} for env in config.envs}

@@ -81,7 +81,7 @@ class SweepConfig:
         """Check every field; raise ``UserError`` naming the first bad value."""
         from dynsparse import collect, envs
         from dynsparse.metrics import sparsity
-        from dynsparse.policies import base
+        from dynsparse import policies as registry
 
         for key in ("envs", "policies", "seeds", "thresholds"):
             value = getattr(self, key)
@@ -91,7 +91,7 @@ class SweepConfig:
             if not isinstance(name, str):
                 raise errors.UserError(f"sweep env {name!r} is not allowed; allowed: Playground names (`dynsparse envs`)")
             envs.check_name(name)
-        policies = tuple(_policy_dict(p, base) for p in self.policies)
+        policies = tuple(_policy_dict(p, registry) for p in self.policies)
         for seed in self.seeds:
             errors.check_seed(seed, "sweep seed")
         for thr in self.thresholds:
@@ -121,9 +121,9 @@ class SweepConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def _policy_dict(policy: Any, base: Any) -> dict[str, Any]:
+def _policy_dict(policy: Any, registry: Any) -> dict[str, Any]:
     if isinstance(policy, str):
-        policy = base.config_from_text(policy)
+        policy = registry.config_from_text(policy)
         if policy["name"] == "ppo":  # workers may run in another directory
             policy["checkpoint"] = str(Path(policy["checkpoint"]).resolve())
         return policy
@@ -291,29 +291,14 @@ def read_status(out: Path, job: Job) -> dict[str, Any] | None:
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_atomic(path, json.dumps(payload, indent=1, default=str).encode())
+    files.write_json(path, payload)
 
 
 def _check_folder(out: Path, config: SweepConfig) -> None:
-    """Refuse a folder that is not a sweep, or a sweep whose collections were made differently."""
-    files.refuse_file_as_folder(out)
-    cfg_file = out / CONFIG_FILE
-    if not out.exists():
-        return
-    if not cfg_file.exists():
-        if any(out.iterdir()):
-            raise errors.UserError(f"output folder {str(out)!r} exists and is not a dynsparse sweep; choose another --out")
-        return
-    try:
-        prior = json.loads(cfg_file.read_text())
-    except ValueError:
-        raise errors.UserError(f"{str(cfg_file)!r} is not valid JSON; choose another --out") from None
-    diffs = [f"{k}: stored {prior.get(k)!r}, requested {getattr(config, k)!r}" for k in _COLLECT_KEYS if prior.get(k) != getattr(config, k)]
-    if diffs:
-        raise errors.UserError(
-            f"sweep folder {str(out)!r} holds collections made with other settings ({'; '.join(diffs)}); "
-            "choose another --out"
-        )
+    """Refuse a folder that is not a sweep, or a sweep whose collections were made differently
+    (a sweep folder may grow: other grid axes are allowed)."""
+    files.claim(out, CONFIG_FILE, {k: getattr(config, k) for k in _COLLECT_KEYS}, "sweep",
+                read=lambda prior: {k: prior.get(k) for k in _COLLECT_KEYS})
 
 
 @locks.writes("out")

@@ -52,6 +52,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import mujoco
+
+# MJX's private solver internals: this module re-implements MJX's solver step with them (see
+# dynsparse.upstream, which holds every other private import)
 from mujoco.mjx._src import forward as mjx_forward
 from mujoco.mjx._src import math as mjx_math
 from mujoco.mjx._src import scan as mjx_scan

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dynsparse import errors, interrupts, locks
+from dynsparse import errors, files, interrupts, locks
 from dynsparse.learn import data as data_lib
 from dynsparse.learn import evaluate, model
 
@@ -121,21 +119,13 @@ def learn(paths: Sequence[str | Path], out: str | Path, options: LearnOptions = 
     """
     options = options.validated()
     out = Path(out)
-    if out.exists():
-        raise errors.UserError(f"{out} already exists; choose a new --out (nothing was changed)")
+    files.claim(out, MARKER, None, "learn", hint="choose a new --out")
     groups = load_groups(paths, options.per_env)
     splits = {env: data_lib.split_by_episode(tr, options.test_fraction, options.split_seed) for env, (tr, _) in groups.items()}
     total = len(groups) * len(options.losses) * options.seeds
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with files.publish(out) as tmp:
         rows, summary = _run_all(groups, splits, options, total, on_event)
         _write(tmp, rows, summary, options)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -229,7 +219,7 @@ def wilcoxon_tests(rows: list[dict[str, Any]], losses: Sequence[str]) -> list[di
 def _write(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any], options: LearnOptions) -> None:
     import pandas as pd
 
-    from dynsparse.learn import figures
+    from dynsparse.report import learn_figures as figures
 
     pd.DataFrame(rows).to_csv(folder / "runs.csv", index=False)
     (folder / "runs.json").write_text(json.dumps(rows, indent=1))

@@ -174,12 +174,13 @@ def export_policy(src: str | Path, dst: str | Path) -> Path:
       UserError: ``src`` is not a valid checkpoint, or ``dst`` exists and is not empty.
     """
     dst = Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise errors.UserError(f"{dst} already exists and is not empty; nothing was changed")
+    files.claim(dst, META, None, "policy", hint="choose another destination")
     meta, arrays = load(src)
     kept = {k: v for k, v in arrays.items() if not k.startswith("value/")}
     source_sha = meta["params_sha256"]
     meta = {k: v for k, v in meta.items() if k not in ("params_file", "params_sha256")}
     meta["value_network"] = "omitted"
     meta["exported_from_sha256"] = source_sha
-    return save(dst, meta, kept)
+    with files.publish(dst) as tmp:
+        save(tmp, meta, kept)
+    return dst

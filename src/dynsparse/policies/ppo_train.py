@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dynsparse import errors, locks
+from dynsparse import errors, files, locks
 from dynsparse.policies import checkpoint
 from dynsparse.policies import noise as noise_lib
 from dynsparse.versions import package_versions
@@ -169,7 +169,9 @@ class EvalPoint:
 
 def make_colored_noise_wrapper(n_obs: int, nu: int, beta: float, length: int) -> Callable[..., Any]:
     """A brax ``wrap_env_fn``: Playground's training wrappers, then ``ColoredNoiseWrapper``."""
-    from mujoco_playground._src import wrapper as pg_wrapper
+    from dynsparse import upstream
+
+    pg_wrapper = upstream.playground_wrapper()
 
     def wrap(env: Any, episode_length: int, action_repeat: int, randomization_fn: Any = None) -> Any:
         inner = pg_wrapper.wrap_for_brax_training(env, episode_length=episode_length, action_repeat=action_repeat,
@@ -180,7 +182,9 @@ def make_colored_noise_wrapper(n_obs: int, nu: int, beta: float, length: int) ->
 
 
 def _colored_noise_wrapper_class() -> type:
-    from mujoco_playground._src import wrapper as pg_wrapper
+    from dynsparse import upstream
+
+    pg_wrapper = upstream.playground_wrapper()
 
     class _ColoredNoiseWrapper(pg_wrapper.Wrapper):
         """Appends this step's exploration noise ``eps_t`` (``nu`` values) to the observation.
@@ -311,9 +315,8 @@ def train(config: TrainConfig, out: str | Path, on_eval: Callable[[EvalPoint, in
     saved = None
     if resume:
         saved = _saved_run(out, config)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise errors.UserError(f"{out} already exists and is not empty; choose a new --out, or continue it with --resume "
-                               "(nothing was changed)")
+    else:
+        files.claim(out, STATE_FILE, None, "training", hint="choose a new --out, or continue it with --resume")
     rl = config.rl_config()
     previous_x64 = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", False)  # brax PPO trains in float32

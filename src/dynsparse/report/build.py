@@ -4,29 +4,22 @@
 Output folder: ``index.html`` (usable offline: every image is embedded), ``table.csv`` and
 ``report.json`` (the cross-env table and where each row came from), and ``figures/`` with the
 coverage overlays of environments analysed under several policies. A folder that holds an
-earlier report (``report.json``) is rewritten; any other non-empty folder is refused.
+earlier report (``report.json``, and nothing but the files above) is rebuilt whole and swapped in
+(``files.publish``); any other non-empty folder is refused.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
-from dynsparse import analysis, errors, locks
+from dynsparse import analysis, errors, files, locks
 from dynsparse.report import figures, html
 
 MARKER = "report.json"
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise errors.UserError(f"report folder {str(out)!r} is a file; nothing was changed: choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise errors.UserError(
-            f"{str(out)!r} exists and is not a dynsparse report folder; nothing was changed: choose another --out or remove it"
-        )
+#: everything a report folder holds (it is rebuilt whole; a folder holding more is refused)
+FILES = ("index.html", "table.csv", MARKER, "figures")
 
 
 @locks.writes("out")
@@ -37,14 +30,12 @@ def build(folders: Sequence[str | Path], out: str | Path, title: str = "dynspars
       UserError: no folders, a folder that is not a finished analysis, or an ``out`` that is not
         a report folder.
     """
-    import pandas as pd
-
     from dynsparse.learn import run as learn_run
 
     if not folders:
         raise errors.UserError("no analysis folders given; allowed: one or more folders written by `dynsparse analyze`")
     out = Path(out)
-    _check_out(out)
+    files.claim(out, MARKER, files.ANY, "report", owned=FILES)
     analyses = []
     learned = []
     for folder in map(Path, folders):
@@ -60,8 +51,16 @@ def build(folders: Sequence[str | Path], out: str | Path, title: str = "dynspars
         analyses.append((summary, folder))
     if not analyses:
         raise errors.UserError("no analysis folders given (only learn folders); a report needs at least one `dynsparse analyze` folder")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
+    with files.publish(out, replace=True) as tmp:
+        _write(tmp, title, intro, analyses, learned)
+    return out / "index.html"
+
+
+def _write(out: Path, title: str, intro: str, analyses: list[tuple[dict, Path]], learned: list[Path]) -> None:
+    """The report's files in the (new, empty) folder ``out``: index.html, figures/, table.csv, the marker."""
+    import pandas as pd
+
+    (out / "figures").mkdir()
     extra: dict[int, str] = {}
     by_env: dict[str, list[int]] = {}
     for i, (summary, _) in enumerate(analyses):
@@ -73,12 +72,8 @@ def build(folders: Sequence[str | Path], out: str | Path, title: str = "dynspars
             path = figures.save(fig, out / "figures" / f"coverage_{env}", ("png", "svg"))[0]
             extra[idx[0]] = html.figure_block(path, "coverage", env)
     page = html.page(title, analyses, intro, extra, appendix="".join(html.learn_section(f) for f in learned))
-    index = out / "index.html"
-    tmp = out / f".index.html.{os.getpid()}"
-    tmp.write_text(page)
-    tmp.replace(index)
+    (out / "index.html").write_text(page)
     rows = [s["table"] for s, _ in analyses]
     pd.DataFrame(rows).to_csv(out / "table.csv", index=False)
     (out / MARKER).write_text(json.dumps({"analyses": [str(f) for _, f in analyses], "learn": [str(f) for f in learned],
                                           "table": rows}, indent=1))
-    return index

@@ -13,7 +13,8 @@ DEFAULT_FORMATS = ("png", "svg")
 KINDS = ("zero_frequency", "embedding", "histogram", "timeseries", "run_lengths", "thresholds", "coverage")
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -33,14 +34,14 @@ def save(fig: Any, stem: Path, formats: Sequence[str] = DEFAULT_FORMATS) -> list
         path = stem.with_suffix(f".{fmt}")
         fig.savefig(path, dpi=150)  # every figure uses constrained layout: no second "tight" render
         paths.append(path)
-    _plt().close(fig)
+    pyplot().close(fig)
     return paths
 
 
 def zero_frequency(freq: dict[str, np.ndarray], out: Sequence[str], state_in: Sequence[str],
                    action_in: Sequence[str], title: str) -> Any:
     """Heatmaps of per-element zero frequency (% of counted steps) of J_s and J_a, named axes."""
-    plt = _plt()
+    plt = pyplot()
     n_out, n_s, n_a = len(out), len(state_in), len(action_in)
     size = max(4.0, 0.22 * n_out + 2.0)
     fig, axes = plt.subplots(1, 2, figsize=(size * (n_s + n_a) / n_out + 3.0, size),
@@ -61,7 +62,7 @@ def zero_frequency(freq: dict[str, np.ndarray], out: Sequence[str], state_in: Se
 
 def embedding(emb: dict[str, Any], title: str) -> Any:
     """t-SNE scatter of (s, a, s') coloured by per-sample sparsity of [J_s | J_a]."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
     sc = ax.scatter(emb["x"], emb["y"], c=emb["sparsity"], s=6, cmap="viridis", linewidths=0)
     fig.colorbar(sc, ax=ax, label="per-sample sparsity of [J_s | J_a]")
@@ -73,7 +74,7 @@ def embedding(emb: dict[str, Any], title: str) -> Any:
 
 def histogram(hist: dict[str, Any], title: str) -> Any:
     """Histograms of per-sample sparsity (J_s, J_a, both) with the mean marked."""
-    plt = _plt()
+    plt = pyplot()
     edges = np.asarray(hist["edges"])
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.3), sharey=True, constrained_layout=True)
     for ax, name in zip(axes, ("J_s", "J_a", "both")):
@@ -99,7 +100,7 @@ def timeseries(sparsity: dict[str, np.ndarray], n_contacts: np.ndarray, switches
       sparsity: ``{"J_s", "J_a", "both"}`` -> ``(step,)`` (NaN where not counted).
       n_contacts, switches: ``(step,)``.
     """
-    plt = _plt()
+    plt = pyplot()
     steps = np.arange(n_contacts.size)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 4.8), sharex=True, constrained_layout=True,
                                   gridspec_kw={"height_ratios": [2, 1]})
@@ -124,7 +125,7 @@ def timeseries(sparsity: dict[str, np.ndarray], n_contacts: np.ndarray, switches
 
 def run_lengths(runs: dict[str, Any], summary: dict[str, Any], title: str) -> Any:
     """Log-log histograms of zero-run and non-zero-run lengths with the means marked."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
@@ -150,7 +151,7 @@ def run_lengths(runs: dict[str, Any], summary: dict[str, Any], title: str) -> An
 
 def thresholds(sens: dict[str, Any], default: float, title: str) -> Any:
     """Global-zero percentage and mean per-sample sparsity against absolute and relative thresholds."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     for ax, kind in zip(axes, ("absolute", "relative")):
         s = sens[kind]
@@ -172,7 +173,7 @@ def thresholds(sens: dict[str, Any], default: float, title: str) -> Any:
 
 def coverage(curves: Sequence[tuple[str, dict[str, Any]]], title: str) -> Any:
     """Global-zero count against pooled steps, one line per (label, curve) (e.g. per policy)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     for ax, name in zip(axes, ("J_s", "J_a")):
         for label, curve in curves:

@@ -25,9 +25,9 @@ def _per_env(rows: list[dict[str, Any]], loss: str, metric: str) -> np.ndarray:
 
 
 def boxplot(rows: list[dict[str, Any]], losses: Sequence[str], metric: str, ylabel: str, target: float | None) -> Any:
-    from dynsparse.report.figures import _plt
+    from dynsparse.report.figures import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     labels = ["untrained", *losses]
     data = [_per_env(rows, lab, metric) for lab in labels]
     fig, ax = plt.subplots(figsize=(1.3 * len(labels) + 2, 4.0), layout="constrained")

@@ -1,0 +1,48 @@
+"""The one place dynsparse reaches into other packages' private modules, each with why.
+
+Every function imports on first use (these pull in Playground, MJX or jaxlib) and returns the
+module. When an upgrade moves one of them, this file (and the pinned ``constraints.txt``) is what
+changes. MJX's solver internals are the exception, kept where they are used:
+``dynsparse.jacobians.solve`` re-implements MJX's constraint-solver step with them (the named
+Jacobian definitions differentiate that step) and imports them at its top.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def playground_mjx_env() -> ModuleType:
+    """``mujoco_playground._src.mjx_env``: Playground's ``State`` (the carry of every
+    environment, which ``envs.MjcfEnv`` must return) and ``MENAGERIE_PATH`` (where the Menagerie
+    models are read; set by ``--menagerie``) are not exported by ``mujoco_playground``."""
+    from mujoco_playground._src import mjx_env
+
+    return mjx_env
+
+
+def playground_wrapper() -> ModuleType:
+    """``mujoco_playground._src.wrapper``: ``wrap_for_brax_training`` and ``Wrapper``, which PPO
+    training needs exactly as Playground's own training scripts use them (the colored-noise
+    wrapper subclasses ``Wrapper``)."""
+    from mujoco_playground._src import wrapper
+
+    return wrapper
+
+
+def mjx_collision_driver() -> ModuleType:
+    """``mujoco.mjx._src.collision_driver``: MJX's static list of candidate geom pairs
+    (``geom_pairs``, ``has_collision_fn``), the pairs it can put in contact; no public API lists
+    them, and the dataset's ``contact_pair`` coordinate must name exactly those."""
+    from mujoco.mjx._src import collision_driver
+
+    return collision_driver
+
+
+def jaxlib_lapack() -> ModuleType:
+    """``jax._src.lib.lapack``: jaxlib fills LAPACK's function table only when it lowers a
+    linalg op; a serialized program loaded in a fresh process never lowers one, so
+    ``exported`` calls ``prepare_lapack_call`` itself (else its custom calls crash)."""
+    from jax._src.lib import lapack
+
+    return lapack
