@@ -14,7 +14,8 @@ from helpers import rerecord_checksums
 
 from dynsparse import analysis, cli, errors
 from dynsparse.metrics import sparsity, structure
-from dynsparse.report import build, figures
+from dynsparse.render import figures
+from dynsparse.report import build
 
 
 def test_analysis_writes_every_metric_table_and_figure(bouncer_analysis):
@@ -195,7 +196,7 @@ def test_validate_catches_contact_pairs_that_contradict_the_count(bouncer_store,
 
 
 def test_certificate_cell_counts_each_class_of_the_checked_steps():
-    from dynsparse.report import html as html_lib
+    from dynsparse.render import html as html_lib
 
     row = {"checked_steps": 200, "check_certified": 196, "check_kink": 4, "check_native_differs": 0, "check_wrong": None}
     assert html_lib._cell(row, "certificates", None) == "196 / 4 / 0 / 0 (200)"

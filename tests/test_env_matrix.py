@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynsparse import analysis, collect, dataset, envs
+from dynsparse import analysis, collect, dataset, envs, results
 from dynsparse.metrics import structure
 
 ENVS = envs.dm_control_names()
@@ -50,7 +50,7 @@ def test_collect_and_analyze(env, matrix_root):
     assert bool(np.asarray(ds["finite"].values).all())
     assert structure.check_summary(ds)["checked_steps"] == 3
     out = analysis.analyze(path, matrix_root / f"{env}-analysis", analysis.AnalyzeOptions(tsne=False, shuffles=20))
-    row = analysis.table_row(analysis.existing_summary(out))
+    row = results.table_row(results.read_analysis(out))
     assert row["env"] == env and row["counted_steps"] == 6 and row["state_dim"] == 2 * spec.nv
 
 

@@ -4,6 +4,7 @@ depend on, loaded in fresh processes (LAPACK initialised), and never reused acro
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,10 +49,32 @@ def test_export_then_load_equal_the_traced_program_bit_for_bit(cache):
     assert _equal(first(*_args()), ref) and list(first.sources.values()) == ["exported"]
     files = sorted(cache.glob("t-*.bin"))
     assert len(files) == 1
+    (executable,) = cache.glob("t-*.xla")  # the compiled program, for this machine
     again = exported.Cached(jitted, "t", {"id": 1})  # a new process would start here
-    assert _equal(again(*_args()), ref) and list(again.sources.values()) == ["loaded"]
+    assert _equal(again(*_args()), ref) and list(again.sources.values()) == ["compiled"]
     assert _equal(again(*_args()), ref) and len(again.sources) == 1  # in memory from now on
     assert sorted(cache.glob("t-*.bin")) == files
+    executable.unlink()  # e.g. another jaxlib build or CPU: the exported module is compiled again
+    loaded = exported.Cached(jitted, "t", {"id": 1})
+    assert _equal(loaded(*_args()), ref) and list(loaded.sources.values()) == ["loaded"]
+    assert executable.is_file()
+
+
+def test_compiled_programs_are_kept_per_machine_and_unreadable_ones_replaced(cache, monkeypatch):
+    jitted = jax.jit(_fn)
+    ref = jitted(*_args())
+    exported.Cached(jitted, "t", {"id": 1})(*_args())
+    (executable,) = cache.glob("t-*.xla")
+    with monkeypatch.context() as m:
+        m.setattr(exported, "_machine_tag", lambda: "othercpu")
+        elsewhere = exported.Cached(jitted, "t", {"id": 1})
+        assert _equal(elsewhere(*_args()), ref) and list(elsewhere.sources.values()) == ["loaded"]
+    assert len(list(cache.glob("t-*.xla"))) == 2 and len(list(cache.glob("t-*othercpu.xla"))) == 1
+    executable.write_bytes(b"garbage")
+    fresh = exported.Cached(jitted, "t", {"id": 1})
+    with pytest.warns(UserWarning, match="ignoring the unreadable compiled program"):
+        assert _equal(fresh(*_args()), ref)
+    assert list(fresh.sources.values()) == ["loaded"] and executable.read_bytes() != b"garbage"
 
 
 def test_every_change_gets_its_own_file(cache, monkeypatch):
@@ -78,6 +101,8 @@ def test_unreadable_file_is_ignored_and_rewritten_and_off_switches(cache, monkey
     exported.Cached(jitted, "t", {"id": 1})(*_args())
     (path,) = cache.glob("t-*.bin")
     path.write_bytes(b"garbage")
+    for executable in cache.glob("t-*.xla"):
+        executable.unlink()
     fresh = exported.Cached(jitted, "t", {"id": 1})
     with pytest.warns(UserWarning, match="ignoring the unreadable exported program"):
         assert _equal(fresh(*_args()), ref)
@@ -100,17 +125,30 @@ def test_static_data_is_keyed_by_content_not_address():
         exported._canonical(object())
 
 
-def test_a_fresh_process_loads_a_lapack_program_with_static_array_data(tmp_path):
-    """The second process loads (no tracing) and runs a program holding LAPACK calls; before
-    LAPACK was initialised for loaded programs this crashed with a segmentation fault."""
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_fresh_process_loads_a_lapack_program_with_static_array_data(tmp_path, devices):
+    """Later processes load (no tracing) and run a program holding LAPACK calls, as a compiled
+    executable and as an exported module; before LAPACK was initialised for loaded programs this
+    crashed with a segmentation fault."""
     folder = tmp_path / "jc"
-    runs = [subprocess.run([sys.executable, str(HERE / "exported_program.py"), str(folder)], capture_output=True, text=True,
-                           timeout=300) for _ in range(2)]
-    for r in runs:
+
+    # with 2 CPU devices the program's arguments still live on one: its executable must be loaded
+    # onto that device only (loaded onto both, it refused its arguments: "expected 2 shards")
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+    def run() -> dict:
+        r = subprocess.run([sys.executable, str(HERE / "exported_program.py"), str(folder)], capture_output=True, text=True,
+                           timeout=300, env=env)
         assert r.returncode == 0, r.stderr[-2000:]
-    first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
-    assert first["sources"] == ["exported"] and second["sources"] == ["loaded"]
-    assert {k: v for k, v in first.items() if k != "sources"} == {k: v for k, v in second.items() if k != "sources"}
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    first, second = run(), run()
+    for executable in (folder / "exported").glob("test-*.xla"):
+        executable.unlink()
+    third = run()  # the exported module again, compiled in a fresh process
+    assert first["sources"] == ["exported"] and second["sources"] == ["compiled"] and third["sources"] == ["loaded"]
+    for other in (second, third):
+        assert {k: v for k, v in first.items() if k != "sources"} == {k: v for k, v in other.items() if k != "sources"}
     assert len(list((folder / "exported").glob("test-*.bin"))) == 1
     assert any(t.startswith("lapack_") for t in second["targets"]), second["targets"]
     sys.path.insert(0, str(HERE))

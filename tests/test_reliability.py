@@ -204,7 +204,7 @@ def test_a_swallowed_ctrl_c_still_stops_at_the_next_safe_point():
 
 
 def test_report_html_escapes_crafted_summary_values(bouncer_analysis):
-    from dynsparse.report import html as html_lib
+    from dynsparse.render import html as html_lib
 
     summary = json.loads((bouncer_analysis / "summary.json").read_text())
     evil = '"><script>alert(1)</script>'

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from dynsparse import cli, errors, reproduce
-from dynsparse.report import figures
+from dynsparse.render import figures
 
 
 def test_study_folder_of_another_configuration_is_refused(tmp_path):

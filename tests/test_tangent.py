@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from models import FREE_SPHERE, SPHERE_DT
 
-from dynsparse import envs, tangent
+from dynsparse import envs, results, tangent
 from dynsparse.jacobians import autodiff, certify, definitions, finite_diff
 
 BALL_AND_FREE = """<mujoco><worldbody><body><freejoint name="root"/><geom size=".1"/>
@@ -187,7 +187,7 @@ def test_legged_free_base_collects_checks_and_analyses(tmp_path):
     assert summary["checked_steps"] == 24 and summary["classes"]["wrong"] == 0, summary
     assert summary["classes"]["certified"] >= 22 and summary["steps_pattern_mismatch"] == 0, summary
     out = analysis.analyze(path, tmp_path / "analysis", analysis.AnalyzeOptions(tsne=False, shuffles=20))
-    row = analysis.table_row(analysis.existing_summary(out))
+    row = results.table_row(results.read_analysis(out))
     assert row["state_dim"] == 26 and row["counted_steps"] == 24
     # translation of the base on the floor is invisible to everything but itself: its column is
     # zero outside the x-y block (Galilean invariance in the horizontal plane, flat floor)

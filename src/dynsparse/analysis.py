@@ -24,12 +24,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dynsparse import dataset, errors, files, interrupts, locks
+from dynsparse import dataset, errors, files, interrupts, locks, results
 from dynsparse.metrics import contacts, coverage, embedding, local, sparsity, structure, temporal, thresholds
 
 log = logging.getLogger(__name__)
 
-SUMMARY = "summary.json"
+SUMMARY = results.SUMMARY
 STAGES = ("structure", "local", "temporal", "contacts", "coverage", "thresholds", "embedding", "tables", "figures")
 
 
@@ -63,7 +63,7 @@ class AnalyzeOptions:
 
     def validated(self) -> "AnalyzeOptions":
         """Check every field; raise ``UserError`` naming the first bad value."""
-        from dynsparse.report import figures
+        from dynsparse.render import figures
 
         sparsity.check_threshold(self.threshold, self.kind)
         local.check_bin_width(self.bin_width)
@@ -90,14 +90,6 @@ class AnalyzeOptions:
 def _dataset_identity(ds: Any, path: Path) -> dict[str, Any]:
     valid = np.asarray(dataset.load(ds, ("valid",))["valid"].values, bool)
     return {"path": str(path.resolve()), "config": dataset.read_config(ds), "valid_steps": int(valid.sum())}
-
-
-def existing_summary(out: Path) -> dict[str, Any] | None:
-    """The summary of an analysis folder, or None if there is none (or it is unreadable)."""
-    try:
-        return json.loads((out / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 @locks.writes("out")
@@ -132,22 +124,15 @@ def analyze(path: str | Path, out: str | Path, options: AnalyzeOptions = Analyze
             interrupts.check()
             report_stage(name)
 
-        summary = _compute(ds, tmp, options, stage)
-        summary["identity"] = ident
-        summary["source"] = str(path)
-        (tmp / SUMMARY).write_text(json.dumps(summary, indent=1, default=_json_default))
-        from dynsparse.report import html
+        record = _compute(ds, tmp, options, stage)
+        record["identity"] = ident
+        record["source"] = str(path)
+        summary = results.AnalysisSummary.from_json(record)
+        results.write_analysis(tmp, summary)
+        from dynsparse.render import html
 
-        (tmp / "index.html").write_text(html.page(f"dynsparse: {summary['env']}", [(summary, tmp)]))
+        (tmp / "index.html").write_text(html.page(f"dynsparse: {summary.env}", [(summary, tmp)]))
     return out
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def _compute(ds: Any, out: Path, options: AnalyzeOptions, stage: Callable[[str], None]) -> dict[str, Any]:
@@ -225,7 +210,7 @@ def _compute(ds: Any, out: Path, options: AnalyzeOptions, stage: Callable[[str],
         "timing_s": sw.timing,
         "versions": json.loads(ds.attrs.get("versions", "{}")),
     }
-    summary["table"] = table_row(summary)
+    summary["table"] = results.table_row(results.AnalysisSummary.from_json(summary))
     return summary
 
 
@@ -279,7 +264,7 @@ def _write_tables(r: dict[str, Any], masks: sparsity.Masks, tables: Path) -> Non
 def _write_figures(r: dict[str, Any], masks: sparsity.Masks, options: AnalyzeOptions, label: str,
                    policy_label: str, episode: int, figs: Path) -> dict[str, list[str]]:
     """The figures of the results ``r`` of ``_compute``; returns kind -> file names."""
-    from dynsparse.report import figures
+    from dynsparse.render import figures
 
     sp = r["sp"]
     default = options.threshold if options.kind == "absolute" else sparsity.DEFAULT_THRESHOLD
@@ -333,48 +318,3 @@ def _policy_label(policy: Any) -> str:
         return f"ppo ({ret_text}, beta {policy.get('beta')}, scale {policy.get('scale')})"
     extras = ", ".join(f"{k} {v}" for k, v in policy.items() if k != "name")
     return f"{policy.get('name')}" + (f" ({extras})" if extras else "")
-
-
-def table_row(summary: dict[str, Any]) -> dict[str, Any]:
-    """The cross-env table row of one analysis."""
-    g, runs = summary["global"], summary["temporal"]["runs"]
-    align = {row["k"]: row for row in summary["contacts"]["alignment"]}
-    a1 = align.get(1) or next(iter(align.values()))
-    hist = summary["local"]["histogram"]
-    cov = summary["coverage"]
-    return {
-        "env": summary["env"],
-        "policy": summary["policy_label"],
-        "seed": summary["seed"],
-        "episodes": summary["data"]["episodes"],
-        "counted_steps": summary["data"]["counted_steps"],
-        "state_dim": summary["dims"]["state"],
-        "action_dim": summary["dims"]["action"],
-        "J_s_global_zeros": g["J_s"]["zeros"],
-        "J_s_entries": g["J_s"]["total"],
-        "J_s_global_zero_pct": g["J_s"]["percent"],
-        "J_a_global_zeros": g["J_a"]["zeros"],
-        "J_a_entries": g["J_a"]["total"],
-        "J_a_global_zero_pct": g["J_a"]["percent"],
-        "mean_sparsity_J_s": hist["J_s"]["mean"],
-        "mean_sparsity_J_a": hist["J_a"]["mean"],
-        "mean_sparsity_both": hist["both"]["mean"],
-        "mean_zero_run": runs["zero_runs"]["mean"],
-        "mean_nonzero_run": runs["nonzero_runs"]["mean"],
-        "switch_burstiness": summary["temporal"]["clustering"]["observed"]["burstiness"],
-        "switch_burstiness_shuffled": summary["temporal"]["clustering"]["shuffled"]["burstiness_mean"],
-        "switch_clustering_p": summary["temporal"]["clustering"]["p_value"],
-        "contact_k": a1["k"],
-        "switch_near_contact_change": a1["observed"],
-        "chance": a1["chance"],
-        "lift": a1["lift"],
-        "contact_p": a1["p_value"],
-        "jacobian": g.get("jacobian"),
-        "checked_steps": g["check"].get("checked_steps", 0),
-        **{f"check_{name.replace('-', '_')}": g["check"].get("classes", {}).get(name) for name in dataset.CHECK_CLASSES},
-        "check_pattern_mismatch_steps": g["check"].get("steps_pattern_mismatch"),
-        "solver_truncated_steps": (g.get("solver") or {}).get("steps_truncated"),
-        "solver_start_returned_steps": (g.get("solver") or {}).get("steps_start_returned"),
-        "J_s_zeros_last_changed_at": cov["last_change"].get("J_s"),
-        "J_a_zeros_last_changed_at": cov["last_change"].get("J_a"),
-    }

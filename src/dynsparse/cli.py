@@ -537,7 +537,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dynsparse import analysis
+    from dynsparse import analysis, results
 
     options = analysis.AnalyzeOptions(
         threshold=args.threshold, kind="relative" if args.relative else "absolute", bin_width=args.bin_width,
@@ -555,7 +555,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         bar.update(len(analysis.STAGES) - bar.n)
     finally:
         bar.close()
-    print(f"wrote {out / 'index.html'} (metrics in {out / analysis.SUMMARY} and {out / 'tables'}, figures in {out / 'figures'})")
+    print(f"wrote {out / 'index.html'} (metrics in {out / results.SUMMARY} and {out / 'tables'}, figures in {out / 'figures'})")
     return 0
 
 

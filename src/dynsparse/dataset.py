@@ -78,7 +78,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dynsparse import errors, files, manifest, versions
+from dynsparse import errors, files, jacobians, manifest, versions
 
 FORMAT = "dynsparse-dataset"
 FORMAT_VERSION = 3  # 2: contact_pairs; 3: named Jacobian definitions, certificates
@@ -91,7 +91,7 @@ IDENTITY_KEYS = (
 )
 
 #: Certificate classes of checked steps; ``check_class`` holds the index (-1: not checked).
-CHECK_CLASSES = ("certified", "kink", "native-differs", "wrong")
+CHECK_CLASSES = jacobians.CHECK_CLASSES
 
 _VERSION_PACKAGES = (
     "dynsparse", "jax", "jaxlib", "mujoco", "mujoco-mjx", "playground", "brax", "flax",

@@ -289,7 +289,12 @@ def load(name: str, dtype: str = "float64", substeps: int | None = None) -> EnvS
     check_name(name)
     sources.check_substeps(name, substeps)
     if sources.kind(name) != "playground":
-        return _spec(name, sources.load(name, substeps), dtype)
+        r = sources.load(name, substeps)
+        try:
+            env = MjcfEnv(r.model, r.n_substeps, r.init_noise, r.reset_kind, r.init_qpos, r.init_qvel)
+        except NotImplementedError as exc:
+            raise sources.build_error(name, exc) from exc
+        return _spec(name, env, dtype)
     from mujoco_playground import registry
 
     dm = name in dm_control_names()

@@ -10,6 +10,13 @@ after the first time); not found, it traces and exports once, writes the module,
 exported module itself (so a cold run compiles once, as before). Outputs are bit-identical to the
 traced function's (tested).
 
+The compiled executable is kept too (``jax.experimental.serialize_executable``, a ``.xla`` file
+beside the module, its name tagged with a digest of this CPU's model and instruction-set flags:
+XLA compiles for the host CPU). A later process on the same machine loads it directly: no
+deserialising, lowering or XLA cache lookup of the module (CheetahRun's chunk: ~5 s -> see the
+README's start-up table). Without it (another CPU, an unreadable file) the module is compiled
+again and the executable rewritten.
+
 A stale program would be a wrong measurement, so the file's key covers everything the traced
 function depends on: the caller's identity (environment name, the MuJoCo model's binary, its
 substeps and dtype, the environment's configuration and its class's source file, the policy's
@@ -206,12 +213,22 @@ class Cached:
             self.sources[f"unkeyed-{len(self.sources)}"] = "traced"
             return self.fn, None
         path = folder / f"{self.name}-{key[:40]}.bin"
+        compiled_path = folder / f"{self.name}-{key[:40]}-{_machine_tag()}.xla"
+        if compiled_path.is_file():
+            try:
+                call, out_treedef = _read_compiled(compiled_path)
+                self.sources[key] = "compiled"
+                return call, out_treedef
+            except Exception as e:  # noqa: BLE001 - any unreadable file is ignored and rewritten
+                warnings.warn(f"dynsparse: ignoring the unreadable compiled program {compiled_path} ({type(e).__name__}: {e})",
+                              stacklevel=3)
         if path.is_file():
             try:
                 exp, out_treedef = _read(path)
-                _prepare_custom_calls(exp)
+                targets = custom_call_targets(exp)
+                _prepare_targets(targets)
                 self.sources[key] = "loaded"
-                return self._compiled_call(exp), out_treedef
+                return self._compile(exp, avals, out_treedef, compiled_path, targets), out_treedef
             except Exception as e:  # noqa: BLE001 - any unreadable file is ignored and rewritten
                 warnings.warn(f"dynsparse: ignoring the unreadable exported program {path} ({type(e).__name__}: {e}); "
                               "tracing again", stacklevel=3)
@@ -237,14 +254,25 @@ class Cached:
             return self.fn, None
         _write(path, blob, out_tree[-1])
         self.sources[key] = "exported"
-        return self._compiled_call(exp), out_tree[-1]
+        return self._compile(exp, avals, out_tree[-1], compiled_path), out_tree[-1]
 
-    def _compiled_call(self, exp: Any) -> Callable[..., Any]:
+    def _compile(self, exp: Any, avals: list[Any], out_treedef: Any, compiled_path: Path,
+                 targets: set[str] | None = None) -> Callable[..., Any]:
+        """Compile the exported program for these argument avals and keep the executable beside it
+        (``compiled_path``), so that a later process loads it without lowering or compiling.
+
+        Falls back to a jitted call of the exported program when the backend cannot serialize
+        executables."""
         import jax
 
-        if self.compiler_options:
-            return jax.jit(exp.call, compiler_options=self.compiler_options)
-        return jax.jit(exp.call)
+        call = jax.jit(exp.call, compiler_options=self.compiler_options) if self.compiler_options else jax.jit(exp.call)
+        try:
+            compiled = call.lower(*avals).compile()
+            _write_compiled(compiled_path, compiled, out_treedef, sorted(custom_call_targets(exp) if targets is None else targets))
+        except Exception as e:  # noqa: BLE001 - the executable file is an optimisation
+            warnings.warn(f"dynsparse: could not keep the compiled {self.name} program ({type(e).__name__}: {e})", stacklevel=4)
+            return call
+        return compiled
 
 
 #: custom-call targets a loaded program may hold: XLA's own, and LAPACK's (initialised below)
@@ -266,7 +294,11 @@ def _prepare_custom_calls(exp: Any) -> None:
     fault, seen with jaxlib 0.8.2). LAPACK is therefore initialised here; a target that is neither
     XLA's nor LAPACK's raises ``ValueError`` (the caller traces instead).
     """
-    targets = custom_call_targets(exp)
+    _prepare_targets(custom_call_targets(exp))
+
+
+def _prepare_targets(targets: set[str]) -> None:
+    """``_prepare_custom_calls`` for a program's custom-call target names."""
     unknown = sorted(t for t in targets if t not in _XLA_TARGETS and not _LAPACK.fullmatch(t))
     if unknown:
         raise ValueError(f"custom calls {unknown} cannot be prepared in a fresh process")
@@ -275,6 +307,55 @@ def _prepare_custom_calls(exp: Any) -> None:
         from dynsparse import upstream
 
         upstream.jaxlib_lapack().prepare_lapack_call("potrf_ffi", np.dtype(np.float64))
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_tag() -> str:
+    """A short digest of this CPU's model and instruction-set flags: an executable compiled here
+    may use instructions another CPU lacks, so it is only loaded on a machine with the same tag."""
+    import platform
+
+    text = platform.machine() + platform.processor()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in info.splitlines() if ln.split(":")[0].strip() in ("model name", "flags", "Features", "CPU part")]
+        text += "\n".join(sorted(set(lines)))
+    except OSError:
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _write_compiled(path: Path, compiled: Any, out_treedef: Any, targets: list[str]) -> None:
+    from jax.experimental import serialize_executable
+
+    from dynsparse import files
+
+    blob, in_tree, out_tree = serialize_executable.serialize(compiled)
+    devices = [d.id for d in compiled.runtime_executable().local_devices()]  # in the executable's order
+    buf = io.BytesIO()
+    pickle.dump({"format": FORMAT, "executable": bytes(blob), "in_tree": in_tree, "out_tree": out_tree,
+                 "out_treedef": out_treedef, "custom_calls": targets, "devices": devices}, buf)
+    files.write_atomic(path, buf.getvalue())
+
+
+def _read_compiled(path: Path) -> tuple[Callable[..., Any], Any]:
+    """``(executable, the function's output tree)`` of a file written by ``_write_compiled``
+    (custom calls prepared first, as for a loaded exported program)."""
+    import jax
+    from jax.experimental import serialize_executable
+
+    with open(path, "rb") as f:
+        record = pickle.load(f)  # our own cache folder, written by _write_compiled
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError(f"format {record.get('format') if isinstance(record, dict) else None!r}, expected {FORMAT}")
+    _prepare_targets(set(record["custom_calls"]))
+    # the devices it was compiled for (loading onto all of them would expect every input split
+    # over all devices: a one-device program, e.g. the reset, then refuses its arguments)
+    by_id = {d.id: d for d in jax.devices()}
+    devices = [by_id[i] for i in record["devices"]]
+    call = serialize_executable.deserialize_and_load(record["executable"], record["in_tree"], record["out_tree"],
+                                                     execution_devices=devices)
+    return call, record["out_treedef"]
 
 
 def _write(path: Path, blob: bytearray, out_treedef: Any) -> None:

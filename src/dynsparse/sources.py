@@ -38,6 +38,7 @@ line naming the feature.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import os
@@ -270,15 +271,26 @@ def without_energy(model: mujoco.MjModel) -> mujoco.MjModel:
     return model
 
 
-def load(name: str, substeps: int | None = None) -> Any:
-    """Build a prefixed model (``check`` first) as an ``envs.MjcfEnv``; ``substeps`` for
-    ``mjcf:`` (default 1).
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What ``envs.MjcfEnv`` is built from (see its arguments): the native model (energy off),
+    physics steps per control step, and how initial states are drawn."""
+
+    model: mujoco.MjModel
+    n_substeps: int
+    init_noise: float = 0.1
+    reset_kind: str = "uniform"
+    init_qpos: Any = None
+    init_qvel: Any = None
+
+
+def load(name: str, substeps: int | None = None) -> Recipe:
+    """The model of a prefixed name (``check`` first) and how to reset it; ``substeps`` for
+    ``mjcf:`` (default 1). ``envs.load`` builds the environment from it.
 
     Raises:
-      UserError: unknown task, missing file, an XML MuJoCo cannot compile, or a model MJX cannot build.
+      UserError: unknown task, missing file or an XML MuJoCo cannot compile.
     """
-    from dynsparse import envs
-
     check(name)
     check_substeps(name, substeps)
     if name.startswith(GYMNASIUM):
@@ -287,23 +299,14 @@ def load(name: str, substeps: int | None = None) -> Any:
         family = task.split("-v")[0]
         reset_kind = _GYMNASIUM_RESET.get(family, "uniform")
         noise = float(getattr(genv, "_reset_noise_scale", 0.1))
-        try:
-            return envs.MjcfEnv(without_energy(genv.model), int(genv.frame_skip), noise, reset_kind, genv.init_qpos, genv.init_qvel)
-        except NotImplementedError as exc:
-            raise build_error(name, exc) from exc
+        return Recipe(without_energy(genv.model), int(genv.frame_skip), noise, reset_kind, genv.init_qpos, genv.init_qvel)
     if name.startswith(DM_CONTROL):
         xml, assets, n_substeps = _dm_control_model(name[len(DM_CONTROL):])
-        try:
-            return envs.MjcfEnv(without_energy(mujoco.MjModel.from_xml_string(xml, assets)), n_substeps)
-        except NotImplementedError as exc:
-            raise build_error(name, exc) from exc
+        return Recipe(without_energy(mujoco.MjModel.from_xml_string(xml, assets)), n_substeps)
     path = mjcf_path(name)
     try:
         model = mujoco.MjModel.from_xml_path(os.fspath(path))
     except ValueError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
         raise errors.UserError(f"{name}: MuJoCo cannot compile this MJCF file ({first})") from exc
-    try:
-        return envs.MjcfEnv(without_energy(model), substeps or 1)
-    except NotImplementedError as exc:
-        raise build_error(name, exc) from exc
+    return Recipe(without_energy(model), substeps or 1)

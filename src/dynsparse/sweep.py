@@ -259,10 +259,12 @@ def analyze_task(collected: dict[str, Any], out_dir: str, threshold: float, rela
     t0 = time.time()
     options = analysis.AnalyzeOptions(threshold=threshold, kind="relative" if relative else "absolute", tsne=tsne)
     folder = analysis.analyze(collected["store"], out_dir, options)
-    summary = analysis.existing_summary(Path(folder))
+    from dynsparse import results
+
+    summary = results.read_analysis(Path(folder))
     if summary is None:
         raise RuntimeError(f"analysis {out_dir} wrote no readable summary")
-    return {"row": analysis.table_row(summary), "collected": collected, "seconds": time.time() - t0}
+    return {"row": results.table_row(summary), "collected": collected, "seconds": time.time() - t0}
 
 
 # ----------------------------------------------------------------------------- driver

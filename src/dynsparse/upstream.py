@@ -1,4 +1,5 @@
-"""The one place dynsparse reaches into other packages' private modules, each with why.
+"""The one place dynsparse reaches into other packages' private modules (each with why), and
+where it patches an upstream API back in (``jax_compat``).
 
 Every function imports on first use (these pull in Playground, MJX or jaxlib) and returns the
 module. When an upgrade moves one of them, this file (and the pinned ``constraints.txt``) is what
@@ -10,6 +11,7 @@ Jacobian definitions differentiate that step) and imports them at its top.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 
 def playground_mjx_env() -> ModuleType:
@@ -46,3 +48,26 @@ def jaxlib_lapack() -> ModuleType:
     from jax._src.lib import lapack
 
     return lapack
+
+
+def jax_compat() -> list[str]:
+    """Restore the JAX APIs brax 0.14.2's PPO trainer calls that newer JAX removed; names what it added.
+
+    ``jax.device_put_replicated`` (removed in JAX 0.10) is rebuilt from ``jax.device_put`` with a
+    sharding over the devices' leading axis. Only used where JAX lacks it (e.g. a GPU machine with a
+    newer JAX than the pinned set).
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    added = []
+    if not hasattr(jax, "device_put_replicated"):
+        def device_put_replicated(x: Any, devices: Any) -> Any:
+            mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+            sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+            return jax.tree_util.tree_map(lambda a: jax.device_put(jnp.stack([jnp.asarray(a)] * len(devices)), sharding), x)
+
+        jax.device_put_replicated = device_put_replicated
+        added.append("jax.device_put_replicated")
+    return added

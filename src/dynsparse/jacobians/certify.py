@@ -47,8 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsparse import dataset, envs, tangent
-from dynsparse.jacobians import definitions, finite_diff, solve
+from dynsparse import envs, tangent
+from dynsparse.jacobians import CHECK_CLASSES, definitions, finite_diff, solve
 
 EPS = (1e-5, 1e-6, 1e-7)
 RTOL = 1e-5
@@ -61,7 +61,7 @@ ZERO_THRESHOLD = 1e-12
 #: an entry is "clearly nonzero" for the pattern count above this share of its row's scale
 CLEAR = 1e-6
 
-CLASSES = dataset.CHECK_CLASSES
+CLASSES = CHECK_CLASSES
 NOT_CHECKED = -1
 
 DEFINITION_TEXT = (

@@ -2,4 +2,4 @@
 the true dynamics, with and without Jacobian losses? ``data`` (transitions, episode split,
 normalisation), ``model`` (network, losses, training), ``evaluate`` (test metrics), ``run``
 (the comparison behind ``dynsparse learn``; its box plots are drawn by
-``dynsparse.report.learn_figures``)."""
+``dynsparse.render.learn_figures``)."""

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from dynsparse import errors, files, interrupts, locks
+from dynsparse import errors, files, interrupts, locks, results
 from dynsparse.learn import data as data_lib
 from dynsparse.learn import evaluate, model
 
-MARKER = "learn.json"
-METRICS = ("mse_norm", "relative_sparsity", "zero_precision", "zero_recall", "shd")
+MARKER = results.LEARN_MARKER
+METRICS = results.LEARN_METRICS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +219,7 @@ def wilcoxon_tests(rows: list[dict[str, Any]], losses: Sequence[str]) -> list[di
 def _write(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any], options: LearnOptions) -> None:
     import pandas as pd
 
-    from dynsparse.report import learn_figures as figures
+    from dynsparse.render import learn_figures as figures
 
     pd.DataFrame(rows).to_csv(folder / "runs.csv", index=False)
     (folder / "runs.json").write_text(json.dumps(rows, indent=1))
@@ -231,24 +231,3 @@ def _write(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any], op
     figures.write(folder, rows, options.losses)
 
 
-def existing(folder: str | Path) -> dict[str, Any] | None:
-    """``learn.json`` of a finished ``learn`` folder, else ``None``."""
-    path = Path(folder) / MARKER
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def mean_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (env, loss): mean over seeds of every metric and of the seconds per epoch."""
-    keys = sorted({(r["env"], r["loss"]) for r in rows}, key=lambda k: (k[0], ["untrained", *model.LOSSES].index(k[1])))
-    out = []
-    for env, loss in keys:
-        sel = [r for r in rows if r["env"] == env and r["loss"] == loss]
-        row: dict[str, Any] = {"env": env, "loss": loss, "seeds": len(sel)}
-        for m in (*METRICS, "sparsity_model", "sparsity_true", "s_per_epoch"):
-            vals = np.array([r[m] for r in sel], float)
-            row[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-        out.append(row)
-    return out

@@ -178,9 +178,9 @@ class PPORun:
         """The state brax's ``train`` holds just before its initial evaluation."""
         import jax
 
-        from dynsparse.policies import ppo_train
+        from dynsparse import upstream
 
-        ppo_train.jax_compat()
+        upstream.jax_compat()
         replicated = jax.device_put_replicated(self._initial_training_state, self.devices)
         local_key, _, eval_key = self._first_keys
         return LoopState(replicated, local_key, self._first_key_envs, eval_key, 0)
@@ -220,7 +220,7 @@ class PPORun:
         """
         import jax
 
-        from dynsparse.policies import ppo_train
+        from dynsparse import upstream
 
         treedef = jax.tree_util.tree_structure(self._initial_training_state)
         template = self.state_arrays(self.initial_state())  # dtypes as the device holds them
@@ -240,7 +240,7 @@ class PPORun:
             raise errors.UserError(
                 f"{source}: saved for {arrays['key_envs'].shape[0]} device(s) x {arrays['key_envs'].shape[1]} envs; this "
                 f"run has {self.n_dev} x {self.options['num_envs'] // self.n_dev} (brax's keys depend on the device count)")
-        ppo_train.jax_compat()
+        upstream.jax_compat()
         ts = jax.device_put_replicated(jax.tree_util.tree_unflatten(treedef, leaves), self.devices)
         return LoopState(ts, arrays["local_key"], arrays["key_envs"], arrays["eval_key"], int(arrays["iterations_done"]),
                          bool(arrays["initial_evaluated"]))

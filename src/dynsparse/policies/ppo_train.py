@@ -367,28 +367,6 @@ def config_from_saved(out: str | Path) -> TrainConfig:
     return TrainConfig(**c)
 
 
-def jax_compat() -> list[str]:
-    """Restore the JAX APIs brax 0.14.2's PPO trainer calls that newer JAX removed; names what it added.
-
-    ``jax.device_put_replicated`` (removed in JAX 0.10) is rebuilt from ``jax.device_put`` with a
-    sharding over the devices' leading axis. Only used where JAX lacks it (e.g. a GPU machine with a
-    newer JAX than the pinned set).
-    """
-    import jax
-    import jax.numpy as jnp
-
-    added = []
-    if not hasattr(jax, "device_put_replicated"):
-        def device_put_replicated(x: Any, devices: Any) -> Any:
-            mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
-            sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
-            return jax.tree_util.tree_map(lambda a: jax.device_put(jnp.stack([jnp.asarray(a)] * len(devices)), sharding), x)
-
-        jax.device_put_replicated = device_put_replicated
-        added.append("jax.device_put_replicated")
-    return added
-
-
 def _train(config: TrainConfig, rl: dict[str, Any], out: Path, on_eval: Callable[[EvalPoint, int], None] | None,
            saved: tuple[dict[str, np.ndarray], dict[str, Any]] | None, budget: Budget) -> dict[str, Any]:
     import jax
@@ -396,7 +374,9 @@ def _train(config: TrainConfig, rl: dict[str, Any], out: Path, on_eval: Callable
 
     from dynsparse.policies import ppo_loop, ppo_networks
 
-    compat = jax_compat()
+    from dynsparse import upstream
+
+    compat = upstream.jax_compat()
     env = registry.load(config.env, config_overrides={"impl": "jax"})
     eval_env = registry.load(config.env, config_overrides={"impl": "jax"})
     n_obs = env.observation_size

@@ -1,1 +1,2 @@
-"""Figures and HTML reports built from metric results."""
+"""The report stage: analysis (and ``learn``) folders -> one self-contained HTML report with the
+cross-environment table (``build``). Drawing is ``dynsparse.render``'s."""

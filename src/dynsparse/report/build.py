@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from dynsparse import analysis, errors, files, locks
-from dynsparse.report import figures, html
+from dynsparse import errors, files, locks, results
+from dynsparse.render import figures, html
 
 MARKER = "report.json"
 #: everything a report folder holds (it is rebuilt whole; a folder holding more is refused)
@@ -30,8 +30,6 @@ def build(folders: Sequence[str | Path], out: str | Path, title: str = "dynspars
       UserError: no folders, a folder that is not a finished analysis, or an ``out`` that is not
         a report folder.
     """
-    from dynsparse.learn import run as learn_run
-
     if not folders:
         raise errors.UserError("no analysis folders given; allowed: one or more folders written by `dynsparse analyze`")
     out = Path(out)
@@ -39,14 +37,14 @@ def build(folders: Sequence[str | Path], out: str | Path, title: str = "dynspars
     analyses = []
     learned = []
     for folder in map(Path, folders):
-        if learn_run.existing(folder) is not None:
+        if results.read_learn(folder) is not None:
             learned.append(folder)
             continue
-        summary = analysis.existing_summary(folder)
+        summary = results.read_analysis(folder)
         if summary is None:
             raise errors.UserError(
-                f"{str(folder)!r} is not a finished analysis (no readable {analysis.SUMMARY}) nor a `dynsparse learn` "
-                f"folder (no {learn_run.MARKER}); run `dynsparse analyze` first"
+                f"{str(folder)!r} is not a finished analysis (no readable {results.SUMMARY}) nor a `dynsparse learn` "
+                f"folder (no {results.LEARN_MARKER}); run `dynsparse analyze` first"
             )
         analyses.append((summary, folder))
     if not analyses:
@@ -56,7 +54,7 @@ def build(folders: Sequence[str | Path], out: str | Path, title: str = "dynspars
     return out / "index.html"
 
 
-def _write(out: Path, title: str, intro: str, analyses: list[tuple[dict, Path]], learned: list[Path]) -> None:
+def _write(out: Path, title: str, intro: str, analyses: list[tuple[results.AnalysisSummary, Path]], learned: list[Path]) -> None:
     """The report's files in the (new, empty) folder ``out``: index.html, figures/, table.csv, the marker."""
     import pandas as pd
 
@@ -64,16 +62,16 @@ def _write(out: Path, title: str, intro: str, analyses: list[tuple[dict, Path]],
     extra: dict[int, str] = {}
     by_env: dict[str, list[int]] = {}
     for i, (summary, _) in enumerate(analyses):
-        by_env.setdefault(summary["env"], []).append(i)
+        by_env.setdefault(summary.env, []).append(i)
     for env, idx in by_env.items():
         if len(idx) > 1:
-            curves = [(f"{analyses[i][0]['policy_label']}, seed {analyses[i][0]['seed']}", analyses[i][0]["coverage"]) for i in idx]
+            curves = [(f"{analyses[i][0].policy_label}, seed {analyses[i][0].seed}", analyses[i][0].coverage) for i in idx]
             fig = figures.coverage(curves, f"{env}: global zeros vs data pooled, by policy")
             path = figures.save(fig, out / "figures" / f"coverage_{env}", ("png", "svg"))[0]
             extra[idx[0]] = html.figure_block(path, "coverage", env)
     page = html.page(title, analyses, intro, extra, appendix="".join(html.learn_section(f) for f in learned))
     (out / "index.html").write_text(page)
-    rows = [s["table"] for s, _ in analyses]
+    rows = [s.table for s, _ in analyses]
     pd.DataFrame(rows).to_csv(out / "table.csv", index=False)
     (out / MARKER).write_text(json.dumps({"analyses": [str(f) for _, f in analyses], "learn": [str(f) for f in learned],
                                           "table": rows}, indent=1))

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from dynsparse.report import figures as figures_lib
+from dynsparse import results
+from dynsparse.render import figures as figures_lib
 
 CAPTIONS = {
     "zero_frequency": "Per-element zero frequency: % of counted steps at which each entry of J_s and J_a is zero "
@@ -127,22 +128,22 @@ def _rows_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], cls: str
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: str = "") -> str:
+def section(summary: "results.AnalysisSummary", folder: Path, anchor: str, extra_figures: str = "") -> str:
     """The HTML section of one analysis (figures read from ``folder/figures``)."""
-    env = _fmt(summary["env"])
-    d, g, opts = summary["data"], summary["global"], summary["options"]
-    parts = [f'<section id="{html.escape(anchor)}" class="env"><h2>{env} &mdash; {_fmt(summary["policy_label"])}, seed {_fmt(summary["seed"])}</h2>']
+    env = _fmt(summary.env)
+    d, g, opts = summary.data, summary.global_, summary.options
+    parts = [f'<section id="{html.escape(anchor)}" class="env"><h2>{env} &mdash; {_fmt(summary.policy_label)}, seed {_fmt(summary.seed)}</h2>']
     parts.append(
-        f"<p>Data: {_fmt(d['episodes'])} episodes &times; {_fmt(d['steps_per_episode'])} steps, {_fmt(d['counted_steps'])} steps counted "
-        f"(of {_fmt(d['valid_steps'])} valid). Policy: <code>{html.escape(json.dumps(summary['policy']))}</code>. "
-        f"Jacobians by {html.escape(str(summary['backend']))}; state dim {_fmt(summary['dims']['state'])}, action dim "
-        f"{_fmt(summary['dims']['action'])}, {_fmt(summary['dims']['n_substeps'])} substeps of the solver with "
-        f"{_fmt(summary['dims']['solver_iterations'])} iteration(s). Zero rule: {_fmt(opts['kind'])} threshold {_num(opts['threshold'], 'g')}. "
-        f"Source: <code>{html.escape(str(summary.get('source', '')))}</code>.</p>"
+        f"<p>Data: {_fmt(d.episodes)} episodes &times; {_fmt(d.steps_per_episode)} steps, {_fmt(d.counted_steps)} steps counted "
+        f"(of {_fmt(d.valid_steps)} valid). Policy: <code>{html.escape(json.dumps(summary.policy))}</code>. "
+        f"Jacobians by {html.escape(str(summary.backend))}; state dim {_fmt(summary.dims.state)}, action dim "
+        f"{_fmt(summary.dims.action)}, {_fmt(summary.dims.n_substeps)} substeps of the solver with "
+        f"{_fmt(summary.dims.solver_iterations)} iteration(s). Zero rule: {_fmt(opts['kind'])} threshold {_num(opts['threshold'], 'g')}. "
+        f"Source: <code>{html.escape(str(summary.source or ''))}</code>.</p>"
     )
-    parts.append(cross_env_table([summary["table"]], cls="env-summary"))
+    parts.append(cross_env_table([summary.table], cls="env-summary"))
     parts.append(check_paragraph(summary))
-    cov = summary["coverage"]
+    cov = summary.coverage
     for name in ("J_s", "J_a"):
         last = cov["last_change"].get(name)
         if last is not None and cov["n_steps"] and last > cov["n_steps"] / 2:
@@ -151,21 +152,21 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
                 "it has not saturated, so some of its global zeros may only be states this data never visited.</p>"
             )
     parts.append(inactive_paragraph(summary))
-    files = summary["figures"]
-    title = f"{summary['env']} ({summary['policy_label']})"
+    files = summary.figures
+    title = f"{summary.env} ({summary.policy_label})"
     for kind in figures_lib.KINDS:
         if kind in files:
             parts.append(figure_block(folder / "figures" / f"{kind}.png", kind, title))
         elif kind == "embedding":
-            parts.append(f"<p>t-SNE: {html.escape(summary['embedding'].get('note', ''))}</p>")
+            parts.append(f"<p>t-SNE: {html.escape(summary.embedding.get('note', ''))}</p>")
     parts.append(extra_figures)
-    levels = sorted(summary["local"]["levels"]["both"], key=lambda r: -r["share"])
+    levels = sorted(summary.local["levels"]["both"], key=lambda r: -r["share"])
     parts.append(
-        f"<p>Per-sample sparsity of [J_s | J_a] takes {_fmt(summary['local']['n_levels']['both'])} distinct value(s); the most "
+        f"<p>Per-sample sparsity of [J_s | J_a] takes {_fmt(summary.local['n_levels']['both'])} distinct value(s); the most "
         "common: " + ", ".join(f"{_num(r['sparsity'], '.3f')} ({_num(100 * r['share'], '.1f')}% of steps)" for r in levels[:5]) + ".</p>"
     )
-    clus = summary["temporal"]["clustering"]
-    runs = summary["temporal"]["runs"]
+    clus = summary.temporal["clustering"]
+    runs = summary.temporal["runs"]
     parts.append("<h3>Temporal structure</h3>")
     parts.append(
         f"<p>{_fmt(runs['switching_pairs'])} (episode, entry) pairs switch at least once; "
@@ -179,10 +180,10 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
         f"of switch steps placed at random; p = {_fmt(clus['p_value'])} ({_fmt(clus['n_shuffles'])} shuffles).</p>"
     )
     parts.append("<h3>Contacts</h3>")
-    parts.append(f"<p>Contact definition: {html.escape(str(summary.get('contact_definition')))}</p>")
-    parts.append(_rows_table(summary["contacts"]["by_count"], ["n_contacts", "steps", "share", "J_s_mean", "J_a_mean", "both_mean", "both_std"], "by-contacts"))
-    parts.append(_rows_table(summary["contacts"]["alignment"], ["k", "switch_steps", "near_switch_steps", "observed", "entry_weighted", "chance", "lift", "p_value", "contact_changes"], "alignment"))
-    top = summary["contacts"]["top_switching"]
+    parts.append(f"<p>Contact definition: {html.escape(str(summary.contact_definition))}</p>")
+    parts.append(_rows_table(summary.contacts["by_count"], ["n_contacts", "steps", "share", "J_s_mean", "J_a_mean", "both_mean", "both_std"], "by-contacts"))
+    parts.append(_rows_table(summary.contacts["alignment"], ["k", "switch_steps", "near_switch_steps", "observed", "entry_weighted", "chance", "lift", "p_value", "contact_changes"], "alignment"))
+    top = summary.contacts["top_switching"]
     parts.append("<p>Variables whose rows / columns switch most: " + "; ".join(
         f"{kind.replace('_', ' ')}: " + ", ".join(f"{_fmt(r['variable'])} ({_fmt(r['switches'])})" for r in top[kind][:5])
         for kind in ("rows", "state_columns", "action_columns")) + "</p>")
@@ -202,10 +203,10 @@ def section(summary: dict[str, Any], folder: Path, anchor: str, extra_figures: s
     return "\n".join(parts)
 
 
-def inactive_paragraph(summary: dict[str, Any], limit: int = 8) -> str:
+def inactive_paragraph(summary: "results.AnalysisSummary", limit: int = 8) -> str:
     """The constraints never active in the data and the global zeros they may hide
     (``metrics.constraints``); empty for summaries written before it existed."""
-    inactive = summary["global"].get("inactive")
+    inactive = summary.global_.get("inactive")
     if not inactive:
         return ""
     note = f" {_fmt(inactive['note'])}." if inactive.get("note") else ""
@@ -227,9 +228,9 @@ def inactive_paragraph(summary: dict[str, Any], limit: int = 8) -> str:
     )
 
 
-def check_paragraph(summary: dict[str, Any]) -> str:
+def check_paragraph(summary: "results.AnalysisSummary") -> str:
     """What the certificates (``collect --check-every``) say about this analysis's Jacobians."""
-    g = summary["global"]
+    g = summary.global_
     chk = g.get("check", {})
     definition = html.escape(str(g.get("jacobian")))
     if not chk.get("checked_steps"):
@@ -255,15 +256,11 @@ def check_paragraph(summary: dict[str, Any]) -> str:
 def learn_section(folder: Path) -> str:
     """The learnability section of one ``dynsparse learn`` folder: both figures, the mean table
     per (environment, loss) and the paired tests against ``mse``."""
-    import pandas as pd
-
-    from dynsparse.learn import run as learn_run
-
-    rows = pd.read_csv(folder / "runs.csv").to_dict("records")
-    summary = learn_run.existing(folder) or {}
+    rows = results.read_learn_runs(folder)
+    summary = results.read_learn(folder) or {}
     tests = summary.get("tests", [])
     opts = summary.get("options", {})
-    means = learn_run.mean_table(rows)
+    means = results.learn_mean_table(rows)
     cols = ["env", "loss", "seeds", "mse_norm", "relative_sparsity", "zero_precision", "zero_recall", "shd",
             "sparsity_model", "sparsity_true", "s_per_epoch"]
     figs = "".join(
@@ -286,7 +283,7 @@ def learn_section(folder: Path) -> str:
     )
 
 
-def page(title: str, analyses: Sequence[tuple[dict[str, Any], Path]], intro: str = "",
+def page(title: str, analyses: Sequence[tuple["results.AnalysisSummary", Path]], intro: str = "",
          extra: dict[int, str] | None = None, appendix: str = "") -> str:
     """A whole self-contained HTML document: the cross-env table, then one section per analysis.
 
@@ -296,12 +293,12 @@ def page(title: str, analyses: Sequence[tuple[dict[str, Any], Path]], intro: str
       extra: analysis index -> extra HTML put in its section (e.g. an overlay figure).
       appendix: HTML put after the sections (the learnability sections).
     """
-    anchors = [anchor(i, a[0]["env"]) for i, a in enumerate(analyses)]
+    anchors = [anchor(i, a[0].env) for i, a in enumerate(analyses)]
     sections = [section(s, f, anchors[i], (extra or {}).get(i, "")) for i, (s, f) in enumerate(analyses)]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>{intro}"
-        f"<h2>All environments</h2>{cross_env_table([s['table'] for s, _ in analyses], anchors)}"
+        f"<h2>All environments</h2>{cross_env_table([s.table for s, _ in analyses], anchors)}"
         + "\n".join(sections) + appendix + "</body></html>\n"
     )

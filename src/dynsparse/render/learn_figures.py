@@ -25,7 +25,7 @@ def _per_env(rows: list[dict[str, Any]], loss: str, metric: str) -> np.ndarray:
 
 
 def boxplot(rows: list[dict[str, Any]], losses: Sequence[str], metric: str, ylabel: str, target: float | None) -> Any:
-    from dynsparse.report.figures import pyplot
+    from dynsparse.render.figures import pyplot
 
     plt = pyplot()
     labels = ["untrained", *losses]
@@ -56,7 +56,7 @@ def boxplot(rows: list[dict[str, Any]], losses: Sequence[str], metric: str, ylab
 
 def write(folder: Path, rows: list[dict[str, Any]], losses: Sequence[str]) -> list[Path]:
     """``mse.png/svg`` and ``sparsity.png/svg`` in ``folder/figures``."""
-    from dynsparse.report.figures import save
+    from dynsparse.render.figures import save
 
     figs = folder / "figures"
     figs.mkdir(exist_ok=True)

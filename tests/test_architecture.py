@@ -1,0 +1,122 @@
+"""The import graph of ``src/dynsparse``: no circle, and no stage imports a later one.
+
+Every ``import`` counts, also those inside functions (a lazy import is still an arrow). The
+stages are README's "Architecture" list; a new module must be placed in it here.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "dynsparse"
+
+#: (rank, pattern on the module name without "dynsparse."): a module may import equal or lower ranks
+STAGES = (
+    (0, r"^(errors|files|locks|interrupts|versions|upstream|xla|jaxcache|exported|manifest|tangent)$"),
+    (1, r"^(sources|envs)$"),
+    (2, r"^policies(\.|$)"),
+    (3, r"^jacobians(\.|$)"),
+    (4, r"^rollout$"),
+    (5, r"^dataset$"),
+    (6, r"^collect$"),
+    (7, r"^(metrics(\.|$)|graphs$)"),
+    (8, r"^results$"),
+    (9, r"^render(\.|$)"),
+    (10, r"^(analysis$|learn(\.|$))"),
+    (11, r"^report(\.|$)"),
+    (12, r"^(sweep|reproduce|cli)$"),
+    (13, r"^__main__$"),
+)
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in SRC.rglob("*.py"):
+        name = ".".join(path.relative_to(SRC).with_suffix("").parts)
+        out[name.removesuffix(".__init__") if name != "__init__" else ""] = path
+    return out
+
+
+def _edges(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """module -> the dynsparse modules it imports (``from pkg import sub`` counts as ``pkg.sub``)."""
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}".removeprefix("dynsparse.") in mods
+                           else node.module for a in node.names]
+            for t in targets:
+                if t == "dynsparse" or t.startswith("dynsparse."):
+                    r = resolve(t.removeprefix("dynsparse").removeprefix("."))
+                    if r is not None and r != name:
+                        edges.setdefault(name, set()).add(r)
+    return edges
+
+
+def _rank(name: str) -> float:
+    for rank, pattern in STAGES:
+        if re.search(pattern, name):
+            return rank
+    raise AssertionError(f"module dynsparse.{name} is in no stage: add it to README's Architecture and to STAGES")
+
+
+def test_every_module_has_a_stage():
+    for name in _modules():
+        if name:  # the package's own __init__
+            _rank(name)
+
+
+def test_no_import_circle():
+    mods = _modules()
+    edges = _edges(mods)
+    state: dict[str, int] = {}
+
+    def visit(v: str, path: list[str]) -> None:
+        state[v] = 1
+        for w in sorted(edges.get(v, ())):
+            if state.get(w) == 1:
+                cycle = path[path.index(w):] + [v, w] if w in path else [v, w]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if w not in state:
+                visit(w, path + [v])
+        state[v] = 2
+
+    for v in sorted(mods):
+        if v not in state:
+            visit(v, [])
+
+
+def test_no_stage_imports_a_later_one():
+    edges = _edges(_modules())
+    up = sorted(f"{a} -> {b}" for a, bs in edges.items() if a for b in bs if b and _rank(b) > _rank(a))
+    assert not up, "imports pointing back up the pipeline: " + "; ".join(up)
+
+
+def test_the_check_sees_a_lazy_import_and_a_circle(tmp_path, monkeypatch):
+    """The checks can fail: an import inside a function is an arrow, a mutual import a circle."""
+    pkg = tmp_path / "dynsparse"
+    (pkg / "report").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "errors.py").write_text("def f():\n    from dynsparse.report import build\n")
+    (pkg / "report" / "__init__.py").write_text("")
+    (pkg / "report" / "build.py").write_text("from dynsparse import errors\n")
+    monkeypatch.setattr(__import__(__name__), "SRC", pkg)
+    edges = _edges(_modules())
+    assert edges == {"errors": {"report.build"}, "report.build": {"errors"}}
+    with pytest.raises(pytest.fail.Exception, match="import circle"):
+        test_no_import_circle()
+    with pytest.raises(AssertionError, match="errors -> report.build"):
+        test_no_stage_imports_a_later_one()
