@@ -120,3 +120,44 @@ def test_the_check_sees_a_lazy_import_and_a_circle(tmp_path, monkeypatch):
         test_no_import_circle()
     with pytest.raises(AssertionError, match="errors -> report.build"):
         test_no_stage_imports_a_later_one()
+
+
+#: import name -> distribution name where they differ
+DISTRIBUTIONS = {"mujoco_playground": "playground", "sklearn": "scikit-learn", "dm_control": "dm-control",
+                 "yaml": "pyyaml", "jinja2": "jinja2", "markupsafe": "jinja2"}
+
+
+def test_every_third_party_import_is_declared():
+    """Each package ``src/dynsparse`` imports (at any depth) is a dependency in pyproject.toml
+    (``markupsafe`` comes with ``jinja2``)."""
+    import sys
+    import tomllib
+
+    project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    imported: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third = {m for m in imported if m not in sys.stdlib_module_names and m != "dynsparse"}
+    missing = sorted(m for m in third if DISTRIBUTIONS.get(m, m).lower() not in declared)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+    assert "jinja2" in third and "optax" in third  # the check sees lazy imports
+
+
+def test_public_api_modules_load_on_first_use():
+    """``import dynsparse`` is cheap (no JAX); every public module is reachable as an attribute."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dynsparse; assert 'jax' not in sys.modules and 'mujoco' not in sys.modules; "
+            "[getattr(dynsparse, m) for m in dynsparse.__all__]; print(sorted(dynsparse.__all__))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import dynsparse
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        dynsparse.nope  # noqa: B018

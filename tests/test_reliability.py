@@ -204,6 +204,7 @@ def test_a_swallowed_ctrl_c_still_stops_at_the_next_safe_point():
 
 
 def test_report_html_escapes_crafted_summary_values(bouncer_analysis):
+    from dynsparse import results
     from dynsparse.render import html as html_lib
 
     summary = json.loads((bouncer_analysis / "summary.json").read_text())
@@ -212,7 +213,7 @@ def test_report_html_escapes_crafted_summary_values(bouncer_analysis):
     summary["table"]["env"] = evil
     summary["data"]["episodes"] = "<b>3</b>"
     summary["options"]["threshold"] = "<i>x</i>"
-    page = html_lib.page("t", [(summary, bouncer_analysis)])
+    page = html_lib.page("t", [(results.AnalysisSummary.from_json(summary), bouncer_analysis)])
     assert "<script>" not in page and "<b>3</b>" not in page and "<i>x</i>" not in page
     assert 'id="env-0-___script_alert_1___script_"' in page and 'href="#env-0-___script_alert_1___script_"' in page
 
