@@ -159,3 +159,28 @@ def test_a_fresh_process_loads_a_lapack_program_with_static_array_data(tmp_path,
     ref_box, ref = exported_program.program(exported_program.Box(jnp.asarray(np.arange(16.0).reshape(4, 4) / 7.0), jnp.ones(3),
                                                                  exported_program.Static(np.array([1, 2, 3]))), jnp.arange(4.0))
     assert np.array_equal(np.asarray(ref_box.x), np.asarray(second["chol"])) and np.array_equal(np.asarray(ref["sol"]), second["sol"])
+
+
+def test_an_executable_from_jax_cache_is_not_kept(tmp_path):
+    """An executable JAX's persistent cache handed back re-serializes into a copy that fails at run
+    time ("Function wrapped_iota not found", jaxlib 0.8.2); such a compile keeps no file, and
+    the next process compiles the module again instead of loading a broken executable."""
+    folder = tmp_path / "jc"
+    env = {**os.environ, "EXPORTED_PROGRAM_CACHE_ALL": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+    def run() -> dict:
+        r = subprocess.run([sys.executable, str(HERE / "exported_program.py"), str(folder)], capture_output=True, text=True,
+                           timeout=300, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    first = run()  # fresh compile: module and executable kept
+    assert first["sources"] == ["exported"] and len(list((folder / "exported").glob("*.xla"))) == 1
+    for f in (folder / "exported").iterdir():  # e.g. dynsparse upgraded: the module is exported again
+        f.unlink()
+    second = run()  # ... and its compile is an XLA cache hit
+    assert second["sources"] == ["exported", "xla-cache-hit"] and not list((folder / "exported").glob("*.xla"))
+    third = run()
+    assert third["sources"] == ["loaded", "xla-cache-hit"]
+    for other in (second, third):
+        assert {k: v for k, v in first.items() if k != "sources"} == {k: v for k, v in other.items() if k != "sources"}

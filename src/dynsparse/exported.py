@@ -267,8 +267,25 @@ class Cached:
         import jax
 
         call = jax.jit(exp.call, compiler_options=self.compiler_options) if self.compiler_options else jax.jit(exp.call)
+        # An executable that JAX's persistent cache handed back cannot be serialized again on CPU:
+        # the copy loads, then fails at run time ("Function wrapped_iota not found"; found with
+        # jaxlib 0.8.2, tests/test_exported.py). So only a freshly compiled one is kept; after a
+        # cache hit the next process compiles the module again (a cache hit, no file).
+        hits: list[str] = []
+
+        def listen(event: str, **_: Any) -> None:
+            if event == "/jax/compilation_cache/cache_hits":
+                hits.append(event)
+
+        jax.monitoring.register_event_listener(listen)
         try:
             compiled = call.lower(*avals).compile()
+        finally:
+            jax.monitoring.unregister_event_listener(listen)
+        if hits:
+            self.sources[f"not-kept-{len(self.sources)}"] = "xla-cache-hit"
+            return compiled
+        try:
             _write_compiled(compiled_path, compiled, out_treedef, sorted(custom_call_targets(exp) if targets is None else targets))
         except Exception as e:  # noqa: BLE001 - the executable file is an optimisation
             warnings.warn(f"dynsparse: could not keep the compiled {self.name} program ({type(e).__name__}: {e})", stacklevel=4)
