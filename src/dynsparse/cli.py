@@ -280,9 +280,7 @@ def _print_env_row(name: str) -> None:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from dynsparse import collect, jaxcache, xla
-
-    from dynsparse import policies
+    from dynsparse import collect, jaxcache, policies, xla
 
     episodes, steps = args.episodes, args.steps
     if args.from_file is not None:

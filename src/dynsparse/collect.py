@@ -17,10 +17,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dynsparse import dataset, envs, errors, interrupts, locks, sources
+from dynsparse import dataset, envs, errors, interrupts, locks, policies, sources
 from dynsparse.jacobians import autodiff, certify, definitions, finite_diff
 from dynsparse.jacobians import compare as compare_lib
-from dynsparse import policies
 
 log = logging.getLogger(__name__)
 
