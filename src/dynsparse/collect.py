@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 BACKENDS = ("autodiff", "finite_diff")
 
 #: the most episodes the default (automatic) batch size puts in one batch. Measured
-#: (benchmarks/steady_state.py, 2-core CPU): batch 64 computes 1.4x as many Jacobians per second
-#: as batch 16 on CheetahRun and more on WalkerRun and SwimmerSwimmer6.
+#: (benchmarks/steady_state.py, 2-core CPU): batch 64 computes 1.5-1.75x as many Jacobians per
+#: second as batch 16 on CheetahRun, WalkerRun and SwimmerSwimmer6.
 AUTO_BATCH = 64
 
 
