@@ -30,13 +30,13 @@ def zero_sets(ds: xr.Dataset) -> dict[str, np.ndarray]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("study", help="a paper-scale reproduce folder (data/ENV.zarr)")
+    p.add_argument("study", help="a paper-scale reproduce folder (runs/ENV__POLICY__seedS/data.zarr)")
     p.add_argument("--episodes", default="1,2")
     p.add_argument("--steps", default="100,200,300,400,500,700,1000")
     args = p.parse_args()
     episodes = [int(x) for x in args.episodes.split(",")]
     steps = [int(x) for x in args.steps.split(",")]
-    stores = sorted((Path(args.study) / "data").glob("*.zarr"))
+    stores = sorted((Path(args.study) / "runs").glob("*/data.zarr"))
     agree_all = {(e, t): True for e in episodes for t in steps}
     print(f"{'env':<18}{'10 x 1000 J_s / J_a':>22}  " + "  ".join(f"{e}x{t:<5}" for e in episodes for t in steps))
     for store in stores:
@@ -49,7 +49,7 @@ def main() -> None:
                 same = all(np.array_equal(sub[k], full[k]) for k in full)
                 agree_all[(e, t)] &= same
                 row.append("=" if same else f"{int(sub['J_s'].sum())}/{int(sub['J_a'].sum())}")
-        print(f"{store.stem:<18}{int(full['J_s'].sum()):>12} / {int(full['J_a'].sum()):<7}  " + "  ".join(f"{r:<7}" for r in row))
+        print(f"{store.parent.name.split('__')[0]:<18}{int(full['J_s'].sum()):>12} / {int(full['J_a'].sum()):<7}  " + "  ".join(f"{r:<7}" for r in row))
     ok = [k for k, v in agree_all.items() if v]
     print("sizes agreeing on all tasks (episodes x steps):", ", ".join(f"{e}x{t}" for e, t in ok) or "none")
 

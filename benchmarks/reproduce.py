@@ -53,13 +53,13 @@ def baseline_seconds_per_step(store: Path, n: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true", help="2 episodes x 100 steps instead of 10 x 1000")
+    p.add_argument("--quick", action="store_true", help="the quick study (reproduce.QUICK) instead of 10 x 1000")
     p.add_argument("--envs", default=None, help="comma-separated subset (default: all eight)")
     p.add_argument("--out", default=None, help="study folder (default: a new temporary folder, so nothing is resumed)")
     p.add_argument("--baseline-steps", type=int, default=300)
     args = p.parse_args()
     kw = {"envs": tuple(args.envs.split(","))} if args.envs else {}
-    config = reproduce.StudyConfig.quick(**kw) if args.quick else reproduce.StudyConfig.full(**kw)
+    config = (reproduce.quick(**kw) if args.quick else reproduce.full(**kw)).validated()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="dynsparse-study-"))
     xla.use_cpu_cores()  # as the CLI does
     jaxcache.enable()
@@ -87,10 +87,11 @@ def main() -> None:
     print(f"{'env':<18}{'collect':>9}{'1st chunk':>11}{'rest':>8}{'analyze':>9}{'  of which t-SNE, figures':<26}"
           f"{'baseline/step':>15}{'baseline':>10}")
     base_total = 0.0
-    for env in config.envs:
-        summary = json.loads((out / "analysis" / env / "summary.json").read_text())
+    for job in config.jobs():
+        env = job.run.env
+        summary = json.loads((job.analysis_dir(out) / "summary.json").read_text())
         st = summary["timing_s"]
-        per_step = baseline_seconds_per_step(out / "data" / f"{env}.zarr", min(args.baseline_steps, steps))
+        per_step = baseline_seconds_per_step(out / "runs" / job.run.id / "data.zarr", min(args.baseline_steps, steps))
         base = per_step * steps
         base_total += base
         c = timing[env]["collect"]

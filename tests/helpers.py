@@ -17,3 +17,13 @@ def rerecord_checksums(store) -> None:
     layout = dataset.layout_of(dataset.read_config(ds), ds)
     for unit in range(layout.n_units):
         manifest.record_unit(store, unit, dataset.unit_chunks(layout, unit))
+
+
+def run_cli(argv: list[str]) -> int:
+    """``cli.main(argv)``'s exit status, also when argparse refuses a flag's value (SystemExit)."""
+    from dynsparse import cli
+
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2

@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "dynsparse"
 
 #: (rank, pattern on the module name without "dynsparse."): a module may import equal or lower ranks
 STAGES = (
-    (0, r"^(errors|files|locks|interrupts|versions|upstream|xla|jaxcache|exported|manifest|tangent)$"),
+    (0, r"^(errors|options|files|locks|interrupts|versions|upstream|xla|jaxcache|exported|manifest|tangent)$"),
     (1, r"^(sources|envs)$"),
     (2, r"^policies(\.|$)"),
     (3, r"^jacobians(\.|$)"),

@@ -21,7 +21,7 @@ def test_default_batch_size_resolves_and_explicit_is_kept():
     assert collect.CollectConfig(**base).validated().batch_size == 50
     assert collect.CollectConfig(**base, batch_size=16).validated().batch_size == 16
     assert collect.CollectConfig(**{**base, "episodes": 3}, batch_size=16).validated().batch_size == 3
-    with pytest.raises(errors.UserError, match="episodes must be an integer > 0, got 0"):
+    with pytest.raises(errors.UserError, match="episodes 0 is not allowed; allowed: an integer > 0"):
         collect.CollectConfig(**{**base, "episodes": 0}).validated()
 
 

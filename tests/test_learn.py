@@ -13,6 +13,7 @@ import pytest
 from dynsparse import cli, errors
 from dynsparse.learn import data as data_lib
 from dynsparse.learn import evaluate, model, run
+from helpers import run_cli
 
 # A sparse linear system s' = A s + B a: J_s = A and J_a = B at every sample.
 A = np.array([[1.0, 0.5, 0.0], [0.0, 0.9, 0.0], [0.3, 0.0, 0.8]])
@@ -141,7 +142,7 @@ def test_wilcoxon_pairs_runs_by_env_and_seed():
     ("", "no loss given"),
 ])
 def test_cli_learn_bad_losses(capsys, tmp_path, losses, match):
-    code = cli.main(["learn", "x.zarr", "--losses", losses, "--out", str(tmp_path / "o")])
+    code = run_cli(["learn", "x.zarr", "--losses", losses, "--out", str(tmp_path / "o")])
     assert code == 2 and match in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import one_error_line
+from helpers import one_error_line, run_cli
 
 from dynsparse import cli, errors, policies
 from dynsparse.policies import checkpoint, ppo
@@ -216,10 +216,10 @@ def test_cli_collect_policy_errors(capsys, tmp_path, argv, match):
     (["CartpoleBalance", "--set", "num_envs=7"], "must be a multiple of num_envs (7)"),
     (["CartpoleBalance", "--set", "learning_rate=fast"], "learning_rate='fast' is not a valid float"),
     (["CartpoleBalance", "--noise-beta", "3"], "beta 3.0 is out of range"),
-    (["CartpoleBalance", "--policy-hidden", "32,x"], "--policy-hidden '32,x' must be comma-separated integers"),
+    (["CartpoleBalance", "--policy-hidden", "32,x"], "--policy-hidden: '32,x' is not allowed; allowed: integers > 0, comma-separated"),
 ])
 def test_cli_train_policy_errors(capsys, tmp_path, argv, match):
-    code = cli.main(["train-policy", *argv, "--out", str(tmp_path / "p")])
+    code = run_cli(["train-policy", *argv, "--out", str(tmp_path / "p")])
     assert code == 2 and match in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "p").exists()
 
@@ -245,10 +245,11 @@ def test_reproduce_names_every_missing_checkpoint(tmp_path, capsys):
 def test_study_policy_for_each_env():
     from dynsparse import reproduce
 
-    cfg = reproduce.StudyConfig.quick(policies=str(POLICIES), noise_beta=1.0)
-    p = cfg.policy_for("WalkerRun")
+    runs = {run.env: run for run in reproduce.quick(policies=str(POLICIES), noise_beta=1.0).validated().runs()}
+    p = runs["WalkerRun"].policy
     assert p == {"name": "ppo", "checkpoint": str((POLICIES / "WalkerRun").resolve()), "beta": 1.0}
-    assert reproduce.StudyConfig.quick().policy_for("WalkerRun") == {"name": "random"}
+    assert runs["WalkerRun"].id.startswith("WalkerRun__ppo-WalkerRun-")
+    assert all(run.policy == {"name": "random"} for run in reproduce.quick().runs())
 
 
 def test_export_keeps_what_acting_needs(tmp_path, cartpole_ckpt):
@@ -263,12 +264,13 @@ def test_export_keeps_what_acting_needs(tmp_path, cartpole_ckpt):
 def test_report_and_study_name_the_policy_and_its_return(tmp_path):
     from dynsparse import analysis, reproduce
 
-    cfg = reproduce.StudyConfig.quick(envs=("CartpoleBalance", "ReacherHard"), policies=str(POLICIES))
-    configs, _ = reproduce.preflight(tmp_path / "study", cfg)
-    label = analysis._policy_label(configs["CartpoleBalance"].policy)
+    from dynsparse import collect
+
+    cfg = reproduce.preflight(tmp_path / "study", reproduce.quick(envs=("CartpoleBalance", "ReacherHard"), policies=str(POLICIES)))
+    label = analysis._policy_label(collect.CollectConfig(**cfg.runs()[0].collect_kwargs(cfg)).validated().policy)
     assert label == "ppo (eval return 999.8, beta 0.5, scale 1.0)"
-    sentence = reproduce._policy_sentence(cfg, configs)
+    sentence = reproduce._policy_sentence(cfg)
     assert "CartpoleBalance 999.8" in sentence and "ReacherHard 974.0" in sentence and "beta as trained" in sentence
     assert not (tmp_path / "study").exists()  # preflight touches nothing
-    plain = reproduce.StudyConfig.quick(envs=("CartpoleBalance",))
-    assert '<code>{"name": "random"}</code>' in reproduce._policy_sentence(plain, {})
+    plain = reproduce.quick(envs=("CartpoleBalance",))
+    assert '<code>{"name": "random"}</code>' in reproduce._policy_sentence(plain)

@@ -190,7 +190,7 @@ def test_resume_refusals_are_one_line_and_come_before_any_work(tmp_path, capsys)
         with pytest.raises(errors.UserError, match=f"cannot set '{key}'; allowed: .*num_resets_per_eval"):
             dataclasses.replace(TINY_CONFIG, overrides=((key, "1"),)).validated()
     for bad in (0, -1.0, float("nan"), True):
-        with pytest.raises(errors.UserError, match="exploration-scale must be a finite number > 0"):
+        with pytest.raises(errors.UserError, match="exploration-scale .* is not allowed; allowed: a finite number > 0"):
             dataclasses.replace(TINY_CONFIG, exploration_scale=bad).validated()
     assert "max_grad_norm" in ppo_train.overridable_keys() and "num_resets_per_eval" in ppo_train.overridable_keys()
 

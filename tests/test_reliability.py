@@ -246,7 +246,7 @@ def test_a_damaged_policy_json_is_one_line(tmp_path, capsys, change, expected):
 
 def test_a_negative_seed_is_refused_before_any_store_exists(tmp_path, capsys):
     code, err = _run(capsys, "collect", "CartpoleBalance", "--seed", "-1", "--out", tmp_path / "x.zarr")
-    assert code == cli.EXIT_USER_ERROR and "seed must be an integer in 0 .. 2**32 - 1, got -1" in _error_lines(err)[0]
+    assert code == cli.EXIT_USER_ERROR and "'-1' is not allowed; allowed: an integer in 0 .. 2**32 - 1" in _error_lines(err)[0]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -200,3 +200,36 @@ def test_unreachable_scheduler_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(errors.UserError, match="cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'"):
         sweep.run_sweep(_config(), tmp_path / "o", scheduler="tcp://127.0.0.1:9")
     assert not (tmp_path / "o" / sweep.STATUS_DIR).exists()  # no job was recorded
+
+
+def test_pipeline_executor_collects_in_this_process_and_records_every_job(tmp_path):
+    """``executor="pipeline"`` (what ``reproduce`` uses): runs collected one after another here,
+    analyses in a worker process; a job that fails at run time is recorded, the others finish;
+    a rerun computes only what is not done."""
+    config = _config(envs=["CartpoleBalance", "PendulumSwingup"], policies=[f"ppo:{REPO / 'policies' / 'CartpoleBalance'}"],
+                     thresholds=[1e-12, 1e-6], episodes=1, batch_size=1)
+    with pytest.raises(errors.UserError, match="leave out --scheduler and --workers"):
+        sweep.run_sweep(config, tmp_path / "x", executor="pipeline", workers=2)
+    with pytest.raises(errors.UserError, match="executor 'threads' is not allowed; allowed: dask, pipeline"):
+        sweep.run_sweep(config, tmp_path / "x", executor="threads")
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "sweep"
+    events, units = [], []
+    outcomes = sweep.run_sweep(config, out, executor="pipeline", on_event=lambda s, j, p: events.append((s, j.id)),
+                               on_collect_progress=lambda p: units.append((p.steps_done, p.steps_total)))
+    cart_a, cart_b, pend_a, pend_b = config.jobs()
+    assert [o.state for o in outcomes] == ["done", "done", "failed", "failed"], [(o.job.id, o.error) for o in outcomes]
+    assert "CartpoleBalance" in outcomes[2].error and "\n" not in outcomes[2].error
+    assert events[:2] == [("collecting", cart_a.id), ("collected", cart_a.id)]
+    assert ("collecting", pend_a.id) in events and ("collected", pend_a.id) not in events
+    assert sorted(e for e in events if e[0] in ("done", "failed")) == sorted(
+        [("done", cart_a.id), ("done", cart_b.id), ("failed", pend_a.id), ("failed", pend_b.id)])
+    assert units[-1] == (20, 20) and (10, 20) in units  # CartpoleBalance's two chunks of 10 steps
+    status = sweep.read_status(out, cart_b)
+    assert status["state"] == "done" and status["row"]["counted_steps"] == 20 and status["collected"]["units"] == 2
+    assert (cart_b.analysis_dir(out) / "summary.json").is_file()
+    assert [r["status"] for r in sweep.summary_rows(out, config)] == ["done", "done", "failed", "failed"]
+    events.clear()
+    again = sweep.run_sweep(config, out, executor="pipeline", only=[pend_b.id], on_event=lambda s, j, p: events.append((s, j.id)))
+    assert [o.state for o in again] == ["skipped", "skipped", "not run", "failed"]
+    assert events == [("collecting", pend_b.id), ("failed", pend_b.id)]

@@ -17,14 +17,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from dynsparse import dataset, errors, files, interrupts, locks, results
+from dynsparse import dataset, errors, files, interrupts, locks, options, results
 from dynsparse.metrics import contacts, coverage, embedding, local, sparsity, structure, temporal, thresholds
 
 log = logging.getLogger(__name__)
@@ -33,54 +32,46 @@ SUMMARY = results.SUMMARY
 STAGES = ("structure", "local", "temporal", "contacts", "coverage", "thresholds", "embedding", "tables", "figures")
 
 
+def _formats(value: Any) -> tuple[str, ...]:
+    """Figure formats: PNG always first, then the others once each; ``UserError`` for an unknown one."""
+    from dynsparse.render import figures
+
+    bad = [f for f in value if f not in figures.FORMATS]
+    if bad:
+        raise errors.UserError(f"figure format {bad[0]!r} is not allowed; allowed: {', '.join(figures.FORMATS)}")
+    return ("png",) + tuple(f for f in dict.fromkeys(value) if f != "png")
+
+
+def _bin_width(value: Any) -> float:
+    local.check_bin_width(value)
+    return float(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class AnalyzeOptions:
-    """How to analyse a dataset.
+    """How to analyse a dataset (each field's help is also its ``dynsparse analyze`` flag's)."""
 
-    Attributes:
-      threshold, kind: the zero rule (``absolute`` or ``relative``).
-      bin_width: histogram bin width of per-sample sparsity (1/n).
-      tsne: compute the t-SNE embedding (the slowest metric).
-      perplexity, max_points: t-SNE perplexity and subsample size.
-      shuffles: draws of the shuffled-time baseline of switch clustering.
-      windows: ``k`` values (steps) of the switch / contact-change alignment.
-      episode: episode drawn in the time-series figure; None = the one with most switch steps.
-      formats: figure formats (png always; svg, pdf).
-      seed: seed of subsampling, t-SNE and shuffles.
-    """
-
-    threshold: float = sparsity.DEFAULT_THRESHOLD
-    kind: str = "absolute"
-    bin_width: float = local.DEFAULT_BIN_WIDTH
-    tsne: bool = True
-    perplexity: float = embedding.DEFAULT_PERPLEXITY
-    max_points: int = embedding.DEFAULT_MAX_POINTS
-    shuffles: int = temporal.DEFAULT_SHUFFLES
-    windows: tuple[int, ...] = contacts.DEFAULT_WINDOWS
-    episode: int | None = None
-    formats: tuple[str, ...] = ("png", "svg")
-    seed: int = 0
+    threshold: float = options.option(sparsity.DEFAULT_THRESHOLD, help="zero threshold", check=options.number(0.0))
+    kind: str = options.option("absolute", help="absolute, or relative: scale the threshold by each row's L2 norm",
+                               check=options.one_of(*sparsity.KINDS))
+    bin_width: float = options.option(local.DEFAULT_BIN_WIDTH, help="histogram bin width of per-sample sparsity, 1/n",
+                                      check=options.via(_bin_width, "1/n for a whole n, e.g. 0.1", float))
+    tsne: bool = options.option(True, help="compute the t-SNE embedding (the slowest metric)", check=options.boolean())
+    perplexity: float = options.option(embedding.DEFAULT_PERPLEXITY, help="t-SNE perplexity", check=options.number(0.0))
+    max_points: int = options.option(embedding.DEFAULT_MAX_POINTS, help="t-SNE subsample size", check=options.integer(4))
+    shuffles: int = options.option(temporal.DEFAULT_SHUFFLES, help="draws of the shuffled-time baseline of switch clustering",
+                                   check=options.integer(1))
+    windows: tuple[int, ...] = options.option(
+        contacts.DEFAULT_WINDOWS, help="k values (steps) of the switch / contact-change alignment", check=options.integers(0))
+    episode: int | None = options.option(None, help="episode of the time-series figure (default: the one with most switch steps)",
+                                         check=options.optional(options.integer(0)))
+    formats: tuple[str, ...] = options.option(("png", "svg"), help="figure formats (png always; svg, pdf)",
+                                              check=options.via(_formats, "png, svg, pdf"))
+    seed: int = options.option(0, help="seed of subsampling, t-SNE and shuffles", check=options.seed())
 
     def validated(self) -> "AnalyzeOptions":
         """Check every field; raise ``UserError`` naming the first bad value."""
-        from dynsparse.render import figures
-
-        sparsity.check_threshold(self.threshold, self.kind)
-        local.check_bin_width(self.bin_width)
-        errors.check_seed(self.seed)
-        if not (isinstance(self.perplexity, (int, float)) and math.isfinite(self.perplexity) and self.perplexity > 0):
-            raise errors.UserError(f"perplexity {self.perplexity!r} is not allowed; allowed: a number > 0 (default 50)")
-        if not isinstance(self.max_points, int) or self.max_points < 4:
-            raise errors.UserError(f"max-points {self.max_points!r} is not allowed; allowed: an integer >= 4")
-        if not isinstance(self.shuffles, int) or self.shuffles < 1:
-            raise errors.UserError(f"shuffles {self.shuffles!r} is not allowed; allowed: an integer >= 1")
-        if not self.windows or any(not isinstance(k, int) or k < 0 for k in self.windows):
-            raise errors.UserError(f"windows {self.windows!r} are not allowed; allowed: integers >= 0")
-        bad = [f for f in self.formats if f not in figures.FORMATS]
-        if bad:
-            raise errors.UserError(f"figure format {bad[0]!r} is not allowed; allowed: {', '.join(figures.FORMATS)}")
-        formats = ("png",) + tuple(f for f in dict.fromkeys(self.formats) if f != "png")
-        return dataclasses.replace(self, formats=formats, windows=tuple(int(k) for k in self.windows))
+        return options.validate(self)
 
     def identity(self) -> dict[str, Any]:
         """JSON-normalised options (what must match for an existing analysis to be up to date)."""

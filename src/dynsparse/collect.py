@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from dynsparse import dataset, envs, errors, interrupts, locks, policies, sources
+from dynsparse import dataset, envs, errors, interrupts, locks, options, policies, sources
 from dynsparse.jacobians import autodiff, certify, definitions, finite_diff
 from dynsparse.jacobians import compare as compare_lib
 
@@ -42,45 +41,44 @@ def auto_batch_size(episodes: int) -> int:
 class CollectConfig:
     """Everything that defines a collection run (stored in the dataset's attrs).
 
-    Attributes:
-      env: Playground registry name, ``gymnasium:TASK-v5`` or ``mjcf:PATH`` (``sources``).
-      episodes, steps: dataset size (episodes x control steps per episode).
-      policy: policy configuration, e.g. ``{"name": "colored", "beta": 1.0, "scale": 1.0}``;
-        ``{"name": "from-file", "file": PATH}`` replays recorded trajectories (``policies.replay``;
-        then ``episodes``/``steps`` must be the file's).
-      seed: seeds initial states (``fold_in(PRNGKey(seed), episode)``) and policy noise.
-      backend: ``autodiff`` (MJX jacfwd, exact) or ``finite_diff`` (native centred differences).
-      dtype: ``float64`` (simulation and Jacobians; float32 is refused, see ``envs.check_dtype``).
-      check_every: with autodiff, certify the Jacobians at every K-th step of each episode
-        (steps 0, K, 2K, ...) against finite differences of the same function
-        (``jacobians.certify``); 0 = never.
-      batch_size: episodes simulated together (one compiled batch shape); ``None`` (default):
-        ``auto_batch_size`` (at most ``AUTO_BATCH`` per batch, balanced), or the stored
-        batch size when resuming.
-      chunk_steps: steps per compiled chunk and per Zarr chunk.
-      fd_eps: centred finite-difference step of the ``finite_diff`` backend.
-      jacobian: the derivative's definition, ``converged`` or ``as-run``
-        (``jacobians.definitions``).
-      compare_definitions: with autodiff, also compute the other definition at every step and
-        store how it differs (``definition_*`` variables).
-      substeps: physics steps per control step of an ``mjcf:`` model (``None``: 1); must be
-        ``None`` for every other source.
+    Each field's help text below is also its ``dynsparse collect`` flag's help (``options``).
+    ``policy`` is a configuration dict, e.g. ``{"name": "colored", "beta": 1.0, "scale": 1.0}``;
+    ``{"name": "from-file", "file": PATH}`` replays recorded trajectories (``policies.replay``;
+    then ``episodes``/``steps`` must be the file's). ``seed`` seeds initial states
+    (``fold_in(PRNGKey(seed), episode)``) and policy noise. ``batch_size=None`` is
+    ``auto_batch_size(episodes)``; the CLI's default is the stored batch size when resuming.
     """
 
-    env: str
-    episodes: int
-    steps: int
-    policy: dict[str, Any]
-    seed: int = 0
-    backend: str = "autodiff"
-    dtype: str = "float64"
-    check_every: int = 0
-    batch_size: int | None = None
-    chunk_steps: int = 100
-    fd_eps: float = finite_diff.DEFAULT_EPS
-    jacobian: str = definitions.DEFAULT_DEFINITION
-    compare_definitions: bool = False
-    substeps: int | None = None
+    env: str = options.option(
+        help="Playground registry name (CheetahRun), gymnasium:TASK-v5 (gymnasium:HalfCheetah-v5), dm_control:DOMAIN-TASK "
+             "(dm_control:cheetah-run) or mjcf:PATH (any MJCF file); `dynsparse envs` lists them")
+    episodes: int = options.option(2, help="episodes (with --from: the file's)", check=options.integer(1))
+    steps: int = options.option(300, help="control steps per episode (with --from: the file's)", check=options.integer(1))
+    policy: dict[str, Any] = options.option(factory=lambda: {"name": "random"}, help="policy configuration")
+    seed: int = options.option(0, help="seed of initial states and policy noise", check=options.seed())
+    backend: str = options.option("autodiff", help="autodiff (MJX forward-mode, exact) | finite_diff (native centred differences)",
+                                  check=options.one_of(*BACKENDS))
+    dtype: str = options.option("float64", help="float64 (float32 is not supported yet)", check=options.via(envs.check_dtype, "float64"))
+    check_every: int = options.option(
+        0, help="certify the Jacobians at every K-th step of each episode (steps 0, K, 2K, ...) against finite differences "
+                "of the same function (MJX and native MuJoCo); stores a class per checked step; 0 = never",
+        check=options.integer(0))
+    batch_size: int | None = options.option(
+        None, help="episodes simulated together (default: at most 64, equal batches; a resumed run keeps its own)",
+        check=options.optional(options.integer(1)))
+    chunk_steps: int = options.option(100, help="steps per compiled chunk and per stored chunk", check=options.integer(1))
+    fd_eps: float = options.option(finite_diff.DEFAULT_EPS, help="centred finite-difference step of the finite_diff backend",
+                                   check=options.number(0.0))
+    jacobian: str = options.option(
+        definitions.DEFAULT_DEFINITION,
+        help="converged: every substep's constraint problem solved exactly, the physics' Jacobian | as-run: the step "
+             "exactly as the environment runs it (jacobians.definitions)",
+        check=options.via(definitions.check_definition, ", ".join(definitions.DEFINITIONS)))
+    compare_definitions: bool = options.option(
+        False, help="also compute the other definition at every step and store how it differs", check=options.boolean())
+    substeps: int | None = options.option(
+        None, help="mjcf: models only: physics steps per control step, the action held (default 1)",
+        check=options.optional(options.integer(1)))
 
     def validated(self) -> "CollectConfig":
         """Check every field; return a copy with batch/chunk sizes clipped to the run size.
@@ -88,26 +86,13 @@ class CollectConfig:
         Raises:
           UserError: the first bad value, named, with what is allowed.
         """
-        if self.batch_size is None and isinstance(self.episodes, (int, np.integer)) and not isinstance(self.episodes, bool) and self.episodes > 0:
-            return dataclasses.replace(self, batch_size=auto_batch_size(int(self.episodes))).validated()
-        for name in ("episodes", "steps", "batch_size", "chunk_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise errors.UserError(f"{name.replace('_', '-')} must be an integer > 0, got {value!r}")
-        errors.check_seed(self.seed)
-        if isinstance(self.check_every, bool) or not isinstance(self.check_every, (int, np.integer)) or self.check_every < 0:
-            raise errors.UserError(f"check-every must be an integer >= 0, got {self.check_every!r}")
-        if self.backend not in BACKENDS:
-            raise errors.UserError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
-        envs.check_dtype(self.dtype)
+        return options.validate(self)
+
+    def _cross_check(self) -> "CollectConfig":
+        """Checks across fields (after each field's own), the resolved policy, clipped sizes."""
+        batch_size = auto_batch_size(self.episodes) if self.batch_size is None else self.batch_size
         if self.check_every and self.backend != "autodiff":
             raise errors.UserError("check-every certifies autodiff Jacobians against finite differences: it needs --backend autodiff")
-        value = self.fd_eps
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise errors.UserError(f"fd-eps must be a finite number > 0, got {value!r}")
-        definitions.check_definition(self.jacobian)
-        if not isinstance(self.compare_definitions, bool):
-            raise errors.UserError(f"compare-definitions must be true or false, got {self.compare_definitions!r}")
         if self.compare_definitions and self.backend != "autodiff":
             raise errors.UserError("compare-definitions computes both exact definitions: it needs --backend autodiff")
         sources.check_substeps(self.env, self.substeps)
@@ -131,7 +116,7 @@ class CollectConfig:
                     f"--steps {self.steps} differ (leave them out)"
                 )
         return dataclasses.replace(
-            self, policy=policy, batch_size=min(self.batch_size, self.episodes), chunk_steps=min(self.chunk_steps, self.steps)
+            self, policy=policy, batch_size=min(batch_size, self.episodes), chunk_steps=min(self.chunk_steps, self.steps)
         )
 
     def identity(self) -> dict[str, Any]:

@@ -14,5 +14,5 @@ def check_seed(seed: object, name: str = "seed") -> int:
     import numbers
 
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) <= MAX_SEED:
-        raise UserError(f"{name} must be an integer in 0 .. 2**32 - 1, got {seed!r}")
+        raise UserError(f"{name} {seed!r} is not allowed; allowed: an integer in 0 .. 2**32 - 1")
     return int(seed)

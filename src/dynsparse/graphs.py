@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from dynsparse import dataset, errors
+from dynsparse import errors
 from dynsparse.metrics import sparsity
 
 SCORE_EDGE = 0.5

@@ -81,16 +81,32 @@ def hold(path: Path | str) -> Iterator[None]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: paths whose lock a ``writes``-decorated call of this process holds
+_WRITING: set[str] = set()
+
+
 def writes(arg: str) -> Callable[[F], F]:
-    """Decorator: hold the lock of the function's path argument ``arg`` while it runs."""
+    """Decorator: hold the lock of the function's path argument ``arg`` while it runs.
+
+    Nested calls on the same path in one process (``reproduce`` runs ``run_sweep`` on its own
+    folder) share the outer call's lock; a bare ``hold`` of the path still refuses them.
+    """
 
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with hold(signature.bind(*args, **kwargs).arguments[arg]):
+            path = signature.bind(*args, **kwargs).arguments[arg]
+            key = os.path.abspath(path)
+            if key in _WRITING:  # a decorated function called by another on the same path
                 return fn(*args, **kwargs)
+            with hold(path):
+                _WRITING.add(key)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _WRITING.discard(key)
 
         return wrapper  # type: ignore[return-value]
 

@@ -23,6 +23,7 @@ Durability and re-runs:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -32,86 +33,126 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dynsparse import errors, files, interrupts, locks
+from dynsparse import errors, files, interrupts, locks, options
 
 CONFIG_FILE = "sweep.json"
 #: how long to wait for an existing Dask scheduler (``--scheduler``)
 CONNECT_TIMEOUT = "20s"
 SUMMARY_FILE = "summary.csv"
+#: how jobs run: on Dask (a scheduler or a local cluster), or pipelined in this process (``_pipeline``)
+EXECUTORS = ("dask", "pipeline")
 STATUS_DIR = "status"
 
 #: Config keys that fix what a run's dataset holds: a sweep folder refuses another value.
 _COLLECT_KEYS = ("episodes", "steps", "batch_size", "chunk_steps", "check_every", "backend", "jacobian")
 
 
+def _grid_axis(key: str, item: Callable[[Any], Any], distinct: Callable[[Any], Any] = lambda v: v) -> Callable[[Any], tuple]:
+    """The check of one grid axis: a non-empty list of distinct items, each checked by ``item``."""
+
+    def check(value: Any) -> tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+            raise errors.UserError(f"sweep {key} {value!r} is not allowed; allowed: a non-empty list")
+        items = tuple(item(v) for v in value)
+        if len({json.dumps(distinct(v), sort_keys=True) for v in items}) != len(items):
+            raise errors.UserError(f"sweep {key} {list(value)!r} repeat a value; allowed: distinct values")
+        return items
+
+    return check
+
+
+def _env_name(name: Any) -> str:
+    from dynsparse import envs
+
+    if not isinstance(name, str):
+        raise errors.UserError(f"sweep env {name!r} is not allowed; allowed: Playground names (`dynsparse envs`)")
+    envs.check_name(name)
+    return name
+
+
+def _policy_dict(policy: Any) -> dict[str, Any]:
+    """A policy in ``collect --policy`` form or as a dict -> its configuration dict. A PPO checkpoint
+    path may hold ``{env}`` (one checkpoint per environment: ``ppo:policies/{env}``)."""
+    from dynsparse import policies as registry
+
+    if isinstance(policy, str):
+        policy = registry.config_from_text(policy)
+    elif not (isinstance(policy, dict) and isinstance(policy.get("name"), str)):
+        raise errors.UserError(f"sweep policy {policy!r} is not allowed; allowed: 'random', 'colored', 'ppo:DIR' or a dict with a 'name'")
+    policy = dict(policy)
+    if policy["name"] == "ppo":  # workers may run in another directory
+        policy["checkpoint"] = str(Path(str(policy["checkpoint"])).resolve())
+    return policy
+
+
+def _threshold(value: Any) -> float:
+    from dynsparse.metrics import sparsity
+
+    return sparsity.check_threshold(value)
+
+
+def _collect_default(name: str) -> Any:
+    from dynsparse import collect
+
+    return options.default(collect.CollectConfig, name)
+
+
+def _analysis_default(name: str) -> Any:
+    from dynsparse import analysis
+
+    return options.default(analysis.AnalyzeOptions, name)
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
-    """A grid of jobs (see the module docstring).
+    """A grid of jobs (see the module docstring); each field is a key of the configuration file."""
 
-    Attributes:
-      envs: Playground registry names.
-      policies: policies in ``collect --policy`` form (``random``, ``colored``, ``ppo:DIR``) or as
-        configuration dicts (``{"name": "colored", "beta": 2.0}``).
-      seeds: collection seeds.
-      thresholds: zero thresholds of the analyses (absolute, or relative with ``relative``).
-      episodes, steps, batch_size, chunk_steps, check_every, backend, jacobian: as in ``collect``.
-      relative: thresholds scale with each row's L2 norm.
-      tsne: compute the t-SNE embedding in each analysis (slow; default off).
-    """
-
-    envs: tuple[str, ...]
-    policies: tuple[Any, ...] = ("random",)
-    seeds: tuple[int, ...] = (0,)
-    thresholds: tuple[float, ...] = (1e-12,)
-    episodes: int = 4
-    steps: int = 100
-    batch_size: int = 4
-    chunk_steps: int = 50
-    check_every: int = 0
-    backend: str = "autodiff"
-    jacobian: str = "converged"
-    relative: bool = False
-    tsne: bool = False
+    envs: tuple[str, ...] = options.option(
+        help="environments (`collect` names)", check=options.via(_grid_axis("envs", _env_name), "a non-empty list"))
+    policies: tuple[Any, ...] = options.option(
+        ("random",), help="policies in `collect --policy` form (random, colored, ppo:DIR; ppo:DIR/{env}: one checkpoint per "
+                          "environment) or as configuration dicts ({name = \"colored\", beta = 2.0})",
+        check=options.via(_grid_axis("policies", _policy_dict), "a non-empty list"))
+    seeds: tuple[int, ...] = options.option(
+        (0,), help="collection seeds", check=options.via(_grid_axis("seeds", lambda v: errors.check_seed(v, "sweep seed")), "a non-empty list"))
+    thresholds: tuple[float, ...] = options.option(
+        (_analysis_default("threshold"),), help="zero thresholds of the analyses",
+        check=options.via(_grid_axis("thresholds", _threshold), "a non-empty list"))
+    episodes: int = options.option(4, help="episodes per run", check=options.integer(1))
+    steps: int = options.option(100, help="control steps per episode", check=options.integer(1))
+    batch_size: int = options.option(4, help="episodes simulated together (at most episodes)", check=options.integer(1))
+    chunk_steps: int = options.option(50, help="steps per compiled and stored chunk (at most steps)", check=options.integer(1))
+    check_every: int = options.option(_collect_default("check_every"), help="as collect --check-every", check=options.integer(0))
+    backend: str = options.option(_collect_default("backend"), help="as collect --backend")
+    jacobian: str = options.option(_collect_default("jacobian"), help="as collect --jacobian")
+    relative: bool = options.option(False, help="thresholds scale with each row's L2 norm", check=options.boolean())
+    tsne: bool = options.option(False, help="compute the t-SNE embedding in each analysis (slow)", check=options.boolean())
+    max_points: int = options.option(_analysis_default("max_points"), help="t-SNE subsample size (with tsne)", check=options.integer(4))
+    analysis_seed: int = options.option(_analysis_default("seed"), help="seed of the analyses' subsampling, t-SNE and shuffles",
+                                        check=options.seed())
 
     def validated(self) -> SweepConfig:
         """Check every field; raise ``UserError`` naming the first bad value."""
-        from dynsparse import collect, envs
-        from dynsparse.metrics import sparsity
-        from dynsparse import policies as registry
+        return options.validate(self)
 
-        for key in ("envs", "policies", "seeds", "thresholds"):
-            value = getattr(self, key)
-            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
-                raise errors.UserError(f"sweep {key} {value!r} is not allowed; allowed: a non-empty list")
-        for name in self.envs:
-            if not isinstance(name, str):
-                raise errors.UserError(f"sweep env {name!r} is not allowed; allowed: Playground names (`dynsparse envs`)")
-            envs.check_name(name)
-        policies = tuple(_policy_dict(p, registry) for p in self.policies)
-        for seed in self.seeds:
-            errors.check_seed(seed, "sweep seed")
-        for thr in self.thresholds:
-            sparsity.check_threshold(thr, "relative" if self.relative else "absolute")
-        for key in ("envs", "seeds", "thresholds"):
-            if len(set(getattr(self, key))) != len(getattr(self, key)):
-                raise errors.UserError(f"sweep {key} {list(getattr(self, key))!r} repeat a value; allowed: distinct values")
-        if len({json.dumps(p, sort_keys=True) for p in policies}) != len(policies):
-            raise errors.UserError(f"sweep policies {list(self.policies)!r} repeat a policy; allowed: distinct policies")
-        fixed = dataclasses.replace(
-            self, envs=tuple(self.envs), policies=policies, seeds=tuple(self.seeds),
-            thresholds=tuple(float(t) for t in self.thresholds),
-        )
-        for policy in policies:  # collection settings and policies (checkpoints), as `collect` checks them
-            collect.CollectConfig(**Run(fixed.envs[0], policy, fixed.seeds[0]).collect_kwargs(fixed)).validated()
-        return fixed
+    def _cross_check(self) -> SweepConfig:
+        from dynsparse import collect
+
+        # collection settings and policies (checkpoints), as `collect` checks them; a policy
+        # with ``{env}`` names one checkpoint per environment: each is checked
+        for policy in self.policies:
+            for env in self.envs if "{env}" in json.dumps(policy) else self.envs[:1]:
+                run = Run(env, _for_env(policy, env), self.seeds[0])
+                collect.CollectConfig(**run.collect_kwargs(self)).validated()
+        return self
 
     def runs(self) -> list[Run]:
-        """Every (env, policy, seed), in grid order."""
-        return [Run(e, p, s) for e in self.envs for p in self.policies for s in self.seeds]
+        """Every (env, policy, seed), in grid order (``{env}`` in a policy replaced by the env)."""
+        return [Run(e, _for_env(p, e), s) for e in self.envs for p in self.policies for s in self.seeds]
 
     def jobs(self) -> list[Job]:
         """Every (env, policy, seed, threshold), in grid order."""
@@ -121,15 +162,9 @@ class SweepConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def _policy_dict(policy: Any, registry: Any) -> dict[str, Any]:
-    if isinstance(policy, str):
-        policy = registry.config_from_text(policy)
-        if policy["name"] == "ppo":  # workers may run in another directory
-            policy["checkpoint"] = str(Path(policy["checkpoint"]).resolve())
-        return policy
-    if isinstance(policy, dict) and isinstance(policy.get("name"), str):
-        return dict(policy)
-    raise errors.UserError(f"sweep policy {policy!r} is not allowed; allowed: 'random', 'colored', 'ppo:DIR' or a dict with a 'name'")
+def _for_env(policy: dict[str, Any], env: str) -> dict[str, Any]:
+    """``policy`` with ``{env}`` in its strings replaced by ``env``."""
+    return {k: v.replace("{env}", env) if isinstance(v, str) else v for k, v in policy.items()}
 
 
 def load_config(path: str | Path) -> SweepConfig:
@@ -167,12 +202,6 @@ def config_from_dict(raw: Any, where: str = "sweep config") -> SweepConfig:
         raise errors.UserError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
     if "envs" not in raw:
         raise errors.UserError(f"{where}: 'envs' is missing; it lists the environments to sweep")
-    for key in ("episodes", "steps", "batch_size", "chunk_steps", "check_every"):
-        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
-            raise errors.UserError(f"{where}: {key} {raw[key]!r} is not allowed; allowed: an integer")
-    for key in ("relative", "tsne"):
-        if key in raw and not isinstance(raw[key], bool):
-            raise errors.UserError(f"{where}: {key} {raw[key]!r} is not allowed; allowed: true or false")
     return SweepConfig(**raw).validated()
 
 
@@ -227,7 +256,8 @@ def _policy_slug(policy: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- tasks (run on workers)
 
 
-def collect_task(kwargs: dict[str, Any], store: str, jax_cache: str | None) -> dict[str, Any]:
+def collect_task(kwargs: dict[str, Any], store: str, jax_cache: str | None,
+                 on_progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Collect (or resume, or find complete) one run's dataset. Runs on a Dask worker.
 
     Returns:
@@ -243,24 +273,25 @@ def collect_task(kwargs: dict[str, Any], store: str, jax_cache: str | None) -> d
 
     def progress(p: Any) -> None:
         units[0] = p.n_units
+        if on_progress is not None:
+            on_progress(p)
 
     collect.collect(config, Path(store), on_progress=progress)
     return {"store": store, "resumed_at_unit": int(resumed_at), "units": int(units[0]), "seconds": time.time() - t0}
 
 
-def analyze_task(collected: dict[str, Any], out_dir: str, threshold: float, relative: bool, tsne: bool) -> dict[str, Any]:
-    """Analyse one run's dataset at one threshold. Runs on a Dask worker.
+def analyze_task(collected: dict[str, Any], out_dir: str, threshold: float, config: SweepConfig) -> dict[str, Any]:
+    """Analyse one run's dataset at one threshold. Runs on a Dask worker (or the pipeline's analysis process).
 
     Returns:
       ``{"row": the analysis table row, "collected": collect_task's result, "seconds": s}``.
     """
-    from dynsparse import analysis
+    from dynsparse import analysis, results
 
     t0 = time.time()
-    options = analysis.AnalyzeOptions(threshold=threshold, kind="relative" if relative else "absolute", tsne=tsne)
+    options = analysis.AnalyzeOptions(threshold=threshold, kind="relative" if config.relative else "absolute", tsne=config.tsne,
+                                      max_points=config.max_points, seed=config.analysis_seed)
     folder = analysis.analyze(collected["store"], out_dir, options)
-    from dynsparse import results
-
     summary = results.read_analysis(Path(folder))
     if summary is None:
         raise RuntimeError(f"analysis {out_dir} wrote no readable summary")
@@ -296,11 +327,16 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     files.write_json(path, payload)
 
 
+def collect_identity(config: SweepConfig | dict[str, Any]) -> dict[str, Any]:
+    """What a sweep folder's collections were made with (a sweep configuration or its stored JSON)."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+    return {k: get(k) for k in _COLLECT_KEYS}
+
+
 def _check_folder(out: Path, config: SweepConfig) -> None:
     """Refuse a folder that is not a sweep, or a sweep whose collections were made differently
     (a sweep folder may grow: other grid axes are allowed)."""
-    files.claim(out, CONFIG_FILE, {k: getattr(config, k) for k in _COLLECT_KEYS}, "sweep",
-                read=lambda prior: {k: prior.get(k) for k in _COLLECT_KEYS})
+    files.claim(out, CONFIG_FILE, collect_identity(config), "sweep", read=collect_identity)
 
 
 @locks.writes("out")
@@ -312,6 +348,8 @@ def run_sweep(
     only: Sequence[str] = (),
     jax_cache: str | None = None,
     on_event: Callable[[str, Job, dict[str, Any]], None] | None = None,
+    executor: str = "dask",
+    on_collect_progress: Callable[[Any], None] | None = None,
 ) -> list[Outcome]:
     """Run every job of ``config`` that is not done (or just the ``only`` ones), then write the summary.
 
@@ -322,14 +360,23 @@ def run_sweep(
         ``workers`` processes (default: usable cores, at most the number of runs).
       only: job ids to run alone (each must be a job of ``config``).
       jax_cache: JAX compilation cache for the workers (None: the default, "off": none).
-      on_event: called as ``on_event(state, job, payload)`` when a job finishes or fails.
+      on_event: called as ``on_event(state, job, payload)`` when a job finishes or fails (and,
+        with the pipeline executor, when a run's collection starts and ends: ``_pipeline``).
+      executor: ``dask`` (the scheduler, or a local cluster) or ``pipeline`` (no Dask: collect in
+        this process, run after run, and analyse in one worker process alongside; what
+        ``reproduce`` uses).
+      on_collect_progress: with ``pipeline``, receives ``collect.Progress`` after every unit.
 
     Returns:
       One ``Outcome`` per job of the grid.
 
     Raises:
-      UserError: bad ``only`` ids, a folder of another sweep, or an unreachable scheduler.
+      UserError: bad ``only`` ids or executor, a folder of another sweep, or an unreachable scheduler.
     """
+    if executor not in EXECUTORS:
+        raise errors.UserError(f"executor {executor!r} is not allowed; allowed: {', '.join(EXECUTORS)}")
+    if executor == "pipeline" and (scheduler is not None or workers is not None):
+        raise errors.UserError("the pipeline executor runs in this process: leave out --scheduler and --workers")
     out = Path(out).resolve()  # workers may run elsewhere (another cwd): absolute paths only
     jobs = config.jobs()
     known = {j.id for j in jobs}
@@ -351,7 +398,9 @@ def run_sweep(
         else:
             todo.append(job)
     if todo:
-        for outcome in _execute(todo, config, out, scheduler, workers, jax_cache, on_event):
+        done = (_pipeline(todo, config, out, jax_cache, on_event, on_collect_progress) if executor == "pipeline"
+                else _execute(todo, config, out, scheduler, workers, jax_cache, on_event))
+        for outcome in done:
             outcomes[outcome.job.id] = outcome
     write_summary(out, config)
     return [outcomes[j.id] for j in jobs]
@@ -385,30 +434,103 @@ def _execute(todo: list[Job], config: SweepConfig, out: Path, scheduler: str | N
         futures = {}
         for job in todo:
             fut = client.submit(analyze_task, collected[job.run.id], str(job.analysis_dir(out)), job.threshold,
-                                config.relative, config.tsne, key=f"analyze-{job.id}-{time.time_ns()}", pure=False)
+                                config, key=f"analyze-{job.id}-{time.time_ns()}", pure=False)
             futures[fut] = job
         for fut in as_completed(list(futures), loop=client.loop):
             job = futures[fut]
             try:
                 result = fut.result()
             except Exception as exc:  # noqa: BLE001 - a job's failure is recorded, not raised
-                payload = {
-                    "state": "failed", "job": job.id, "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
-                    "traceback": "".join(traceback.format_exception(exc)), "finished": time.time(),
-                }
-                _write_json(status_path(out, job), payload)
-                outcomes.append(Outcome(job, "failed", payload["error"]))
+                outcomes.append(_record(out, job, None, exc, on_event))
             else:
-                payload = {"state": "done", "job": job.id, "finished": time.time(), **result}
-                _write_json(status_path(out, job), payload)
-                outcomes.append(Outcome(job, "done"))
-            if on_event:
-                on_event(payload["state"], job, payload)
+                outcomes.append(_record(out, job, result, None, on_event))
             interrupts.check()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+    return outcomes
+
+
+def _record(out: Path, job: Job, result: dict[str, Any] | None, exc: BaseException | None,
+            on_event: Callable[[str, Job, dict[str, Any]], None] | None) -> Outcome:
+    """Write a finished job's status file (``done`` with its result, or ``failed`` with the error) and report it."""
+    if exc is not None:
+        payload = {
+            "state": "failed", "job": job.id, "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+            "traceback": "".join(traceback.format_exception(exc)), "finished": time.time(),
+        }
+    else:
+        payload = {"state": "done", "job": job.id, "finished": time.time(), **(result or {})}
+    _write_json(status_path(out, job), payload)
+    if on_event:
+        on_event(payload["state"], job, payload)
+    return Outcome(job, payload["state"], payload.get("error", ""))
+
+
+@contextlib.contextmanager
+def _analysis_process() -> Iterator[Any]:
+    """One spawned worker process for the pipeline's analyses (shut down with the pipeline; on
+    an interruption its queued analyses are cancelled)."""
+    import concurrent.futures
+    import multiprocessing
+
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _pipeline(todo: list[Job], config: SweepConfig, out: Path, jax_cache: str | None,
+              on_event: Callable[[str, Job, dict[str, Any]], None] | None,
+              on_collect_progress: Callable[[Any], None] | None) -> list[Outcome]:
+    """The ``pipeline`` executor: runs are collected one after another in this process (all its
+    cores: one JAX CPU device per core), each run's analyses go to one worker process and run
+    while the next run is collected.
+
+    Events besides ``done``/``failed``: ``collecting`` (payload ``{"run": id}``) before a run's
+    collection, ``collected`` (``collect_task``'s result) after it, for the run's first job.
+    """
+    from dynsparse import xla
+
+    xla.use_cpu_cores()
+    emit = on_event or (lambda *_: None)
+    by_run: dict[str, list[Job]] = {}
+    for job in todo:
+        by_run.setdefault(job.run.id, []).append(job)
+    outcomes: list[Outcome] = []
+    with _analysis_process() as pool:
+        pending: dict[Any, Job] = {}
+
+        def harvest(block: bool) -> None:
+            for future in list(pending):
+                if block or future.done():
+                    job = pending.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as exc:  # noqa: BLE001 - recorded, not raised
+                        outcomes.append(_record(out, job, None, exc, on_event))
+                    else:
+                        outcomes.append(_record(out, job, result, None, on_event))
+
+        for jobs in by_run.values():
+            run = jobs[0].run
+            emit("collecting", jobs[0], {"run": run.id})
+            try:
+                collected = collect_task(run.collect_kwargs(config), str(out / "runs" / run.id / "data.zarr"), jax_cache,
+                                         on_progress=on_collect_progress)
+            except Exception as exc:  # noqa: BLE001 - every job of the run fails with it
+                outcomes += [_record(out, job, None, exc, on_event) for job in jobs]
+                continue
+            emit("collected", jobs[0], collected)
+            harvest(block=False)
+            for job in jobs:
+                pending[pool.submit(analyze_task, collected, str(job.analysis_dir(out)), job.threshold, config)] = job
+            interrupts.check()
+        harvest(block=True)
     return outcomes
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsparse import errors
+from dynsparse import errors, options
 
 LOSSES = ("mse", "mse+mse_j", "mse+mae_j", "mse+l1_j", "mse+sae_j")
 
@@ -85,25 +85,17 @@ def loss_fn(name: str, apply: Callable[..., jax.Array], weight: float) -> Callab
 class TrainOptions:
     """Optimisation: Adam with a cosine learning-rate decay to ``lr * final_lr_factor``."""
 
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-3
-    final_lr_factor: float = 1e-3
-    jac_weight: float = 1.0
-    hidden: tuple[int, ...] = (512, 512)
+    epochs: int = options.option(100, help="training epochs (30 with --quick)", check=options.integer(1))
+    batch_size: int = options.option(256, help="minibatch size", check=options.integer(1))
+    lr: float = options.option(1e-3, help="Adam learning rate, cosine-decayed to final-lr-factor of it", check=options.number(0.0))
+    final_lr_factor: float = options.option(1e-3, help="learning rate at the end, as a fraction of lr", check=options.number(0.0))
+    jac_weight: float = options.option(1.0, help="weight of the Jacobian term", check=options.number(0.0))
+    hidden: tuple[int, ...] = options.option((512, 512), help="hidden widths (128,128 with --quick; none: a linear model)",
+                                             check=options.widths(empty=True))
 
     def validated(self) -> "TrainOptions":
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-                raise errors.UserError(f"{name.replace('_', '-')} must be an integer > 0, got {v!r}")
-        for name in ("lr", "final_lr_factor", "jac_weight"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
-                raise errors.UserError(f"{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
-        if any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w <= 0 for w in self.hidden):
-            raise errors.UserError(f"hidden widths must be integers > 0 (none: a linear model), got {self.hidden!r}")
-        return self
+        """Check every field; raise ``UserError`` naming the first bad value."""
+        return options.validate(self)
 
 
 @functools.lru_cache(maxsize=32)

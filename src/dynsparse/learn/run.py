@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dynsparse import errors, files, interrupts, locks, results
+from dynsparse import errors, files, interrupts, locks, options, results
 from dynsparse.learn import data as data_lib
 from dynsparse.learn import evaluate, model
 
@@ -30,35 +30,32 @@ METRICS = results.LEARN_METRICS
 
 @dataclasses.dataclass(frozen=True)
 class LearnOptions:
-    """Everything that defines a ``learn`` run."""
+    """Everything that defines a ``learn`` run (each field's help is also its flag's)."""
 
-    losses: tuple[str, ...] = model.LOSSES
-    seeds: int = 3
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    residual: bool = False
-    per_env: bool = False
-    model_threshold: float = 1e-6
-    true_threshold: float = 1e-12
-    train: model.TrainOptions = dataclasses.field(default_factory=model.TrainOptions)
+    losses: tuple[str, ...] = options.option(
+        model.LOSSES, help="all, or comma-separated: " + ", ".join(model.LOSSES),
+        check=options.via(model.check_losses, "all, " + ", ".join(model.LOSSES),
+                          lambda text: tuple(x.strip() for x in text.split(",") if x.strip())))
+    seeds: int = options.option(3, help="seeds per loss", check=options.integer(1))
+    test_fraction: float = options.option(0.2, help="share of episodes held out (at least one episode)",
+                                          check=options.number(0.0, 1.0))
+    split_seed: int = options.option(0, help="seed of the train/test split of episodes", check=options.seed())
+    residual: bool = options.option(False, help="predict s' - s instead of s'", check=options.boolean())
+    per_env: bool = options.option(
+        False, help="datasets of several environments: one comparison per environment, tests and figures across them",
+        check=options.boolean())
+    model_threshold: float = options.option(1e-6, help="model Jacobian entry is zero below this", check=options.number(0.0))
+    true_threshold: float = options.option(1e-12, help="ground-truth entry is zero below this", check=options.number(0.0))
+    train: model.TrainOptions = options.option(factory=model.TrainOptions, help="optimisation (model.TrainOptions)",
+                                               check=options.via(lambda t: t.validated(), "model.TrainOptions"))
 
     @classmethod
     def quick(cls, **kw: Any) -> "LearnOptions":
         return cls(**{"train": model.TrainOptions(epochs=30, hidden=(128, 128)), **kw})
 
     def validated(self) -> "LearnOptions":
-        model.check_losses(self.losses)
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds <= 0:
-            raise errors.UserError(f"seeds must be an integer > 0, got {self.seeds!r}")
-        errors.check_seed(self.split_seed, "split seed")
-        for name in ("model_threshold", "true_threshold"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
-                raise errors.UserError(f"{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise errors.UserError(f"test-fraction {self.test_fraction!r} must be in (0, 1)")
-        self.train.validated()
-        return self
+        """Check every field; raise ``UserError`` naming the first bad value."""
+        return options.validate(self)
 
 
 @dataclasses.dataclass

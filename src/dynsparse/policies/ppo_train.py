@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dynsparse import errors, files, locks
+from dynsparse import errors, files, locks, options
 from dynsparse.policies import checkpoint
 from dynsparse.policies import noise as noise_lib
 from dynsparse.versions import package_versions
@@ -34,56 +34,51 @@ VERSIONS = ("dynsparse", "jax", "jaxlib", "brax", "flax", "optax", "mujoco", "mu
 DEFAULT_TRAIN_BETA = 0.5
 
 
+def _env(name: Any) -> str:
+    names = dm_control_names()
+    if name not in names:
+        raise errors.UserError(
+            f"train-policy supports the DM-Control suite environments of MuJoCo Playground; {name!r} is not one "
+            f"(allowed: {', '.join(names)})"
+        )
+    return name
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """A training run.
+    """A training run (each field's help is also its ``dynsparse train-policy`` flag's).
 
-    Attributes:
-      env: a DM-Control-suite name in MuJoCo Playground (``CheetahRun``, ...).
-      timesteps: environment steps to train; ``None`` = the published budget times ``budget_scale``.
-      budget_scale: fraction (> 0) of the published budget, used when ``timesteps`` is ``None``.
-      noise_beta: exploration-noise exponent (0 white, 0.5 the paper's best for PPO, 1 pink, 2 red).
-      exploration_scale: multiplies the policy's standard deviation (brax's ``var_scale``; 1 = brax).
-      seed: training seed.
-      overrides: brax ``ppo.train`` keywords replacing published values (``num_envs``, ...).
-      policy_hidden, value_hidden: hidden layer widths (brax's defaults, as Playground uses).
+    ``overrides`` are brax ``ppo.train`` keywords replacing published values (``num_envs``, ...);
+    the hidden widths default to brax's, as Playground uses.
     """
 
-    env: str
-    timesteps: int | None = None
-    budget_scale: float = 1.0
-    noise_beta: float = DEFAULT_TRAIN_BETA
-    exploration_scale: float = 1.0
-    seed: int = 0
-    overrides: tuple[tuple[str, Any], ...] = ()
-    policy_hidden: tuple[int, ...] = (32, 32, 32, 32)
-    value_hidden: tuple[int, ...] = (256, 256, 256, 256, 256)
+    env: str = options.option(help="a DM-Control suite name in Playground, e.g. CheetahRun",
+                              check=options.via(_env, "the DM-Control suite environments of MuJoCo Playground"))
+    timesteps: int | None = options.option(None, help="environment steps (default: the published budget times budget-scale)",
+                                           check=options.optional(options.integer(1)))
+    budget_scale: float = options.option(1.0, help="fraction of the published step budget, when --timesteps is not given",
+                                         check=options.number(0.0))
+    noise_beta: float = options.option(
+        DEFAULT_TRAIN_BETA, help="exploration colored-noise exponent in [0, 2] (0 = brax's white noise, 0.5 the paper's best "
+                                 "for PPO, 1 pink, 2 red)",
+        check=options.via(noise_lib.check_beta, "0 <= beta <= 2", float))
+    exploration_scale: float = options.option(1.0, help="multiply the policy's standard deviation (brax's var_scale)",
+                                              check=options.number(0.0))
+    seed: int = options.option(0, help="training seed", check=options.seed())
+    overrides: tuple[tuple[str, Any], ...] = options.option(
+        (), help="brax ppo.train keywords replacing published values, e.g. (('num_envs', 256),)")
+    policy_hidden: tuple[int, ...] = options.option((32, 32, 32, 32), help="policy MLP widths", check=options.widths())
+    value_hidden: tuple[int, ...] = options.option((256, 256, 256, 256, 256), help="value MLP widths", check=options.widths())
 
     def validated(self) -> "TrainConfig":
         """Check every field (raises ``UserError`` naming the first bad value)."""
-        names = dm_control_names()
-        if self.env not in names:
-            raise errors.UserError(
-                f"train-policy supports the DM-Control suite environments of MuJoCo Playground; {self.env!r} is not one "
-                f"(allowed: {', '.join(names)})"
-            )
-        if self.timesteps is not None and (isinstance(self.timesteps, bool) or not isinstance(self.timesteps, (int, np.integer)) or self.timesteps <= 0):
-            raise errors.UserError(f"timesteps must be an integer > 0, got {self.timesteps!r}")
-        if not (isinstance(self.budget_scale, (int, float)) and math.isfinite(self.budget_scale) and self.budget_scale > 0):
-            raise errors.UserError(f"budget-scale must be a finite number > 0, got {self.budget_scale!r}")
-        noise_lib.check_beta(self.noise_beta)
-        if isinstance(self.exploration_scale, bool) or not isinstance(self.exploration_scale, (int, float)) \
-                or not math.isfinite(self.exploration_scale) or self.exploration_scale <= 0:
-            raise errors.UserError(f"exploration-scale must be a finite number > 0, got {self.exploration_scale!r}")
-        errors.check_seed(self.seed)
-        for name in ("policy_hidden", "value_hidden"):
-            sizes = getattr(self, name)
-            if not sizes or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0 for s in sizes):
-                raise errors.UserError(f"{name.replace('_', '-')} must be layer widths > 0, got {sizes!r}")
+        return options.validate(self)
+
+    def _cross_check(self) -> "TrainConfig":
         rl = self.rl_config()
         for key in ("num_envs", "batch_size", "num_minibatches", "unroll_length", "num_evals", "episode_length"):
             if not isinstance(rl[key], int) or rl[key] <= 0:
-                raise errors.UserError(f"{key} must be an integer > 0, got {rl[key]!r}")
+                raise errors.UserError(f"{key} {rl[key]!r} is not allowed; allowed: an integer > 0")
         if (rl["batch_size"] * rl["num_minibatches"]) % rl["num_envs"]:
             raise errors.UserError(
                 f"batch_size * num_minibatches ({rl['batch_size']} * {rl['num_minibatches']}) must be a multiple of "
