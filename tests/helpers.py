@@ -18,12 +18,3 @@ def rerecord_checksums(store) -> None:
     for unit in range(layout.n_units):
         manifest.record_unit(store, unit, dataset.unit_chunks(layout, unit))
 
-
-def run_cli(argv: list[str]) -> int:
-    """``cli.main(argv)``'s exit status, also when argparse refuses a flag's value (SystemExit)."""
-    from dynsparse import cli
-
-    try:
-        return cli.main(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2

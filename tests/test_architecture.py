@@ -161,3 +161,54 @@ def test_public_api_modules_load_on_first_use():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         dynsparse.nope  # noqa: B018
+
+
+#: modules whose tests live in a file not named after them (nor their package): the file, and why
+TESTED_IN = {
+    "dataset": ("test_resume.py", "the store's format, checkpoints and resume are tested together"),
+    "interrupts": ("test_reliability.py", "Ctrl-C is one of the reliability guarantees tested there"),
+    "locks": ("test_reliability.py", "one writer at a time, with the other reliability guarantees"),
+    "manifest": ("test_reliability.py", "checksums of damaged stores, with the other reliability guarantees"),
+    "jaxcache": ("test_exported.py", "the compilation cache is the other half of the kept programs"),
+    "rollout": ("test_ppo_train.py", "its batched rollout is also PPO's evaluation loop; collection tests use it through collect"),
+    "jacobians.autodiff": ("test_backends.py", "autodiff against finite differences: the two backends together"),
+    "jacobians.compare": ("test_jacobian_methods.py", "comparisons of the Jacobian methods and definitions"),
+    "jacobians.definitions": ("test_jacobian_methods.py", "comparisons of the Jacobian methods and definitions"),
+    "policies.checkpoint": ("test_ppo.py", "PPO checkpoints: written by training, read by the acting policy"),
+    "policies.ppo_networks": ("test_ppo.py", "the networks of the acting PPO policy"),
+    "policies.ppo_loop": ("test_ppo_train.py", "the resumable training loop"),
+    "policies.replay": ("test_sources.py", "recorded trajectories are a model source's input (--from)"),
+    "render.figures": ("test_analysis.py", "the figures are checked in the analyses that draw them"),
+    "render.html": ("test_analysis.py", "the pages are checked in the analyses that write them"),
+    "render.learn_figures": ("test_learn.py", "drawn from learn's records"),
+    "report.build": ("test_analysis.py", "a report needs analyses: built and checked there (and in the browser)"),
+}
+
+
+def _imports(test: Path, module: str) -> bool:
+    """Whether the test file imports ``dynsparse.<module>`` by name."""
+    text = test.read_text()
+    pkg, _, last = module.rpartition(".")
+    patterns = [rf"import dynsparse\.{re.escape(module)}\b", rf"from dynsparse\.{re.escape(module)} import"]
+    patterns.append(rf"from dynsparse\.{re.escape(pkg)} import [^\n]*\b{last}\b" if pkg else rf"from dynsparse import [^\n]*\b{last}\b")
+    return any(re.search(p, text) for p in patterns)
+
+
+def test_every_module_has_its_tests():
+    """Each module is imported by ``tests/test_<module>*.py`` or ``tests/test_<package>*.py``, or
+    by the file ``TESTED_IN`` names (with why); the map names no module twice over."""
+    tests_dir = Path(__file__).parent
+    missing = []
+    for name, path in _modules().items():
+        if not name or name == "__main__" or (path.name == "__init__.py" and not re.search(r"^(def|class) ", path.read_text(), re.M)):
+            continue  # the package itself, the entry point, a package file without code of its own
+        parts = name.split(".")
+        prefixes = {f"test_{parts[-1]}", f"test_{'_'.join(parts)}", f"test_{parts[0]}"}
+        candidates = [p for p in tests_dir.glob("test_*.py") if any(p.stem.startswith(x) for x in prefixes)]
+        if any(_imports(p, name) for p in candidates):
+            assert name not in TESTED_IN, f"{name} has tests named after it: drop it from TESTED_IN"
+            continue
+        if name in TESTED_IN and _imports(tests_dir / TESTED_IN[name][0], name):
+            continue
+        missing.append(name)
+    assert missing == [], f"modules without tests named after them (or a TESTED_IN entry): {missing}"

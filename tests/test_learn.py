@@ -13,7 +13,6 @@ import pytest
 from dynsparse import cli, errors
 from dynsparse.learn import data as data_lib
 from dynsparse.learn import evaluate, model, run
-from helpers import run_cli
 
 # A sparse linear system s' = A s + B a: J_s = A and J_a = B at every sample.
 A = np.array([[1.0, 0.5, 0.0], [0.0, 0.9, 0.0], [0.3, 0.0, 0.8]])
@@ -142,7 +141,7 @@ def test_wilcoxon_pairs_runs_by_env_and_seed():
     ("", "no loss given"),
 ])
 def test_cli_learn_bad_losses(capsys, tmp_path, losses, match):
-    code = run_cli(["learn", "x.zarr", "--losses", losses, "--out", str(tmp_path / "o")])
+    code = cli.main(["learn", "x.zarr", "--losses", losses, "--out", str(tmp_path / "o")])
     assert code == 2 and match in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -212,3 +211,23 @@ def test_datasets_of_different_environments_need_per_env(bouncer_store, tmp_path
     assert sorted(run.load_groups(paths, per_env=True)) == ["Bouncer", "OtherEnv"]
     code = cli.main(["learn", *map(str, paths), "--out", str(tmp_path / "o")])
     assert code == 2 and "--per-env" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_learn_figures_average_seeds_per_env_and_count_zeros(tmp_path):
+    """``render.learn_figures``: one value per environment (the mean over its seeds, non-finite
+    values left out), zeros counted under a log axis; both figures written as PNG and SVG."""
+    from dynsparse.render import learn_figures
+
+    rows = [
+        {"env": "A", "loss": "mse", "seed": 0, "mse_norm": 1.0, "relative_sparsity": 0.0},
+        {"env": "A", "loss": "mse", "seed": 1, "mse_norm": 3.0, "relative_sparsity": float("nan")},
+        {"env": "B", "loss": "mse", "seed": 0, "mse_norm": 0.5, "relative_sparsity": 2.0},
+        {"env": "A", "loss": "untrained", "seed": 0, "mse_norm": 9.0, "relative_sparsity": 0.1},
+    ]
+    np.testing.assert_array_equal(learn_figures._per_env(rows, "mse", "mse_norm"), [2.0, 0.5])
+    np.testing.assert_array_equal(learn_figures._per_env(rows, "mse", "relative_sparsity"), [0.0, 2.0])
+    fig = learn_figures.boxplot(rows, ["mse"], "relative_sparsity", "sparsity", 1.0)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["1 at 0"] and fig.axes[0].get_yscale() == "log"
+    written = learn_figures.write(tmp_path, rows, ["mse"])
+    assert sorted(p.name for p in written) == ["mse.png", "mse.svg", "sparsity.png", "sparsity.svg"]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import one_error_line, run_cli
+from helpers import one_error_line
 
 from dynsparse import cli, errors, policies
 from dynsparse.policies import checkpoint, ppo
@@ -219,7 +219,7 @@ def test_cli_collect_policy_errors(capsys, tmp_path, argv, match):
     (["CartpoleBalance", "--policy-hidden", "32,x"], "--policy-hidden: '32,x' is not allowed; allowed: integers > 0, comma-separated"),
 ])
 def test_cli_train_policy_errors(capsys, tmp_path, argv, match):
-    code = run_cli(["train-policy", *argv, "--out", str(tmp_path / "p")])
+    code = cli.main(["train-policy", *argv, "--out", str(tmp_path / "p")])
     assert code == 2 and match in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "p").exists()
 

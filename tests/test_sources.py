@@ -190,6 +190,24 @@ def test_from_file_bad_input_one_line(tmp_path, capsys, arrays, message):
     assert not out.exists()
 
 
+def test_trajectory_files_are_read_as_episodes_of_float64(tmp_path):
+    """``policies.replay.read`` directly: (steps, dim) arrays are one episode, integers become
+    float64, ``valid`` defaults to every step, and a non-finite value at an invalid step is allowed."""
+    from dynsparse.policies import replay
+
+    arrays = replay.read(_npz(tmp_path, qpos=np.arange(6).reshape(3, 2), qvel=np.zeros((3, 2)), action=np.ones((3, 1))))
+    assert {k: v.shape for k, v in arrays.items()} == {"qpos": (1, 3, 2), "qvel": (1, 3, 2), "action": (1, 3, 1), "valid": (1, 3)}
+    assert arrays["qpos"].dtype == np.float64 and arrays["valid"].all()
+    qvel = np.zeros((2, 3, 1))
+    qvel[1, 2] = np.nan
+    valid = np.ones((2, 3), bool)
+    valid[1, 2] = False
+    arrays = replay.read(_npz(tmp_path, "v.npz", qpos=np.zeros((2, 3, 1)), qvel=qvel, action=np.zeros((2, 3, 1)), valid=valid))
+    np.testing.assert_array_equal(arrays["valid"], valid)
+    with pytest.raises(errors.UserError, match="is not an existing file"):
+        replay.read(tmp_path / "missing.npz")
+
+
 def test_from_file_refuses_as_run_and_policy_options(tmp_path, capsys):
     model = _slider_file(tmp_path, "Euler")
     src = _npz(tmp_path, qpos=np.zeros((1, 3, 1)), qvel=np.zeros((1, 3, 1)), action=np.zeros((1, 3, 1)))

@@ -248,7 +248,10 @@ _ARGUMENTS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser(_command_in(argv)).parse_args(argv)
+    try:
+        args = _parser(_command_in(argv)).parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a refused flag value (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _route_mujoco_warnings()
     from dynsparse import interrupts

@@ -5,7 +5,9 @@ thresholds plus the collection settings shared by all jobs. Every (env, policy, 
 collects one dataset (``OUT/runs/<run>/data.zarr``, resumable like ``collect``); every job analyses
 its run's dataset at its threshold (``OUT/runs/<run>/analysis-<threshold>``). Jobs execute on Dask
 distributed: an existing cluster (``scheduler="tcp://host:8786"``; ``OUT`` must then be on a file
-system the workers share) or, by default, a local cluster of worker processes.
+system the workers share) or, by default, a local cluster of worker processes; or, with
+``executor="pipeline"``, without Dask: runs collected one after another in this process, each
+run's analyses in one worker process alongside (``reproduce`` is this module's preset).
 
 Durability and re-runs:
 

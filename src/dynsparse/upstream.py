@@ -58,16 +58,21 @@ def jax_compat() -> list[str]:
     newer JAX than the pinned set).
     """
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
     added = []
     if not hasattr(jax, "device_put_replicated"):
-        def device_put_replicated(x: Any, devices: Any) -> Any:
-            mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
-            sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
-            return jax.tree_util.tree_map(lambda a: jax.device_put(jnp.stack([jnp.asarray(a)] * len(devices)), sharding), x)
-
         jax.device_put_replicated = device_put_replicated
         added.append("jax.device_put_replicated")
     return added
+
+
+def device_put_replicated(x: Any, devices: Any) -> Any:
+    """``jax.device_put_replicated`` as JAX had it: every leaf of ``x`` stacked once per device
+    on a new leading axis, that axis sharded over ``devices``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+    return jax.tree_util.tree_map(lambda a: jax.device_put(jnp.stack([jnp.asarray(a)] * len(devices)), sharding), x)
