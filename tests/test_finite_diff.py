@@ -139,3 +139,16 @@ def test_backend_batch_keeps_the_leading_shape() -> None:
         one_s, one_a = fd(finite_diff.StepInputs.from_arrays(arrays, idx))
         np.testing.assert_array_equal(js[idx], one_s)
         np.testing.assert_array_equal(ja[idx], one_a)
+
+
+def test_thread_count_from_the_environment(monkeypatch):
+    """``$DYNSPARSE_FD_THREADS`` (what a sweep's local Dask cluster gives each worker) sets the
+    batches' threads; anything but an integer > 0 falls back to the process's cores."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv(finite_diff.THREADS_ENV_VAR, "3")
+    assert finite_diff.default_threads() == 3
+    for bad in ("0", "-2", "many", ""):
+        monkeypatch.setenv(finite_diff.THREADS_ENV_VAR, bad)
+        assert finite_diff.default_threads() == cores

@@ -83,15 +83,15 @@ def test_config_round_trip():
 
 def test_the_interface_classes_directly():
     """``policies.base``: the registry builds these classes; their noise is a pure function of
-    (seed, episode) and the random policy maps noise in [-1, 1] affinely onto the bounds."""
+    (seed, episode) and the random policy maps uniform noise in [0, 1) affinely onto the bounds."""
     from dynsparse.policies import base
 
     assert isinstance(policies.make("random"), base.RandomPolicy) and issubclass(base.ColoredNoisePolicy, base.Policy)
     rnd = base.RandomPolicy()
     noise = rnd.episode_noise(7, 1, 20, 3)
     np.testing.assert_array_equal(noise, rnd.episode_noise(7, 1, 20, 3))
-    assert noise.shape == (20, 3) and np.abs(noise).max() <= 1.0
+    assert noise.shape == (20, 3) and noise.min() >= 0.0 and noise.max() < 1.0
     low, high = jnp.array([-2.0, 0.0, 1.0]), jnp.array([2.0, 1.0, 3.0])
-    np.testing.assert_allclose(np.asarray(rnd.act(None, jnp.array([-1.0, 0.0, 1.0]), low, high)), [-2.0, 0.5, 3.0])
+    np.testing.assert_allclose(np.asarray(rnd.act(None, jnp.array([0.0, 0.5, 1.0]), low, high)), [-2.0, 0.5, 3.0])
     np.testing.assert_array_equal(rnd.batch_noise(7, np.array([1]), 20, 3)[0], noise)
     assert base.ColoredNoisePolicy(beta=2.0, scale=0.5).config() == {"name": "colored", "beta": 2.0, "scale": 0.5}

@@ -155,6 +155,8 @@ def test_sweep_on_a_local_dask_cluster_survives_a_killed_worker(tmp_path):
     status = {o.job.run.id: sweep.read_status(out, o.job) for o in outcomes}
     # the killed run was re-run by Dask on another worker and resumed from its checkpoint
     assert status[killed["run"]]["collected"]["resumed_at_unit"] >= killed["unit"] >= 1
+    # the test's own cluster sets no thread share: every worker uses the process's cores
+    assert {s["collected"]["fd_threads"] for s in status.values()} == {len(os.sched_getaffinity(0))}
     problems, _ = dataset.validate(out / "runs" / killed["run"] / "data.zarr")
     assert problems == []
     rows = sweep.summary_rows(out, config)
@@ -178,7 +180,7 @@ def test_failed_job_is_reported_and_rerun_alone(tmp_path, capsys):
         'episodes = 1\nsteps = 20\nbatch_size = 1\nchunk_steps = 10\nbackend = "finite_diff"\n'
     )
     out = tmp_path / "out"
-    argv = ["sweep", str(cfg), "--out", str(out), "--workers", "1"]  # workers inherit $DYNSPARSE_JAX_CACHE
+    argv = ["sweep", str(cfg), "--out", str(out), "--workers", "2"]  # workers inherit $DYNSPARSE_JAX_CACHE
     assert cli.main(argv) == 1
     text = capsys.readouterr()
     config = sweep.load_config(cfg)
@@ -188,6 +190,8 @@ def test_failed_job_is_reported_and_rerun_alone(tmp_path, capsys):
     assert rows[good.id]["status"] == "done" and rows[bad.id]["status"] == "failed"
     assert "CartpoleBalance" in rows[bad.id]["error"] and "\n" not in rows[bad.id]["error"]
     assert "Traceback" in sweep.read_status(out, bad)["traceback"]
+    # each of the 2 local workers runs native finite differences on its share of the cores
+    assert sweep.read_status(out, good)["collected"]["fd_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert f"{bad.id},PendulumSwingup" in (out / sweep.SUMMARY_FILE).read_text()
     done_mtime = sweep.status_path(out, good).stat().st_mtime_ns
     assert cli.main(argv + ["--only", bad.id]) == 1

@@ -263,7 +263,8 @@ def collect_task(kwargs: dict[str, Any], store: str, jax_cache: str | None,
     """Collect (or resume, or find complete) one run's dataset. Runs on a Dask worker.
 
     Returns:
-      ``{"store": path, "resumed_at_unit": k, "units": n, "seconds": s}``.
+      ``{"store": path, "resumed_at_unit": k, "units": n, "seconds": s, "fd_threads": t}`` (``t``:
+      the threads of native finite-difference batches on this worker).
     """
     from dynsparse import collect, dataset, jaxcache
 
@@ -279,7 +280,10 @@ def collect_task(kwargs: dict[str, Any], store: str, jax_cache: str | None,
             on_progress(p)
 
     collect.collect(config, Path(store), on_progress=progress)
-    return {"store": store, "resumed_at_unit": int(resumed_at), "units": int(units[0]), "seconds": time.time() - t0}
+    from dynsparse.jacobians import finite_diff
+
+    return {"store": store, "resumed_at_unit": int(resumed_at), "units": int(units[0]), "seconds": time.time() - t0,
+            "fd_threads": finite_diff.default_threads()}
 
 
 def analyze_task(collected: dict[str, Any], out_dir: str, threshold: float, config: SweepConfig) -> dict[str, Any]:
@@ -415,8 +419,11 @@ def _execute(todo: list[Job], config: SweepConfig, out: Path, scheduler: str | N
     runs = list(dict.fromkeys(job.run for job in todo))
     cluster = None
     if scheduler is None:
-        n = workers or max(1, min(len(runs), len(os.sched_getaffinity(0))))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        cores = len(os.sched_getaffinity(0))
+        n = workers or max(1, min(len(runs), cores))
+        # each worker's native finite differences on its share of the cores, not on all of them
+        share = {"DYNSPARSE_FD_THREADS": str(max(1, cores // n))}
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, env=share)
         address = cluster.scheduler_address
     else:
         address = scheduler

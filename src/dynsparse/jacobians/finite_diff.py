@@ -127,8 +127,17 @@ class NativeStep:
         return cols, s_next
 
 
+#: ``DYNSPARSE_FD_THREADS=N``: threads of native finite-difference batches (default: the cores
+#: this process may use); a sweep's local Dask cluster gives each worker its share of the cores
+THREADS_ENV_VAR = "DYNSPARSE_FD_THREADS"
+
+
 def default_threads() -> int:
-    """Threads for native batches: the cores this process may use."""
+    """Threads for native batches: ``$DYNSPARSE_FD_THREADS`` if it is an integer > 0, else the
+    cores this process may use."""
+    text = os.environ.get(THREADS_ENV_VAR, "")
+    if text.strip().isdigit() and int(text) > 0:
+        return int(text)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
