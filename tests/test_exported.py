@@ -161,26 +161,34 @@ def test_a_fresh_process_loads_a_lapack_program_with_static_array_data(tmp_path,
     assert np.array_equal(np.asarray(ref_box.x), np.asarray(second["chol"])) and np.array_equal(np.asarray(ref["sol"]), second["sol"])
 
 
-def test_an_executable_from_jax_cache_is_not_kept(tmp_path):
-    """An executable JAX's persistent cache handed back re-serializes into a copy that fails at run
-    time ("Function wrapped_iota not found", jaxlib 0.8.2); such a compile keeps no file, and
-    the next process compiles the module again instead of loading a broken executable."""
+def test_an_executable_is_kept_even_where_jax_cache_holds_its_compile(tmp_path):
+    """An executable JAX's persistent cache hands back re-serializes into a copy that fails at run
+    time ("Function wrapped_iota not found", jaxlib 0.8.2). So the executable to keep is compiled
+    with that cache bypassed: after the module is exported again (e.g. dynsparse upgraded) while
+    XLA's cache still holds its compile, the next process keeps a working executable anyway.
+    Without the bypass (EXPORTED_PROGRAM_NO_BYPASS) the same run is a cache hit and keeps none."""
     folder = tmp_path / "jc"
     env = {**os.environ, "EXPORTED_PROGRAM_CACHE_ALL": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
-    def run() -> dict:
+    def run(**extra: str) -> dict:
         r = subprocess.run([sys.executable, str(HERE / "exported_program.py"), str(folder)], capture_output=True, text=True,
-                           timeout=300, env=env)
+                           timeout=300, env={**env, **extra})
         assert r.returncode == 0, r.stderr[-2000:]
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    first = run()  # fresh compile: module and executable kept
+    def forget_programs() -> None:  # e.g. dynsparse upgraded: the module is exported again
+        for f in (folder / "exported").iterdir():
+            f.unlink()
+
+    first = run(EXPORTED_PROGRAM_NO_BYPASS="1")  # compiled through XLA's cache (fills it), kept
     assert first["sources"] == ["exported"] and len(list((folder / "exported").glob("*.xla"))) == 1
-    for f in (folder / "exported").iterdir():  # e.g. dynsparse upgraded: the module is exported again
-        f.unlink()
-    second = run()  # ... and its compile is an XLA cache hit
-    assert second["sources"] == ["exported", "xla-cache-hit"] and not list((folder / "exported").glob("*.xla"))
+    forget_programs()
+    unbypassed = run(EXPORTED_PROGRAM_NO_BYPASS="1")  # the guard: now a cache hit, nothing kept
+    assert unbypassed["sources"] == ["exported", "xla-cache-hit"] and not list((folder / "exported").glob("*.xla"))
+    forget_programs()
+    second = run()  # bypassed: a fresh compile, kept although XLA's cache holds it
+    assert second["sources"] == ["exported"] and len(list((folder / "exported").glob("*.xla"))) == 1
     third = run()
-    assert third["sources"] == ["loaded", "xla-cache-hit"]
-    for other in (second, third):
+    assert third["sources"] == ["compiled"], third["sources"]  # the kept executable, loaded
+    for other in (unbypassed, second, third):
         assert {k: v for k, v in first.items() if k != "sources"} == {k: v for k, v in other.items() if k != "sources"}

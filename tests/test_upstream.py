@@ -32,3 +32,19 @@ def test_jax_compat_rebuilds_device_put_replicated():
     else:
         assert upstream.jax_compat() == ["jax.device_put_replicated"] and jax.device_put_replicated is upstream.device_put_replicated
         del jax.device_put_replicated  # leave JAX as it was for the other tests
+
+
+def test_the_persistent_cache_bypass_is_scoped():
+    """Inside the block JAX uses no persistent cache; after it (also after an error) as before."""
+    import pytest
+    from jax._src import compilation_cache as cc
+    from jax._src import xla_bridge
+
+    backend = xla_bridge.get_backend()
+    before = cc.is_cache_used(backend)
+    with upstream.persistent_cache_bypassed():
+        assert cc.is_cache_used(backend) is False
+    assert cc.is_cache_used(backend) == before
+    with pytest.raises(RuntimeError), upstream.persistent_cache_bypassed():
+        raise RuntimeError("compile failed")
+    assert cc.is_cache_used(backend) == before

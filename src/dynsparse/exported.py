@@ -266,11 +266,15 @@ class Cached:
         executables."""
         import jax
 
+        from dynsparse import upstream
+
         call = jax.jit(exp.call, compiler_options=self.compiler_options) if self.compiler_options else jax.jit(exp.call)
         # An executable that JAX's persistent cache handed back cannot be serialized again on CPU:
         # the copy loads, then fails at run time ("Function wrapped_iota not found"; found with
-        # jaxlib 0.8.2, tests/test_exported.py). So only a freshly compiled one is kept; after a
-        # cache hit the next process compiles the module again (a cache hit, no file).
+        # jaxlib 0.8.2, tests/test_exported.py). So the executable to keep is compiled with the
+        # persistent cache bypassed (a fresh compile, kept here instead of in XLA's cache); should
+        # a cache hit still happen (another JAX), nothing is kept and the next process compiles
+        # the module again.
         hits: list[str] = []
 
         def listen(event: str, **_: Any) -> None:
@@ -279,7 +283,8 @@ class Cached:
 
         jax.monitoring.register_event_listener(listen)
         try:
-            compiled = call.lower(*avals).compile()
+            with upstream.persistent_cache_bypassed():
+                compiled = call.lower(*avals).compile()
         finally:
             jax.monitoring.unregister_event_listener(listen)
         if hits:

@@ -10,6 +10,8 @@ Jacobian definitions differentiate that step) and imports them at its top.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -76,3 +78,26 @@ def device_put_replicated(x: Any, devices: Any) -> Any:
     mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
     return jax.tree_util.tree_map(lambda a: jax.device_put(jnp.stack([jnp.asarray(a)] * len(devices)), sharding), x)
+
+
+@contextlib.contextmanager
+def persistent_cache_bypassed() -> Iterator[None]:
+    """Compile without JAX's persistent compilation cache (neither read nor written) in the block.
+
+    ``jax._src.compilation_cache``: JAX decides once per process whether the cache is used
+    (``is_cache_used`` memoises ``_cache_checked`` / ``_cache_used``) and no public API turns it
+    off for one compile. ``exported`` needs that: an executable the cache handed back cannot be
+    serialized again on CPU (jaxlib 0.8.2: the copy loads, then fails at run time, "Function
+    wrapped_iota not found"), so the executables it keeps are compiled with the cache bypassed.
+    The previous state is restored on leaving (also when the compile raises).
+    """
+    from jax._src import compilation_cache as cc
+
+    with cc._cache_initialized_mutex:
+        saved = (cc._cache_checked, cc._cache_used)
+        cc._cache_checked, cc._cache_used = True, False
+    try:
+        yield
+    finally:
+        with cc._cache_initialized_mutex:
+            cc._cache_checked, cc._cache_used = saved
