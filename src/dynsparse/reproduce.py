@@ -118,8 +118,7 @@ def preflight(out: str | Path, config: sweep.SweepConfig) -> sweep.SweepConfig:
                     f"{folder / missing[0] / 'policy.json'}); train them with `dynsparse train-policy ENV --out DIR/ENV`"
                 )
     config = config.validated()
-    files.claim(Path(out), STUDY_FILE, sweep.collect_identity(config), "sweep",
-                read=sweep.collect_identity, hint="choose another --out (e.g. one for --quick and one for the full study)")
+    sweep.check_folder(Path(out), config, hint="choose another --out (e.g. one for --quick and one for the full study)")
     return config
 
 

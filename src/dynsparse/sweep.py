@@ -333,16 +333,17 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     files.write_json(path, payload)
 
 
-def collect_identity(config: SweepConfig | dict[str, Any]) -> dict[str, Any]:
+def _collect_identity(config: SweepConfig | dict[str, Any]) -> dict[str, Any]:
     """What a sweep folder's collections were made with (a sweep configuration or its stored JSON)."""
     get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
     return {k: get(k) for k in _COLLECT_KEYS}
 
 
-def _check_folder(out: Path, config: SweepConfig) -> None:
+def check_folder(out: Path, config: SweepConfig, hint: str | None = None) -> None:
     """Refuse a folder that is not a sweep, or a sweep whose collections were made differently
-    (a sweep folder may grow: other grid axes are allowed)."""
-    files.claim(out, CONFIG_FILE, collect_identity(config), "sweep", read=collect_identity)
+    (a sweep folder may grow: other grid axes are allowed). Writes nothing."""
+    kw = {} if hint is None else {"hint": hint}
+    files.claim(out, CONFIG_FILE, _collect_identity(config), "sweep", read=_collect_identity, **kw)
 
 
 @locks.writes("out")
@@ -389,7 +390,7 @@ def run_sweep(
     bad = [j for j in only if j not in known]
     if bad:
         raise errors.UserError(f"--only {bad[0]!r} is not a job of this sweep; allowed: {', '.join(sorted(known))}")
-    _check_folder(out, config)
+    check_folder(out, config)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / CONFIG_FILE, config.to_json())
 
