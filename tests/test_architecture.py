@@ -165,12 +165,10 @@ def test_public_api_modules_load_on_first_use():
 
 #: modules whose tests live in a file not named after them (nor their package): the file, and why
 TESTED_IN = {
-    "dataset": ("test_resume.py", "the store's format, checkpoints and resume are tested together"),
     "interrupts": ("test_reliability.py", "Ctrl-C is one of the reliability guarantees tested there"),
     "locks": ("test_reliability.py", "one writer at a time, with the other reliability guarantees"),
     "manifest": ("test_reliability.py", "checksums of damaged stores, with the other reliability guarantees"),
     "jaxcache": ("test_exported.py", "the compilation cache is the other half of the kept programs"),
-    "rollout": ("test_ppo_train.py", "its batched rollout is also PPO's evaluation loop; collection tests use it through collect"),
     "jacobians.autodiff": ("test_backends.py", "autodiff against finite differences: the two backends together"),
     "jacobians.compare": ("test_jacobian_methods.py", "comparisons of the Jacobian methods and definitions"),
     "jacobians.definitions": ("test_jacobian_methods.py", "comparisons of the Jacobian methods and definitions"),

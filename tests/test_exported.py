@@ -77,6 +77,32 @@ def test_compiled_programs_are_kept_per_machine_and_unreadable_ones_replaced(cac
     assert list(fresh.sources.values()) == ["loaded"] and executable.read_bytes() != b"garbage"
 
 
+def test_prefetch_loads_the_last_used_executable_in_the_background(cache, monkeypatch):
+    jitted = jax.jit(_fn)
+    ref, ref4 = jitted(*_args()), jitted(*_args(4))
+    assert exported.Cached(jitted, "t", {"id": 1}).prefetch() is None  # nothing kept yet
+    exported.Cached(jitted, "t", {"id": 1})(*_args())
+    (executable,) = cache.glob("t-*.xla")
+    fresh = exported.Cached(jitted, "t", {"id": 1})  # a new process would start here
+    assert fresh.prefetch() == executable and executable in fresh._prefetched
+    assert _equal(fresh(*_args()), ref) and list(fresh.sources.values()) == ["compiled"] and not fresh._prefetched
+    assert exported.Cached(jitted, "t", {"id": 2}).prefetch() is None  # another identity: not its file
+    # other shapes: the prefetched executable is not theirs; they get their own file, which is now the last used
+    other = exported.Cached(jitted, "t", {"id": 1})
+    other.prefetch()
+    assert _equal(other(*_args(4)), ref4) and list(other.sources.values()) == ["exported"] and executable in other._prefetched
+    newest = exported.Cached(jitted, "t", {"id": 1}).prefetch()
+    assert newest != executable and newest in set(cache.glob("t-*.xla"))
+    # a damaged file fails in the background and is handled at the call like any unreadable one
+    newest.write_bytes(b"garbage")
+    damaged = exported.Cached(jitted, "t", {"id": 1})
+    assert damaged.prefetch() == newest
+    with pytest.warns(UserWarning, match="ignoring the unreadable compiled program"):
+        assert _equal(damaged(*_args(4)), ref4)
+    monkeypatch.setenv(exported.OFF_VAR, "off")
+    assert exported.Cached(jitted, "t", {"id": 1}).prefetch() is None
+
+
 def test_every_change_gets_its_own_file(cache, monkeypatch):
     jitted = jax.jit(_fn)
     exported.Cached(jitted, "t", {"id": 1})(*_args())

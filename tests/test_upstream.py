@@ -48,3 +48,40 @@ def test_the_persistent_cache_bypass_is_scoped():
     with pytest.raises(RuntimeError), upstream.persistent_cache_bypassed():
         raise RuntimeError("compile failed")
     assert cc.is_cache_used(backend) == before
+
+
+_STEP_CODE = """
+import sys, numpy as np
+from dynsparse import upstream
+if sys.argv[1] == "blocked":
+    upstream.mjx_without_warp()
+import jax
+from dynsparse import envs
+spec = envs.load("CartpoleBalance", "float64")
+state = jax.jit(spec.env.reset)(jax.random.PRNGKey(3))
+state = jax.jit(spec.env.step)(state, np.full(spec.nu, 0.3))
+np.save(sys.argv[2], np.concatenate([np.asarray(state.data.qpos), np.asarray(state.data.qvel), np.atleast_1d(state.reward)]))
+from mujoco.mjx import warp as mjx_warp
+print("warp" in sys.modules, mjx_warp.WARP_INSTALLED)
+"""
+
+
+def test_mjx_without_warp_simulates_identically_and_leaves_warp_importable(tmp_path):
+    """The CLI's MJX without its Warp backend: the same numbers as with it; ``warp`` stays
+    importable afterwards; MJX's "Failed to import" lines do not reach the user."""
+    import subprocess
+    import sys
+
+    results = {}
+    for mode in ("blocked", "default"):
+        proc = subprocess.run([sys.executable, "-c", _STEP_CODE, mode, str(tmp_path / f"{mode}.npy")],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results[mode] = (proc.stdout, np.load(tmp_path / f"{mode}.npy"))
+    assert results["blocked"][0].split() == ["False", "False"] and "Failed" not in results["blocked"][0]
+    np.testing.assert_array_equal(results["blocked"][1], results["default"][1])
+    after = subprocess.run(
+        [sys.executable, "-c", "import sys; from dynsparse import upstream; upstream.mjx_without_warp(); "
+                               "assert 'warp' not in sys.modules; import warp; print(warp.__name__)"],
+        capture_output=True, text=True, timeout=300)
+    assert after.returncode == 0 and after.stdout.strip() == "warp", after.stderr[-2000:]

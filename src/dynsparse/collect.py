@@ -184,6 +184,9 @@ def collect(
         config.episodes, config.steps, spec.state_names, spec.action_names, config.batch_size,
         config.chunk_steps, config.dtype, envs.contact_pairs(spec)[0], spec.qstate_names,
     )
+    # made first: its compiled programs start loading in the background (exported.Cached.prefetch)
+    # while the store is created
+    runner = _Runner(config, spec, policy, layout, out)
     if existing is None:
         attrs = _attrs(config, spec) | record
         if config.policy["name"] == "from-file":
@@ -200,7 +203,7 @@ def collect(
         on_progress(Progress(checkpoint.next_unit, layout.n_units, _steps_done(layout, checkpoint.next_unit), total))
     if checkpoint.complete:
         return out
-    _Runner(config, spec, policy, layout, out).run(checkpoint, on_progress)
+    runner.run(checkpoint, on_progress)
     return out
 
 
@@ -357,6 +360,8 @@ class _Runner:
         self.fd = None
         if config.backend == "finite_diff":
             self.fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps, config.fd_eps, config.jacobian)
+        self.reset_fn.prefetch()
+        self.chunk_fn.prefetch()
         self.checker = certify.StepChecker(spec, config.jacobian) if config.check_every else None
         self._rollout = rollout
 
@@ -373,7 +378,7 @@ class _Runner:
         sharding = self._rollout.batch_sharding(layout.batch_size)
 
         def put(tree: Any) -> Any:
-            return tree if sharding is None else jax.device_put(tree, sharding)
+            return tree if sharding is None else self._rollout.put_sharded(tree, sharding)
 
         # Pipelined: unit k+1 is dispatched (JAX runs it asynchronously) before unit k's outputs
         # are fetched, post-processed and written, so writing overlaps computing. Unit k's

@@ -15,7 +15,10 @@ beside the module, its name tagged with a digest of this CPU's model and instruc
 XLA compiles for the host CPU). A later process on the same machine loads it directly: no
 deserialising, lowering or XLA cache lookup of the module (CheetahRun's chunk: ~5 s -> see the
 README's start-up table). Without it (another CPU, an unreadable file) the module is compiled
-again and the executable rewritten.
+again and the executable rewritten. ``Cached.prefetch`` starts loading the executable a function last used in
+a background thread as soon as the function is made (file names start with the function's
+name and a digest of everything but its arguments, so that file is found before the arguments
+are known).
 
 A stale program would be a wrong measurement, so the file's key covers everything the traced
 function depends on: the caller's identity (environment name, the MuJoCo model's binary, its
@@ -175,6 +178,7 @@ class Cached:
         self.identity = identity
         self.compiler_options = compiler_options
         self._calls: dict[Any, tuple[Callable[..., Any], Any]] = {}
+        self._prefetched: dict[Path, Any] = {}  # compiled path -> Future of _read_compiled
         #: how each signature was obtained: "loaded", "exported" or "traced" (for tests and timings)
         self.sources: dict[str, str] = {}
 
@@ -198,6 +202,42 @@ class Cached:
             return call(*args)
         return jax.tree_util.tree_unflatten(out_treedef, call(*leaves))
 
+    def prefetch(self) -> Path | None:
+        """Start loading, in a background thread, the executable this function last used on this
+        machine (the most recently used ``.xla`` file of its name and identity), so that the
+        first call finds it loaded; returns that file, or ``None`` when there is none.
+
+        Loading an executable takes 1-1.7 s of C++ that releases the GIL (CheetahRun's reset and
+        chunk); started when the function is made, it overlaps the rest of a command's start-up
+        and the other function's load. The first call uses the loaded executable only if its
+        argument signature gives that very file (a call with other shapes loads or compiles its own,
+        as without prefetching); a file that fails to load is handled at the call, as an
+        unreadable one is.
+        """
+        from dynsparse import jaxcache
+
+        folder = jaxcache.current()
+        if folder is None or os.environ.get(OFF_VAR) == "off":
+            return None
+        try:
+            family = self._family()
+        except ValueError:
+            return None
+        found = sorted((Path(folder) / "exported").glob(f"{self.name}-{family}-*-{_machine_tag()}.xla"),
+                       key=lambda p: p.stat().st_mtime)
+        if not found:
+            return None
+        if found[-1] not in self._prefetched:
+            self._prefetched[found[-1]] = _loader().submit(_read_compiled, found[-1])
+        return found[-1]
+
+    def _family(self) -> str:
+        """The part of every file name of this function that does not depend on its arguments
+        (name, identity, environment, compiler options): 20 hex digits of SHA-256."""
+        record = {"name": self.name, "identity": self.identity, "environment": _environment(),
+                  "compiler_options": self.compiler_options}
+        return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
     def key(self, treedef: Any, signature: Any) -> str:
         """The file key of one argument signature (SHA-256 hex)."""
         record = {"name": self.name, "identity": self.identity, "environment": _environment(),
@@ -210,14 +250,17 @@ class Cached:
 
         try:
             key = self.key(treedef, signature)
+            family = self._family()
         except ValueError:  # static data without a stable description: no safe key, so no file
             self.sources[f"unkeyed-{len(self.sources)}"] = "traced"
             return self.fn, None
-        path = folder / f"{self.name}-{key[:40]}.bin"
-        compiled_path = folder / f"{self.name}-{key[:40]}-{_machine_tag()}.xla"
+        path = folder / f"{self.name}-{family}-{key[:40]}.bin"
+        compiled_path = folder / f"{self.name}-{family}-{key[:40]}-{_machine_tag()}.xla"
         if compiled_path.is_file():
             try:
-                call, out_treedef = _read_compiled(compiled_path)
+                future = self._prefetched.pop(compiled_path, None)
+                call, out_treedef = _read_compiled(compiled_path) if future is None else future.result()
+                _touch(compiled_path)  # the most recently used: what the next prefetch picks
                 self.sources[key] = "compiled"
                 return call, out_treedef
             except Exception as e:  # noqa: BLE001 - any unreadable file is ignored and rewritten
@@ -346,6 +389,22 @@ def _machine_tag() -> str:
     except OSError:
         pass
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=1)
+def _loader() -> Any:
+    """The background threads that prefetch executables (two: a command's reset and chunk)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="dynsparse-load")
+
+
+def _touch(path: Path) -> None:
+    """Mark ``path`` as just used (its modification time), ignoring a read-only cache."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def _write_compiled(path: Path, compiled: Any, out_treedef: Any, targets: list[str]) -> None:

@@ -70,6 +70,27 @@ def batch_sharding(batch: int) -> Any:
     return NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec("batch"))
 
 
+def put_sharded(tree: Any, sharding: Any) -> Any:
+    """Every leaf of ``tree`` placed on ``sharding``: a leaf already there is returned as it is
+    (still computing, the chunk's carry keeps its place in the pipeline); any other leaf is fetched
+    to the host and put from there (a weakly typed one directly, keeping its type; the reset's
+    carry has none).
+
+    Values are unchanged (a copy). Putting a one-device array on a sharding over several devices
+    directly made JAX compile a resharding program: 1.2-1.4 s of every collection's start-up
+    (the reset's carry, CheetahRun, 2 CPU devices), against 0.01 s through the host.
+    """
+
+    def one(x: Any) -> Any:
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x
+        if getattr(x, "weak_type", False):  # the host copy would lose it (and the program's signature change)
+            return jax.device_put(x, sharding)
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
 def make_chunk_fn(
     spec: envs.EnvSpec,
     policy: Policy,

@@ -266,6 +266,9 @@ def collect_task(kwargs: dict[str, Any], store: str, jax_cache: str | None,
       ``{"store": path, "resumed_at_unit": k, "units": n, "seconds": s, "fd_threads": t}`` (``t``:
       the threads of native finite-difference batches on this worker).
     """
+    from dynsparse import upstream
+
+    upstream.mjx_without_warp()  # as the CLI: a worker's MJX never runs its Warp backend (2.8 s less start-up)
     from dynsparse import collect, dataset, jaxcache
 
     jaxcache.enable(jax_cache)

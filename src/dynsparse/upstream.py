@@ -11,6 +11,8 @@ Jacobian definitions differentiate that step) and imports them at its top.
 from __future__ import annotations
 
 import contextlib
+import io
+import sys
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -41,6 +43,37 @@ def mjx_collision_driver() -> ModuleType:
     from mujoco.mjx._src import collision_driver
 
     return collision_driver
+
+
+#: The modules ``mjx_without_warp`` keeps out: NVIDIA Warp and MJX's bundled MuJoCo Warp.
+WARP_MODULES = ("warp", "mujoco.mjx.third_party.mujoco_warp")
+
+
+def mjx_without_warp() -> ModuleType:
+    """Import ``mujoco.mjx`` with its optional Warp backend left out; return it.
+
+    ``mujoco.mjx`` imports NVIDIA Warp and MuJoCo Warp at its top when they are installed
+    (Playground requires ``warp-lang``): 2.8 s of a 12 s warm ``collect`` on this 2-core machine,
+    for a backend (``impl="warp"``, GPU) dynsparse never uses. MJX guards those imports with
+    ``try/except ImportError`` and then runs its JAX implementation unchanged (the compiled
+    programs and their results are identical: ``tests/test_upstream.py``), so the CLI's
+    simulating commands import MJX with the two modules blocked for the duration of that import
+    only (MJX's "Failed to import warp" lines are swallowed); a later ``import warp`` works, but MJX
+    in this process then has no Warp backend. Nothing happens when MJX is already imported.
+    """
+    if "mujoco.mjx" in sys.modules:
+        return sys.modules["mujoco.mjx"]
+    blocked = [name for name in WARP_MODULES if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import mujoco.mjx
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return mujoco.mjx
 
 
 def jaxlib_lapack() -> ModuleType:

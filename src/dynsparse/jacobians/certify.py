@@ -291,6 +291,7 @@ class StepChecker:
 
         self.spec = spec
         self.fd = _batched_mjx_fd(spec, definition)
+        self.fd.prefetch()
         self.native = finite_diff.BatchedFD(spec.mj_model, spec.n_substeps, definition)
         base = mjx.make_data(spec.mjx_model)
         # the integer fields a step returns (x64: some come out int64): the scan carry must match

@@ -1,0 +1,33 @@
+"""``rollout``: placing a carry on the episode sharding (PPO's evaluation loop: test_ppo_train.py;
+collection's chunks: test_collect.py, test_resume.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+_CODE = """
+import numpy as np
+from dynsparse import xla
+xla.use_cpu_cores(2)
+import jax, jax.numpy as jnp
+from dynsparse import rollout
+sharding = rollout.batch_sharding(4)
+assert sharding is not None and len(sharding.device_set) == 2
+tree = {"one_device": jnp.arange(8.0).reshape(4, 2) / 3, "host": np.arange(4), "flag": jnp.ones(4, bool)}
+placed = rollout.put_sharded(tree, sharding)
+for name, x in placed.items():
+    assert x.sharding.is_equivalent_to(sharding, x.ndim), name
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(tree[name]))
+    assert x.dtype == jnp.asarray(tree[name]).dtype, name
+again = rollout.put_sharded(placed, sharding)
+assert all(again[name] is placed[name] for name in placed)  # already placed: left as it is
+print("ok")
+"""
+
+
+def test_put_sharded_places_every_leaf_unchanged_and_keeps_placed_ones():
+    env = {k: v for k, v in os.environ.items() if k != "DYNSPARSE_CPU_DEVICES"}
+    proc = subprocess.run([sys.executable, "-c", _CODE], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
