@@ -218,3 +218,53 @@ def test_an_executable_is_kept_even_where_jax_cache_holds_its_compile(tmp_path):
     assert third["sources"] == ["compiled"], third["sources"]  # the kept executable, loaded
     for other in (unbypassed, second, third):
         assert {k: v for k, v in first.items() if k != "sources"} == {k: v for k, v in other.items() if k != "sources"}
+
+
+def test_prune_deletes_the_least_recently_used_programs_beyond_the_limit(tmp_path, monkeypatch):
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    # three programs (module + executable each), an old-style one, a writer's temporary file
+    names = {"chunk-f1-aaa": 0, "chunk-f1-bbb": 2, "reset-f1-ccc": 4, "chunk-oldkey": 1}
+    for stem, age in names.items():
+        for name in (f"{stem}.bin", f"{stem}-cpu0.xla"):
+            (folder / name).write_bytes(b"x" * 1000)
+            os.utime(folder / name, (1000 + age, 1000 + age))
+    os.utime(folder / "chunk-f1-aaa-cpu0.xla", (1003, 1003))  # its executable was used more recently than its module
+    (folder / "chunk-f1-zzz.bin.tmp-1").write_bytes(b"x" * 5000)
+    monkeypatch.setattr(exported, "_IN_USE", {"chunk-f1-bbb"})  # what this process uses is kept even if old
+    assert exported.prune(folder, limit=None) == []
+    assert exported.prune(folder, limit=8000) == []  # 8000 bytes of programs (the temporary file does not count)
+    assert exported.prune(folder, limit=6000) == ["chunk-oldkey"]  # the least recently used
+    assert exported.prune(folder, limit=4000) == ["chunk-f1-aaa"]  # bbb was used before aaa, but this process uses it
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == ["chunk-f1-bbb-cpu0.xla", "chunk-f1-bbb.bin", "chunk-f1-zzz.bin.tmp-1", "reset-f1-ccc-cpu0.xla", "reset-f1-ccc.bin"]
+
+
+def test_the_size_limit_comes_from_the_environment_and_a_bad_one_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv(exported.MAX_MB_VAR, raising=False)
+    assert exported.max_bytes() == exported.DEFAULT_MAX_MB * 2**20
+    monkeypatch.setenv(exported.MAX_MB_VAR, "0.5")
+    assert exported.max_bytes() == 2**19
+    monkeypatch.setenv(exported.MAX_MB_VAR, "0")
+    assert exported.max_bytes() is None
+    for bad in ("lots", "-1", "nan", "inf"):
+        monkeypatch.setenv(exported.MAX_MB_VAR, bad)
+        with pytest.raises(Exception, match=rf"DYNSPARSE_EXPORTED_MAX_MB '{bad}' is not allowed; allowed: a number of megabytes >= 0"):
+            exported.max_bytes()
+    (tmp_path / "p.bin").write_bytes(b"x")
+    with pytest.warns(UserWarning, match="'inf' is not allowed.*nothing pruned"):
+        assert exported.prune(tmp_path) == []
+    assert (tmp_path / "p.bin").exists()
+
+
+def test_a_new_program_prunes_old_ones_but_not_its_own(cache, monkeypatch):
+    jitted = jax.jit(_fn)
+    exported.Cached(jitted, "t", {"id": 1})(*_args())
+    first = sorted(p.name for p in cache.iterdir())
+    for p in cache.iterdir():
+        os.utime(p, (1000, 1000))  # long unused
+    monkeypatch.setattr(exported, "_IN_USE", set())  # as in a new process
+    monkeypatch.setenv(exported.MAX_MB_VAR, str(1e-6))  # a limit below any one program
+    assert _equal(exported.Cached(jitted, "t", {"id": 2})(*_args()), jitted(*_args()))
+    left = sorted(p.name for p in cache.iterdir())
+    assert len(left) == 2 and not set(left) & set(first)  # the old program deleted, the new one kept

@@ -26,13 +26,16 @@ substeps and dtype, the environment's configuration and its class's source file,
 configuration, the Jacobian options), the argument tree, shapes, dtypes, weak types and
 shardings, the installed versions of dynsparse's numerical dependencies, a digest of every
 dynsparse source file, the x64 flag, the backend and devices, ``XLA_FLAGS`` and the compiler
-options. Any change gives a new key (a new file); nothing is ever reused across them. With
+options. Any change gives a new key (a new file); nothing is ever reused across them. The folder is kept
+under ``$DYNSPARSE_EXPORTED_MAX_MB`` (default 2048) by deleting the least recently used programs
+(``prune``). With
 ``--jax-cache off`` (or ``DYNSPARSE_EXPORTED=off``) nothing is read or written. A file that cannot be read is ignored (with a
 warning) and rewritten; a function that cannot be exported runs traced, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -51,6 +54,12 @@ FORMAT = 1
 #: ``DYNSPARSE_EXPORTED=off`` traces every program as before (the XLA cache still applies): for
 #: benchmarks that measure what exporting saves
 OFF_VAR = "DYNSPARSE_EXPORTED"
+#: ``DYNSPARSE_EXPORTED_MAX_MB``: the most megabytes ``exported/`` may hold; after each new file the
+#: least recently used programs are deleted beyond it (``prune``); 0 keeps everything
+MAX_MB_VAR = "DYNSPARSE_EXPORTED_MAX_MB"
+DEFAULT_MAX_MB = 2048
+#: the programs this process loaded or wrote (file stems): never pruned by it
+_IN_USE: set[str] = set()
 DEPENDENCIES = ("jax", "jaxlib", "mujoco", "mujoco-mjx", "playground", "brax", "flax", "numpy", "ml_collections")
 
 
@@ -260,7 +269,8 @@ class Cached:
             try:
                 future = self._prefetched.pop(compiled_path, None)
                 call, out_treedef = _read_compiled(compiled_path) if future is None else future.result()
-                _touch(compiled_path)  # the most recently used: what the next prefetch picks
+                _touch(compiled_path)  # the most recently used: what the next prefetch picks (and prune keeps)
+                _IN_USE.add(_stem(compiled_path))
                 self.sources[key] = "compiled"
                 return call, out_treedef
             except Exception as e:  # noqa: BLE001 - any unreadable file is ignored and rewritten
@@ -269,6 +279,8 @@ class Cached:
         if path.is_file():
             try:
                 exp, out_treedef = _read(path)
+                _touch(path)
+                _IN_USE.add(_stem(path))
                 targets = custom_call_targets(exp)
                 _prepare_targets(targets)
                 self.sources[key] = "loaded"
@@ -296,7 +308,9 @@ class Cached:
                           "running it traced", stacklevel=3)
             self.sources[key] = "traced"
             return self.fn, None
+        _IN_USE.add(_stem(path))
         _write(path, blob, out_tree[-1])
+        prune(folder)
         self.sources[key] = "exported"
         return self._compile(exp, avals, out_tree[-1], compiled_path), out_tree[-1]
 
@@ -335,6 +349,7 @@ class Cached:
             return compiled
         try:
             _write_compiled(compiled_path, compiled, out_treedef, sorted(custom_call_targets(exp) if targets is None else targets))
+            prune(compiled_path.parent)
         except Exception as e:  # noqa: BLE001 - the executable file is an optimisation
             warnings.warn(f"dynsparse: could not keep the compiled {self.name} program ({type(e).__name__}: {e})", stacklevel=4)
             return call
@@ -389,6 +404,76 @@ def _machine_tag() -> str:
     except OSError:
         pass
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def max_bytes() -> int | None:
+    """The size limit of ``exported/`` in bytes from ``$DYNSPARSE_EXPORTED_MAX_MB`` (default
+    ``DEFAULT_MAX_MB``); ``None`` for 0 (no limit).
+
+    Raises:
+      UserError: a value that is not a number of megabytes >= 0.
+    """
+    from dynsparse import errors
+
+    text = os.environ.get(MAX_MB_VAR, "").strip() or str(DEFAULT_MAX_MB)
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0 or mb == float("inf"):
+        raise errors.UserError(f"{MAX_MB_VAR} {text!r} is not allowed; allowed: a number of megabytes >= 0 (0: no limit)")
+    return None if mb == 0 else int(mb * 2**20)
+
+
+def prune(folder: Path, limit: int | None = -1) -> list[str]:
+    """Delete the least recently used programs of ``folder`` until it holds at most ``limit`` bytes
+    (default: ``max_bytes()``; ``None``: no limit); returns the deleted programs' stems.
+
+    A program is its module (``.bin``) with its executables (``.xla``, one per CPU), together;
+    it was last used at the newest modification time among them (``Cached`` touches a file
+    each time it loads it). A bad ``$DYNSPARSE_EXPORTED_MAX_MB`` is named in a warning and nothing
+    is deleted. Programs this process loaded or wrote are never deleted, nor are
+    files of other names (a writer's temporary files). Files that vanish meanwhile (another
+    process pruning) are skipped.
+    """
+    if limit == -1:
+        from dynsparse import errors
+
+        try:
+            limit = max_bytes()
+        except errors.UserError as e:  # housekeeping: a bad setting must not fail the command that wrote a program
+            warnings.warn(f"dynsparse: {e}; nothing pruned", stacklevel=2)
+            return []
+    if limit is None:
+        return []
+    groups: dict[str, list[tuple[Path, int, float]]] = {}
+    for path in Path(folder).iterdir():
+        if not path.name.endswith((".bin", ".xla")):
+            continue
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        groups.setdefault(_stem(path), []).append((path, st.st_size, st.st_mtime))
+    total = sum(size for members in groups.values() for _, size, _ in members)
+    deleted = []
+    for stem in sorted(groups, key=lambda g: max(m for _, _, m in groups[g])):
+        if total <= limit:
+            break
+        if stem in _IN_USE:
+            continue
+        for path, size, _ in groups[stem]:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
+        deleted.append(stem)
+    return deleted
+
+
+def _stem(path: Path) -> str:
+    """The program a file belongs to: its name without ``.bin``, or without ``-<cpu tag>.xla``."""
+    name = path.name
+    return name[:-4] if name.endswith(".bin") else name[:-4].rsplit("-", 1)[0]
 
 
 @functools.lru_cache(maxsize=1)
