@@ -42,6 +42,13 @@ def test_a_resume_with_the_default_batch_size_takes_the_stored_one(bouncer_store
     )  # batch size left to the default, which would now be 2: the stored 3 is taken, not refused
     monkeypatch.setattr(collect, "AUTO_BATCH", 2)
     assert collect.auto_batch_size(3) == 2
-    assert collect.collect(config, copy, spec=spec) == copy
+
+    def no_runner(*args, **kwargs):
+        raise AssertionError("a complete store needs no compiled programs")
+
+    monkeypatch.setattr(collect, "_Runner", no_runner)  # nothing to compute: nothing built or loaded
+    seen = []
+    assert collect.collect(config, copy, spec=spec, on_progress=seen.append) == copy
+    assert [(p.unit, p.n_units, p.steps_done, p.steps_total) for p in seen] == [(2, 2, 240, 240)]
     with pytest.raises(errors.UserError, match="batch_size: stored 3, requested 2"):
         collect.collect(collect.CollectConfig(**{**config.__dict__, "batch_size": 2}), copy, spec=spec)

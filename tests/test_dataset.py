@@ -17,6 +17,7 @@ LAYOUTS = {
     "separate qstate, no contact pair": dataset.Layout(
         2, 4, ("q0", "q1", "q2", "v0", "v1", "v2"), ("u", "w"), 2, 4, "float64", (), ("qa", "qb", "qc", "qd", "va", "vb", "vc"),
     ),
+    "no actuator": dataset.Layout(1, 3, ("q", "v"), (), 1, 3, "float64"),
 }
 ATTRS = {"env": "X", "noise_beta": float("nan"), "n": np.int64(3), "f": np.float64(0.5), "s": json.dumps({"a": 1}), "l": [1, 2]}
 

@@ -90,7 +90,8 @@ def test_prefetch_loads_the_last_used_executable_in_the_background(cache, monkey
     # other shapes: the prefetched executable is not theirs; they get their own file, which is now the last used
     other = exported.Cached(jitted, "t", {"id": 1})
     other.prefetch()
-    assert _equal(other(*_args(4)), ref4) and list(other.sources.values()) == ["exported"] and executable in other._prefetched
+    assert _equal(other(*_args(4)), ref4) and list(other.sources.values()) == ["exported"] and not other._prefetched
+    assert other.prefetch() is None  # called already: it has its programs
     newest = exported.Cached(jitted, "t", {"id": 1}).prefetch()
     assert newest != executable and newest in set(cache.glob("t-*.xla"))
     # a damaged file fails in the background and is handled at the call like any unreadable one
@@ -268,3 +269,37 @@ def test_a_new_program_prunes_old_ones_but_not_its_own(cache, monkeypatch):
     assert _equal(exported.Cached(jitted, "t", {"id": 2})(*_args()), jitted(*_args()))
     left = sorted(p.name for p in cache.iterdir())
     assert len(left) == 2 and not set(left) & set(first)  # the old program deleted, the new one kept
+
+
+def test_a_prefetched_program_survives_pruning_and_a_vanished_file_is_no_error(cache, monkeypatch):
+    import warnings
+
+    jitted = jax.jit(_fn)
+    ref = jitted(*_args())
+    exported.Cached(jitted, "t", {"id": 1})(*_args())
+    monkeypatch.setattr(exported, "_IN_USE", set())  # as in a new process
+    fresh = exported.Cached(jitted, "t", {"id": 1})
+    path = fresh.prefetch()
+    assert exported._stem(path) in exported._IN_USE  # this process will not prune it
+    fresh._prefetched[path].result()
+    for p in cache.iterdir():
+        p.unlink()  # pruned by another process after the load
+    assert _equal(fresh(*_args()), ref) and list(fresh.sources.values()) == ["compiled"]
+    # a file that vanishes before the background load reads it: handled as a missing file (no warning)
+    exported.Cached(jitted, "t", {"id": 1})(*_args())  # kept again
+    monkeypatch.setattr(exported, "_read_compiled", lambda p: (_ for _ in ()).throw(FileNotFoundError(2, "gone", str(p))))
+    late = exported.Cached(jitted, "t", {"id": 1})
+    assert late.prefetch() is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _equal(late(*_args()), ref) and list(late.sources.values()) == ["loaded"]
+
+
+def test_prune_keeps_what_another_process_used_recently(tmp_path, monkeypatch):
+    monkeypatch.setattr(exported, "_IN_USE", set())
+    (tmp_path / "chunk-f-recent.bin").write_bytes(b"x" * 100)  # just written or loaded by someone
+    (tmp_path / "chunk-f-old.bin").write_bytes(b"x" * 100)
+    old = 1000.0
+    os.utime(tmp_path / "chunk-f-old.bin", (old, old))
+    assert exported.prune(tmp_path, limit=0) == ["chunk-f-old"]
+    assert [p.name for p in tmp_path.iterdir()] == ["chunk-f-recent.bin"]

@@ -23,6 +23,18 @@ for name, x in placed.items():
     assert x.dtype == jnp.asarray(tree[name]).dtype, name
 again = rollout.put_sharded(placed, sharding)
 assert all(again[name] is placed[name] for name in placed)  # already placed: left as it is
+from jax.sharding import NamedSharding, PartitionSpec
+# spread over the devices another way, weakly typed, typed PRNG keys: put directly, kept as they are
+replicated = jax.device_put(jnp.arange(4.0), NamedSharding(sharding.mesh, PartitionSpec()))
+weak = jax.lax.broadcast(jnp.asarray(2.0), (4,))
+assert weak.weak_type
+keys = jax.random.split(jax.random.key(0), 4)
+other = rollout.put_sharded({"replicated": replicated, "weak": weak, "keys": keys}, sharding)
+for name, x in other.items():
+    assert x.sharding.is_equivalent_to(sharding, 1), name
+np.testing.assert_array_equal(np.asarray(other["replicated"]), np.arange(4.0))
+assert other["weak"].weak_type and other["weak"].dtype == weak.dtype
+np.testing.assert_array_equal(jax.random.key_data(other["keys"]), jax.random.key_data(keys))
 print("ok")
 """
 

@@ -83,3 +83,12 @@ def test_mjx_without_warp_simulates_identically_and_leaves_warp_importable(tmp_p
     assert results["blocked"][0].split() == ["False", "False", "warp"] and "Failed" not in results["blocked"][0]
     assert results["default"][0].split() == ["True", "True", "warp"]
     np.testing.assert_array_equal(results["blocked"][1], results["default"][1])
+
+
+def test_mjx_without_warp_does_nothing_once_mjx_is_imported():
+    import sys
+
+    import mujoco.mjx
+
+    had_warp = "warp" in sys.modules
+    assert upstream.mjx_without_warp() is mujoco.mjx and ("warp" in sys.modules) == had_warp

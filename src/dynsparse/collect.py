@@ -184,6 +184,10 @@ def collect(
         config.episodes, config.steps, spec.state_names, spec.action_names, config.batch_size,
         config.chunk_steps, config.dtype, envs.contact_pairs(spec)[0], spec.qstate_names,
     )
+    if existing is not None and existing.complete:  # nothing to compute: no programs to load
+        if on_progress:
+            on_progress(Progress(existing.next_unit, layout.n_units, _steps_done(layout, existing.next_unit), config.episodes * config.steps))
+        return out
     # made first: its compiled programs start loading in the background (exported.Cached.prefetch)
     # while the store is created
     runner = _Runner(config, spec, policy, layout, out)

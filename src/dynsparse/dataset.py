@@ -187,8 +187,8 @@ def create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
     """Create an empty store at ``path`` atomically (built in a temporary sibling, then renamed).
 
     The store is what ``xarray.Dataset.to_zarr(compute=False)`` writes for the dataset of
-    ``layout`` (Zarr format 2, consolidated; ``tests/test_resume.py`` compares the metadata with
-    xarray's own, byte for byte after JSON parsing), made with Zarr directly: xarray needs
+    ``layout`` (Zarr format 2, consolidated; ``tests/test_dataset.py`` compares the metadata and
+    coordinate files with xarray's own), made with Zarr directly: xarray needs
     lazy Dask arrays to create without writing data, and importing ``dask.array`` and
     ``xarray`` cost 1.7 s of a collection's start-up.
 
@@ -203,7 +203,8 @@ def create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
     with files.publish(path) as tmp:  # the store appears whole or not at all
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2, attributes=_json_attrs(attrs))
         for name, values in coordinates(layout).items():
-            group.create_array(name, data=values, fill_value=None, attributes={"_ARRAY_DIMENSIONS": [name]})
+            fill = np.nan if values.dtype.kind == "f" else None  # as xarray: NaN for a floating coordinate
+            group.create_array(name, data=values, fill_value=fill, attributes={"_ARRAY_DIMENSIONS": [name]})
         sizes = _sizes(layout)
         chunk_of = {"episode": layout.batch_size, "step": layout.chunk_steps}
         for name, (dims, dtype, fill) in _variables(layout).items():
@@ -234,15 +235,18 @@ def coordinates(layout: Layout) -> dict[str, np.ndarray]:
     """The coordinate arrays of ``layout``'s store: ``episode``, ``step`` (int64 indices), the
     variable names (fixed-width unicode, as xarray stores a list of strings) and ``qstate`` where
     the stored state is ``[qpos, qvel]`` rather than the tangent state."""
+    def names(values: tuple[str, ...]) -> np.ndarray:
+        return np.asarray(values, dtype=str) if len(values) else np.asarray([], dtype=np.float64)  # xarray: [] -> float64
+
     n = len(layout.state_names)
     coords = {
         "episode": np.arange(layout.episodes, dtype=np.int64), "step": np.arange(layout.steps, dtype=np.int64),
-        "out": np.asarray(layout.state_names, dtype=str), "state_in": np.asarray(layout.state_names, dtype=str),
-        "action_in": np.asarray(layout.action_names, dtype=str), "dof": np.asarray(layout.state_names[n // 2:], dtype=str),
+        "out": names(layout.state_names), "state_in": names(layout.state_names),
+        "action_in": names(layout.action_names), "dof": names(layout.state_names[n // 2:]),
         "contact_pair": np.asarray(layout.contact_pair_names, dtype=str),
     }
     if layout.separate_qstate:
-        coords["qstate"] = np.asarray(layout.qstate_names, dtype=str)
+        coords["qstate"] = names(layout.qstate_names)
     return coords
 
 

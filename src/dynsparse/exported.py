@@ -45,6 +45,7 @@ import os
 import pickle
 import re
 import sys
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -58,7 +59,10 @@ OFF_VAR = "DYNSPARSE_EXPORTED"
 #: least recently used programs are deleted beyond it (``prune``); 0 keeps everything
 MAX_MB_VAR = "DYNSPARSE_EXPORTED_MAX_MB"
 DEFAULT_MAX_MB = 2048
-#: the programs this process loaded or wrote (file stems): never pruned by it
+#: programs used this recently (seconds; their files' newest modification time) are never pruned:
+#: another process sharing the folder may be about to load them
+RECENT_S = 600.0
+#: the programs this process prefetched, loaded or wrote (file stems): never pruned by it
 _IN_USE: set[str] = set()
 DEPENDENCIES = ("jax", "jaxlib", "mujoco", "mujoco-mjx", "playground", "brax", "flax", "numpy", "ml_collections")
 
@@ -220,25 +224,32 @@ class Cached:
         chunk); started when the function is made, it overlaps the rest of a command's start-up
         and the other function's load. The first call uses the loaded executable only if its
         argument signature gives that very file (a call with other shapes loads or compiles its own,
-        as without prefetching); a file that fails to load is handled at the call, as an
-        unreadable one is.
+        as without prefetching, and the prefetched one is dropped); a file that fails to load is
+        handled at the call, as an unreadable one is. Nothing is prefetched twice, nor for a
+        function that has already been called (``Cached`` objects are shared within a process).
+        The file counts as in use by this process from here on (``prune``).
         """
         from dynsparse import jaxcache
 
         folder = jaxcache.current()
-        if folder is None or os.environ.get(OFF_VAR) == "off":
-            return None
+        if folder is None or os.environ.get(OFF_VAR) == "off" or self._calls or self._prefetched:
+            return None  # off, or this function (shared within a process) already has its programs
         try:
             family = self._family()
         except ValueError:
             return None
-        found = sorted((Path(folder) / "exported").glob(f"{self.name}-{family}-*-{_machine_tag()}.xla"),
-                       key=lambda p: p.stat().st_mtime)
+        found = []
+        for path in (Path(folder) / "exported").glob(f"{self.name}-{family}-*-{_machine_tag()}.xla"):
+            try:
+                found.append((path.stat().st_mtime, path))
+            except OSError:  # pruned by another process meanwhile
+                continue
         if not found:
             return None
-        if found[-1] not in self._prefetched:
-            self._prefetched[found[-1]] = _loader().submit(_read_compiled, found[-1])
-        return found[-1]
+        path = max(found)[1]
+        _IN_USE.add(_stem(path))  # not pruned by this process before its first call
+        self._prefetched[path] = _loader().submit(_read_compiled, path)
+        return path
 
     def _family(self) -> str:
         """The part of every file name of this function that does not depend on its arguments
@@ -265,14 +276,18 @@ class Cached:
             return self.fn, None
         path = folder / f"{self.name}-{family}-{key[:40]}.bin"
         compiled_path = folder / f"{self.name}-{family}-{key[:40]}-{_machine_tag()}.xla"
-        if compiled_path.is_file():
+        future = self._prefetched.pop(compiled_path, None)
+        self._prefetched.clear()  # a prefetch for other arguments is not used (it finishes in the background)
+        if future is not None or compiled_path.is_file():
             try:
-                future = self._prefetched.pop(compiled_path, None)
+                # a prefetched executable is used even if its file has been pruned since
                 call, out_treedef = _read_compiled(compiled_path) if future is None else future.result()
                 _touch(compiled_path)  # the most recently used: what the next prefetch picks (and prune keeps)
                 _IN_USE.add(_stem(compiled_path))
                 self.sources[key] = "compiled"
                 return call, out_treedef
+            except FileNotFoundError:  # pruned by another process meanwhile: as if it were not there
+                pass
             except Exception as e:  # noqa: BLE001 - any unreadable file is ignored and rewritten
                 warnings.warn(f"dynsparse: ignoring the unreadable compiled program {compiled_path} ({type(e).__name__}: {e})",
                               stacklevel=3)
@@ -285,6 +300,8 @@ class Cached:
                 _prepare_targets(targets)
                 self.sources[key] = "loaded"
                 return self._compile(exp, avals, out_treedef, compiled_path, targets), out_treedef
+            except FileNotFoundError:  # pruned by another process meanwhile: traced again below
+                pass
             except Exception as e:  # noqa: BLE001 - any unreadable file is ignored and rewritten
                 warnings.warn(f"dynsparse: ignoring the unreadable exported program {path} ({type(e).__name__}: {e}); "
                               "tracing again", stacklevel=3)
@@ -432,7 +449,8 @@ def prune(folder: Path, limit: int | None = -1) -> list[str]:
     A program is its module (``.bin``) with its executables (``.xla``, one per CPU), together;
     it was last used at the newest modification time among them (``Cached`` touches a file
     each time it loads it). A bad ``$DYNSPARSE_EXPORTED_MAX_MB`` is named in a warning and nothing
-    is deleted. Programs this process loaded or wrote are never deleted, nor are
+    is deleted. Programs this process prefetched, loaded or wrote are never deleted by it, nor
+    are programs used in the last ``RECENT_S`` seconds (by any process sharing the folder), nor
     files of other names (a writer's temporary files). Files that vanish meanwhile (another
     process pruning) are skipped.
     """
@@ -457,10 +475,11 @@ def prune(folder: Path, limit: int | None = -1) -> list[str]:
         groups.setdefault(_stem(path), []).append((path, st.st_size, st.st_mtime))
     total = sum(size for members in groups.values() for _, size, _ in members)
     deleted = []
+    now = time.time()
     for stem in sorted(groups, key=lambda g: max(m for _, _, m in groups[g])):
         if total <= limit:
             break
-        if stem in _IN_USE:
+        if stem in _IN_USE or now - max(m for _, _, m in groups[stem]) < RECENT_S:
             continue
         for path, size, _ in groups[stem]:
             with contextlib.suppress(OSError):

@@ -66,13 +66,19 @@ def mjx_without_warp() -> ModuleType:
     blocked = [name for name in WARP_MODULES if name not in sys.modules]
     for name in blocked:
         sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError
+    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(printed):
             import mujoco.mjx
+    except BaseException:
+        sys.stdout.write(printed.getvalue())  # MJX's own diagnostics, for the error that follows
+        raise
     finally:
         for name in blocked:
             if sys.modules.get(name, 0) is None:
                 del sys.modules[name]
+    # only MJX's "Failed to import ..." lines are swallowed; anything else printed meanwhile is kept
+    sys.stdout.write("".join(ln for ln in printed.getvalue().splitlines(keepends=True) if not ln.startswith("Failed to import")))
     return mujoco.mjx
 
 
