@@ -6,7 +6,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from dynsparse import collect, envs, errors
+from dynsparse import envs, errors
 
 
 def test_all_25_dm_control_envs_are_listed():
