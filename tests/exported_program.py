@@ -44,6 +44,10 @@ class Box:
 
 
 def program(box: Box, rhs: jax.Array) -> tuple[Box, dict]:
+    import os
+    import time
+
+    time.sleep(float(os.environ.get("EXPORTED_PROGRAM_TRACE_SLEEP", "0")))  # Python: runs while tracing only
     a = box.x @ box.x.T + 3.0 * jnp.eye(box.x.shape[0])
     chol = jnp.linalg.cholesky(a)
     sol = jnp.linalg.solve(a, rhs)

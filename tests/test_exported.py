@@ -221,6 +221,24 @@ def test_an_executable_is_kept_even_where_jax_cache_holds_its_compile(tmp_path):
         assert {k: v for k, v in first.items() if k != "sources"} == {k: v for k, v in other.items() if k != "sources"}
 
 
+def test_processes_sharing_the_cache_build_a_program_once(tmp_path):
+    """Two processes needing the same new program at once: one traces, exports and compiles it
+    while holding its lock, the other waits and loads the executable it kept (tracing is slowed
+    to 6 s, so that both start before either finishes)."""
+    folder = tmp_path / "jc"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "EXPORTED_PROGRAM_TRACE_SLEEP": "6"}
+    procs = [subprocess.Popen([sys.executable, str(HERE / "exported_program.py"), str(folder)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(r["sources"][0] for r in results) == ["compiled", "exported"], [r["sources"] for r in results]
+    assert {k: v for k, v in results[0].items() if k != "sources"} == {k: v for k, v in results[1].items() if k != "sources"}
+    assert not list((folder / "exported").glob("*.lock"))
+
+
 def test_prune_deletes_the_least_recently_used_programs_beyond_the_limit(tmp_path, monkeypatch):
     folder = tmp_path / "exported"
     folder.mkdir()

@@ -179,6 +179,31 @@ def test_refused_input_leaves_no_folders_made_for_the_lock(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def test_a_waiting_lock_waits_for_its_holder_and_is_removed_after(tmp_path):
+    """``locks.wait``: the second holder (another process) is told who holds it, waits until it is
+    released, then holds it itself; a free lock is taken without waiting."""
+    import subprocess
+    import sys
+    import time
+
+    file = tmp_path / "p.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from dynsparse import locks\n"
+         "with locks.wait(sys.argv[1]) as waited:\n print('held', waited, flush=True); time.sleep(3)", str(file)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().split() == ["held", "False"]
+    told: list[str] = []
+    t0 = time.monotonic()
+    with locks.wait(file, on_wait=told.append) as waited:
+        waited_s = time.monotonic() - t0
+        assert waited and told == [str(holder.pid)] and file.read_text() == str(os.getpid())
+    assert holder.wait(timeout=30) == 0 and waited_s > 1.0
+    assert not file.exists()
+    with locks.wait(file, on_wait=told.append) as waited:
+        assert not waited and len(told) == 1
+
+
 # ----------------------------------------------------------------------------- Ctrl-C
 
 

@@ -43,3 +43,32 @@ def test_put_sharded_places_every_leaf_unchanged_and_keeps_placed_ones():
     env = {k: v for k, v in os.environ.items() if k != "DYNSPARSE_CPU_DEVICES"}
     proc = subprocess.run([sys.executable, "-c", _CODE], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_strong_like_makes_only_the_leaves_weak_where_the_reference_is_not_strong():
+    """The chunk returns its carry with the types it came in with (``rollout.strong_like``): a
+    step's weakly typed reward would otherwise give the next chunk other argument types (another
+    compiled program)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dynsparse import rollout
+
+    def weak_of(x) -> bool:
+        return bool(jax.core.get_aval(x).weak_type)
+
+    ref = {"reward": jnp.zeros((2,)), "w": jnp.asarray(1.0), "n": jnp.arange(2)}
+    assert not weak_of(ref["reward"]) and weak_of(ref["w"])
+
+    @jax.jit
+    def step(tree):
+        out = {"reward": jnp.asarray(0.5) * 2.0, "w": tree["w"] * 2.0, "n": tree["n"] + 1}  # reward: weakly typed
+        out["reward"] = jnp.broadcast_to(out["reward"], (2,))
+        return out, rollout.strong_like(out, tree)
+
+    raw, fixed = step(ref)
+    assert weak_of(raw["reward"]) and not weak_of(fixed["reward"]) and fixed["reward"].dtype == raw["reward"].dtype
+    assert weak_of(fixed["w"])  # weak in the reference too: left as it is
+    for k in raw:
+        assert np.array_equal(np.asarray(raw[k]), np.asarray(fixed[k]))

@@ -20,6 +20,11 @@ a background thread as soon as the function is made (file names start with the f
 name and a digest of everything but its arguments, so that file is found before the arguments
 are known).
 
+Processes sharing the cache build each program once: building one (compiling its module, or
+tracing, exporting and compiling) holds ``<name>.lock`` beside its files (``locks.wait``), and a
+process that needs the same program meanwhile waits, then loads the executable the builder kept
+(sweep workers collecting the same environment, or two commands started together).
+
 A stale program would be a wrong measurement, so the file's key covers everything the traced
 function depends on: the caller's identity (environment name, the MuJoCo model's binary, its
 substeps and dtype, the environment's configuration and its class's source file, the policy's
@@ -41,6 +46,7 @@ import hashlib
 import inspect
 import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -50,6 +56,10 @@ import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Callable
+
+from dynsparse import locks
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 #: ``DYNSPARSE_EXPORTED=off`` traces every program as before (the XLA cache still applies): for
@@ -266,31 +276,63 @@ class Cached:
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
     def _prepare(self, folder: Path, treedef: Any, avals: list[Any], signature: Any) -> tuple[Callable[..., Any], Any]:
-        import jax
-
+        """The callable of one argument signature, loaded, compiled or traced (see the module
+        docstring). Building a program (compiling a module, or tracing) holds its lock file, so
+        that processes sharing the cache build each program once: one builds, the others wait and
+        then load its executable."""
         try:
             key = self.key(treedef, signature)
             family = self._family()
         except ValueError:  # static data without a stable description: no safe key, so no file
             self.sources[f"unkeyed-{len(self.sources)}"] = "traced"
             return self.fn, None
-        path = folder / f"{self.name}-{family}-{key[:40]}.bin"
-        compiled_path = folder / f"{self.name}-{family}-{key[:40]}-{_machine_tag()}.xla"
+        stem = f"{self.name}-{family}-{key[:40]}"
+        path = folder / f"{stem}.bin"
+        compiled_path = folder / f"{stem}-{_machine_tag()}.xla"
         future = self._prefetched.pop(compiled_path, None)
         self._prefetched.clear()  # a prefetch for other arguments is not used (it finishes in the background)
-        if future is not None or compiled_path.is_file():
+        entry = self._load_compiled(compiled_path, key, future)
+        if entry is not None:
+            return entry
+        with contextlib.ExitStack() as stack:
             try:
-                # a prefetched executable is used even if its file has been pruned since
-                call, out_treedef = _read_compiled(compiled_path) if future is None else future.result()
-                _touch(compiled_path)  # the most recently used: what the next prefetch picks (and prune keeps)
-                _IN_USE.add(_stem(compiled_path))
-                self.sources[key] = "compiled"
-                return call, out_treedef
-            except FileNotFoundError:  # pruned by another process meanwhile: as if it were not there
+                stack.enter_context(locks.wait(folder / f"{stem}.lock", on_wait=lambda pid: log.info(
+                    "waiting for process %s, which is building the %s program %s", pid, self.name, stem)))
+            except OSError:  # a read-only cache: build without the lock, as before
                 pass
-            except Exception as e:  # noqa: BLE001 - any unreadable file is ignored and rewritten
-                warnings.warn(f"dynsparse: ignoring the unreadable compiled program {compiled_path} ({type(e).__name__}: {e})",
-                              stacklevel=3)
+            # checked again under the lock: another process may have built it meanwhile (we
+            # waited for it, or it finished just before we took the lock)
+            entry = self._load_compiled(compiled_path, key, None)
+            if entry is not None:
+                return entry
+            return self._build(folder, path, compiled_path, key, treedef, avals)
+        raise AssertionError("unreachable")  # pragma: no cover - for type checkers
+
+    def _load_compiled(self, compiled_path: Path, key: str, future: Any) -> tuple[Callable[..., Any], Any] | None:
+        """The kept executable at ``compiled_path`` (from the prefetch ``future`` if one was
+        started), or ``None`` if there is none or it cannot be read (warned)."""
+        if future is None and not compiled_path.is_file():
+            return None
+        try:
+            # a prefetched executable is used even if its file has been pruned since
+            call, out_treedef = _read_compiled(compiled_path) if future is None else future.result()
+        except FileNotFoundError:  # pruned by another process meanwhile: as if it were not there
+            return None
+        except Exception as e:  # noqa: BLE001 - any unreadable file is ignored and rewritten
+            warnings.warn(f"dynsparse: ignoring the unreadable compiled program {compiled_path} ({type(e).__name__}: {e})",
+                          stacklevel=4)
+            return None
+        _touch(compiled_path)  # the most recently used: what the next prefetch picks (and prune keeps)
+        _IN_USE.add(_stem(compiled_path))
+        self.sources[key] = "compiled"
+        return call, out_treedef
+
+    def _build(self, folder: Path, path: Path, compiled_path: Path, key: str, treedef: Any,
+               avals: list[Any]) -> tuple[Callable[..., Any], Any]:
+        """Compile the kept module at ``path``, or trace, export and compile the function, keeping
+        what is made; the traced function itself when it cannot be exported."""
+        import jax
+
         if path.is_file():
             try:
                 exp, out_treedef = _read(path)
@@ -304,7 +346,7 @@ class Cached:
                 pass
             except Exception as e:  # noqa: BLE001 - any unreadable file is ignored and rewritten
                 warnings.warn(f"dynsparse: ignoring the unreadable exported program {path} ({type(e).__name__}: {e}); "
-                              "tracing again", stacklevel=3)
+                              "tracing again", stacklevel=4)
         inner = getattr(self.fn, "__wrapped__", None)
         if inner is None:
             self.sources[key] = "traced"
@@ -322,7 +364,7 @@ class Cached:
             blob = exp.serialize()
         except Exception as e:  # noqa: BLE001 - export is an optimisation: run traced instead
             warnings.warn(f"dynsparse: could not export the {self.name} program ({type(e).__name__}: {e}); "
-                          "running it traced", stacklevel=3)
+                          "running it traced", stacklevel=4)
             self.sources[key] = "traced"
             return self.fn, None
         _IN_USE.add(_stem(path))

@@ -5,6 +5,10 @@ writer's process id) for as long as the ``with`` block runs. A second writer is 
 with "PATH is being written by process N" (exit 2 in the CLI). The operating system releases the
 lock when its process dies, so a killed run never blocks its own resume; the lock file is
 removed by the holder when it finishes.
+
+``wait(file)`` is the same lock for work that others wait for rather than refuse: the compiled
+programs of ``dynsparse.exported`` (one process compiles a program, another needing it waits and
+then loads it).
 """
 
 from __future__ import annotations
@@ -45,37 +49,73 @@ def hold(path: Path | str) -> Iterator[None]:
     path = Path(path)
     file = lock_path(path)
     made = [p for p in [file.parent, *file.parent.parents] if not p.exists()]
+    try:
+        fd = _acquire(file, block=False)
+    except OSError as exc:
+        raise errors.UserError(f"cannot write {str(path)!r}: {exc.strerror or exc} ({str(file.parent)!r})") from exc
+    if fd is None:
+        raise errors.UserError(
+            f"{str(path)!r} is being written by process {_owner(file)}; wait for it to finish or stop it, then rerun"
+        )
+    try:
+        yield
+    finally:
+        _release(file, fd)
+        for folder in made:  # parents created only for the lock and left empty (e.g. refused input)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+@contextlib.contextmanager
+def wait(file: Path | str, on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
+    """Hold the lock file ``file`` itself for the ``with`` block, waiting while another process
+    holds it (``on_wait(owner pid)`` is called once, before waiting). Yields ``True`` if it had to
+    wait: the holder may have made what the caller was about to make.
+
+    Raises:
+      OSError: the lock file cannot be created (the caller decides what that means).
+    """
+    file = Path(file)
+    fd = _acquire(file, block=False)
+    waited = fd is None
+    if fd is None:
+        if on_wait is not None:
+            on_wait(_owner(file))
+        fd = _acquire(file, block=True)
+    assert fd is not None
+    try:
+        yield waited
+    finally:
+        _release(file, fd)
+
+
+def _acquire(file: Path, block: bool) -> int | None:
+    """An open descriptor of ``file`` holding its exclusive ``flock`` (our pid written in it), or
+    ``None`` when another process holds it and ``block`` is false."""
     while True:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise errors.UserError(f"cannot write {str(path)!r}: {exc.strerror or exc} ({str(file.parent)!r})") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
-            raise errors.UserError(
-                f"{str(path)!r} is being written by process {_owner(file)}; wait for it to finish or stop it, then rerun"
-            ) from None
+            return None
         try:  # the holder before us may have removed the file after we opened it: retry on the new one
             same = os.fstat(fd).st_ino == os.stat(file).st_ino
         except FileNotFoundError:
             same = False
         if same:
-            break
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
         os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(file)
-        os.close(fd)
-        for folder in made:  # parents created only for the lock and left empty (e.g. refused input)
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+
+
+def _release(file: Path, fd: int) -> None:
+    """Remove the lock file (while still holding it, so no one else holds a removed file) and unlock."""
+    with contextlib.suppress(OSError):
+        os.unlink(file)
+    os.close(fd)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

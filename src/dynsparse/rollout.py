@@ -70,6 +70,20 @@ def batch_sharding(batch: int) -> Any:
     return NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec("batch"))
 
 
+def strong_like(tree: Any, like: Any) -> Any:
+    """``tree`` with every weakly typed leaf whose counterpart in ``like`` (same structure) is not
+    weakly typed made strong (same dtype, same values). The chunk returns its carry this way, so
+    that the next chunk's arguments have the types of the first's: an environment whose step
+    returns a weakly typed leaf (ReacherHard's reward) otherwise made every collection compile a
+    second chunk program for the chunks after the first."""
+
+    def strong(x: Any, ref: Any) -> Any:
+        weak = lambda v: bool(getattr(jax.core.get_aval(v), "weak_type", False))  # noqa: E731
+        return jax.lax.convert_element_type(x, x.dtype) if weak(x) and not weak(ref) else x
+
+    return jax.tree_util.tree_map(strong, tree, like)
+
+
 def put_sharded(tree: Any, sharding: Any) -> Any:
     """Every leaf of ``tree`` placed on ``sharding``: a leaf already there is returned as it is
     (still computing, the chunk's carry keeps its place in the pipeline); a leaf on one device is
@@ -179,8 +193,8 @@ def _chunk_fn(spec: envs.EnvSpec, policy_json: str, with_jacobians: bool, defini
         return (nxt, alive), out
 
     def one_env(state: Any, alive: jax.Array, noise: jax.Array) -> tuple[Any, jax.Array, dict]:
-        (state, alive), out = jax.lax.scan(step, (state, alive), noise)
-        return state, alive, out
+        (last, alive), out = jax.lax.scan(step, (state, alive), noise)
+        return strong_like(last, state), alive, out
 
     from dynsparse import exported
 

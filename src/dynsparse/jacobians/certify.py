@@ -233,11 +233,13 @@ def make_mjx_fd(spec: envs.EnvSpec, definition: str, eps: tuple[float, ...] = EP
       ``2 len(eps) (2nv + nu)`` perturbed steps run as one batch.
     """
     f = definitions.make_primal_control_step(spec, definition)
+    model = definitions.mjx_model(spec, definition)
     c, nv, nu, nq = spec.charts, spec.nv, spec.nu, spec.nq
     n = 2 * nv + nu
     steps = jnp.asarray(eps)
 
     def fd(data: Any, a: jax.Array) -> tuple[jax.Array, jax.Array]:
+        data = match_step_dtypes(model, data)
         dtype = data.qpos.dtype
 
         def run(x: jax.Array) -> jax.Array:
@@ -257,6 +259,15 @@ def make_mjx_fd(spec: envs.EnvSpec, definition: str, eps: tuple[float, ...] = EP
         return jnp.swapaxes(cols, 1, 2), s_next
 
     return fd
+
+
+def match_step_dtypes(model: Any, data: Any) -> Any:
+    """``data`` (an unbatched ``mjx.Data``) with each field cast to the dtype one ``primal_step``
+    returns for it, so that it can be the carry of a scan over substeps (under x64 some integer
+    fields of ``mjx.make_data`` may differ). Done while tracing (``jax.eval_shape``), so a
+    program loaded from the cache pays nothing for it."""
+    shapes = jax.eval_shape(lambda d: solve.primal_step(model, d)[0], data)
+    return jax.tree_util.tree_map(lambda x, s: x if x.dtype == s.dtype else x.astype(s.dtype), data, shapes)
 
 
 def native_refs(native: finite_diff.NativeStep, x: finite_diff.StepInputs, eps: tuple[float, ...] = EPS) -> tuple[np.ndarray, np.ndarray]:
@@ -293,11 +304,9 @@ class StepChecker:
         self.fd = _batched_mjx_fd(spec, definition)
         self.fd.prefetch()
         self.native = finite_diff.BatchedFD(spec.mj_model, spec.n_substeps, definition)
+        # the integer fields' dtypes are matched to a step's inside the program (match_step_dtypes):
+        # tracing a step here would cost every run 3-5 s, also when the program is loaded
         base = mjx.make_data(spec.mjx_model)
-        # the integer fields a step returns (x64: some come out int64): the scan carry must match
-        model = definitions.mjx_model(spec, definition)
-        shapes = jax.eval_shape(lambda d: solve.primal_step(model, d)[0], base)
-        base = jax.tree_util.tree_map(lambda x, s: x.astype(s.dtype), base, shapes)
         self.base = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (self.GROUP,) + x.shape), base)
 
     def _data(self, inputs: dict[str, np.ndarray]) -> Any:
