@@ -229,14 +229,19 @@ def test_processes_sharing_the_cache_build_a_program_once(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "EXPORTED_PROGRAM_TRACE_SLEEP": "6"}
     procs = [subprocess.Popen([sys.executable, str(HERE / "exported_program.py"), str(folder)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    results = []
+    results, errs = [], []
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
+        errs.append(err)
     assert sorted(r["sources"][0] for r in results) == ["compiled", "exported"], [r["sources"] for r in results]
     assert {k: v for k, v in results[0].items() if k != "sources"} == {k: v for k, v in results[1].items() if k != "sources"}
     assert not list((folder / "exported").glob("*.lock"))
+    # the waiting process said so on stderr (a warning, seen without --verbose), naming the builder
+    builder, waiter = sorted(range(2), key=lambda i: results[i]["sources"][0] != "exported")
+    assert f"waiting for process {procs[builder].pid}, which is building the" in errs[waiter]
+    assert "waiting for process" not in errs[builder]
 
 
 def test_prune_deletes_the_least_recently_used_programs_beyond_the_limit(tmp_path, monkeypatch):
@@ -257,6 +262,40 @@ def test_prune_deletes_the_least_recently_used_programs_beyond_the_limit(tmp_pat
     assert exported.prune(folder, limit=4000) == ["chunk-f1-aaa"]  # bbb was used before aaa, but this process uses it
     left = sorted(p.name for p in folder.iterdir())
     assert left == ["chunk-f1-bbb-cpu0.xla", "chunk-f1-bbb.bin", "chunk-f1-zzz.bin.tmp-1", "reset-f1-ccc-cpu0.xla", "reset-f1-ccc.bin"]
+
+
+def test_prune_removes_what_killed_processes_left_and_nothing_in_use(tmp_path):
+    """A lock file no process holds and an old temporary file of a process that has ended are
+    removed (whatever the size limit); a held lock, a running writer's temporary file, a recent
+    one of an ended process and the programs themselves stay."""
+    import time
+
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    old = time.time() - 2 * exported.RECENT_S
+    for name, age in {"chunk-f1-aaa.bin": old, f".chunk-f1-bbb.bin.tmp-{ended.pid}": old,
+                      f".reset-f1-ccc.bin.tmp-{ended.pid}": time.time(), f".chunk-f1-ddd.bin.tmp-{os.getpid()}": old,
+                      "chunk-f1-eee.lock": old}.items():
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (age, age))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from dynsparse import locks\n"
+         "with locks.wait(sys.argv[1]):\n print('held', flush=True); time.sleep(60)", str(folder / "chunk-f1-fff.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert exported.prune(folder, limit=None) == []
+        assert sorted(p.name for p in folder.iterdir()) == [
+            f".chunk-f1-ddd.bin.tmp-{os.getpid()}", f".reset-f1-ccc.bin.tmp-{ended.pid}", "chunk-f1-aaa.bin", "chunk-f1-fff.lock",
+        ]
+        assert exported.remove_leftovers(folder) == []
+    finally:
+        holder.kill()
+        holder.wait()
+    assert exported.remove_leftovers(folder) == ["chunk-f1-fff.lock"]  # its holder was killed
 
 
 def test_the_size_limit_comes_from_the_environment_and_a_bad_one_is_named(tmp_path, monkeypatch):

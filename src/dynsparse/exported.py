@@ -22,8 +22,10 @@ are known).
 
 Processes sharing the cache build each program once: building one (compiling its module, or
 tracing, exporting and compiling) holds ``<name>.lock`` beside its files (``locks.wait``), and a
-process that needs the same program meanwhile waits, then loads the executable the builder kept
-(sweep workers collecting the same environment, or two commands started together).
+process that needs the same program meanwhile waits (a warning names the builder's process id),
+then loads the executable the builder kept (sweep workers collecting the same environment, or two
+commands started together). A killed builder leaves its lock file, and a writer killed mid-write
+its temporary file: ``prune`` removes both (``remove_leftovers``).
 
 A stale program would be a wrong measurement, so the file's key covers everything the traced
 function depends on: the caller's identity (environment name, the MuJoCo model's binary, its
@@ -296,7 +298,7 @@ class Cached:
             return entry
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(locks.wait(folder / f"{stem}.lock", on_wait=lambda pid: log.info(
+                stack.enter_context(locks.wait(folder / f"{stem}.lock", on_wait=lambda pid: log.warning(
                     "waiting for process %s, which is building the %s program %s", pid, self.name, stem)))
             except OSError:  # a read-only cache: build without the lock, as before
                 pass
@@ -494,8 +496,10 @@ def prune(folder: Path, limit: int | None = -1) -> list[str]:
     is deleted. Programs this process prefetched, loaded or wrote are never deleted by it, nor
     are programs used in the last ``RECENT_S`` seconds (by any process sharing the folder), nor
     files of other names (a writer's temporary files). Files that vanish meanwhile (another
-    process pruning) are skipped.
+    process pruning) are skipped. First, whatever the limit, it removes what killed processes
+    left (``remove_leftovers``).
     """
+    remove_leftovers(folder)
     if limit == -1:
         from dynsparse import errors
 
@@ -529,6 +533,44 @@ def prune(folder: Path, limit: int | None = -1) -> list[str]:
                 total -= size
         deleted.append(stem)
     return deleted
+
+
+def remove_leftovers(folder: Path) -> list[str]:
+    """Delete what processes killed mid-work left in ``folder`` and return the names: lock files
+    no process holds (``locks.remove_if_free``), and temporary files (``.NAME.tmp-PID``, see
+    ``files.write_atomic``) whose process no longer runs and that are older than ``RECENT_S``
+    (a pid is only meaningful on this machine; the age guards a cache shared with another)."""
+    removed = []
+    now = time.time()
+    for path in sorted(Path(folder).iterdir()):
+        if path.suffix == ".lock":
+            if locks.remove_if_free(path):
+                removed.append(path.name)
+            continue
+        head, sep, pid = path.name.rpartition(".tmp-")
+        if not (sep and head.startswith(".") and pid.isdigit()) or _running(int(pid)):
+            continue
+        try:
+            if now - path.stat().st_mtime < RECENT_S:
+                continue
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path.name)
+    if removed:
+        log.info("removed leftovers of killed processes in %s: %s", folder, ", ".join(removed))
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _stem(path: Path) -> str:

@@ -89,6 +89,23 @@ def wait(file: Path | str, on_wait: Callable[[str], None] | None = None) -> Iter
         _release(file, fd)
 
 
+def remove_if_free(file: Path | str) -> bool:
+    """Remove the lock file ``file`` if no process holds it (its holder was killed: the operating
+    system released the lock, the file stayed). Returns whether it was removed; a held lock, or
+    one that vanished meanwhile, is left alone."""
+    file = Path(file)
+    if not file.exists():
+        return False
+    try:
+        fd = _acquire(file, block=False)
+    except OSError:
+        return False
+    if fd is None:
+        return False
+    _release(file, fd)
+    return True
+
+
 def _acquire(file: Path, block: bool) -> int | None:
     """An open descriptor of ``file`` holding its exclusive ``flock`` (our pid written in it), or
     ``None`` when another process holds it and ``block`` is false."""
