@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import xarray as xr
 
 from dynsparse import cli
@@ -57,6 +58,7 @@ def test_collect_structure_validate(tmp_path, capsys):
     assert cli.main(args) == 0
 
 
+@pytest.mark.slow  # ~100 s cold (a subprocess compiles for two devices)
 def test_collect_splits_episodes_over_two_cpu_devices(tmp_path):
     """The CLI asks for one CPU device per core; a batch split over two devices gives the same
     dataset as one device up to round-off: identical zero decisions, Jacobians within 1e-6."""

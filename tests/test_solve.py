@@ -106,7 +106,12 @@ def _arm(integrator: str) -> envs.EnvSpec:
     return envs.from_mjcf(xml, name=f"Arm{integrator}", n_substeps=1, init_noise=0.3)
 
 
-@pytest.mark.parametrize("integrator", ["Euler", "implicitfast", "RK4"])
+@pytest.mark.parametrize("integrator", [
+    # implicitfast in the fast tier; Euler (~140 s cold) and RK4 (~150 s) in the slow tier (the
+    # fast tier still steps Euler in the substep guard and RK4 in the mjcf tests, against
+    # independent references)
+    pytest.param("Euler", marks=pytest.mark.slow), "implicitfast", pytest.param("RK4", marks=pytest.mark.slow),
+])
 def test_the_composed_step_is_mjx_step_bit_for_bit(integrator):
     """``solve.step`` (both tangent rules) and ``solve.primal_step`` reproduce ``mjx.step`` exactly
     on a model with limits, friction loss and contacts."""
