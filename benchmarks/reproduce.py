@@ -11,6 +11,10 @@ subprocess (see benchmarks/jacobians.py for why).
 
 usage: python benchmarks/reproduce.py [--quick] [--envs A,B] [--out DIR] [--baseline-steps 300]
 (paper scale: 8 envs x 10 episodes x 1000 steps; target: under 5 minutes on 2 CPU cores)
+
+The study builds the later runs' programs in a second process while it collects (``buildahead``);
+``DYNSPARSE_BUILD_AHEAD=0`` runs it serially, the baseline for that process (cold: each with a new
+``DYNSPARSE_JAX_CACHE``).
 """
 
 from __future__ import annotations

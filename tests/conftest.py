@@ -16,6 +16,10 @@ os.environ.setdefault("DYNSPARSE_JAX_CACHE", str(Path(tempfile.gettempdir()) / "
 # bit against in-process references); tests of the split over devices ask for 2 explicitly.
 os.environ.setdefault("DYNSPARSE_CPU_DEVICES", "1")
 
+# No build-ahead process beside the pipeline's tiny test studies (its JAX start-up would cost more
+# than it saves there); tests/test_buildahead.py turns it on.
+os.environ.setdefault("DYNSPARSE_BUILD_AHEAD", "0")
+
 from dynsparse import jaxcache  # noqa: E402
 
 jaxcache.enable()

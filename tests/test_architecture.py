@@ -22,7 +22,7 @@ STAGES = (
     (3, r"^jacobians(\.|$)"),
     (4, r"^rollout$"),
     (5, r"^dataset$"),
-    (6, r"^collect$"),
+    (6, r"^(collect|buildahead)$"),
     (7, r"^(metrics(\.|$)|graphs$)"),
     (8, r"^results$"),
     (9, r"^render(\.|$)"),

@@ -211,6 +211,36 @@ def collect(
     return out
 
 
+def prepare(config: CollectConfig, spec: envs.EnvSpec | None = None) -> dict[str, str]:
+    """Build ahead the compiled programs a new run of ``config`` uses (the reset, the chunk and,
+    with ``check_every``, the certificate's MJX finite differences), so that ``collect(config,
+    out)`` later loads their executables instead of tracing and compiling them. What the
+    pipeline's build-ahead process runs for the runs after the current one (``sweep``).
+
+    Only the JAX cache's ``exported/`` folder is written (``exported.Cached.ensure``, under each
+    program's lock); the chunk is not run, the reset is, once (its output is the chunk's
+    argument). The programs are those of the run's first unit, which every unit shares.
+
+    Returns:
+      ``{program: state}``, state as ``exported.Cached.ensure`` returns it (the reset's: how its
+      call obtained it, ``exported.Cached.sources``).
+
+    Raises:
+      UserError: as ``collect`` (a bad configuration or environment).
+    """
+    config = config.validated()
+    if spec is None:
+        envs.check_name(config.env)
+        spec = envs.load(config.env, config.dtype, config.substeps)
+    policy = policies.from_config(config.policy)
+    policy.check_env(spec)
+    layout = dataset.Layout(
+        config.episodes, config.steps, spec.state_names, spec.action_names, config.batch_size,
+        config.chunk_steps, config.dtype, envs.contact_pairs(spec)[0], spec.qstate_names,
+    )
+    return _Runner(config, spec, policy, layout, None, prefetch=False).prepare()
+
+
 def stored_batch_size(out: Path) -> int | None:
     """The batch size of the run stored at ``out`` (resuming it with the default batch size),
     or ``None`` when there is no readable store there."""
@@ -352,7 +382,9 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
 class _Runner:
     """Computes units in order, writing each and checkpointing after it."""
 
-    def __init__(self, config: CollectConfig, spec: envs.EnvSpec, policy: policies.Policy, layout: dataset.Layout, out: Path):
+    def __init__(self, config: CollectConfig, spec: envs.EnvSpec, policy: policies.Policy, layout: dataset.Layout,
+                 out: Path | None, prefetch: bool = True):
+        """``out=None``, ``prefetch=False``: a runner that only ``prepare`` s (builds programs ahead)."""
         from dynsparse import rollout
 
         self.config, self.spec, self.policy, self.layout, self.out = config, spec, policy, layout, out
@@ -364,10 +396,26 @@ class _Runner:
         self.fd = None
         if config.backend == "finite_diff":
             self.fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps, config.fd_eps, config.jacobian)
-        self.reset_fn.prefetch()
-        self.chunk_fn.prefetch()
-        self.checker = certify.StepChecker(spec, config.jacobian) if config.check_every else None
+        if prefetch:
+            self.reset_fn.prefetch()
+            self.chunk_fn.prefetch()
+        self.checker = certify.StepChecker(spec, config.jacobian, prefetch=prefetch) if config.check_every else None
         self._rollout = rollout
+        self._sharding = rollout.batch_sharding(layout.batch_size)
+
+    def _put(self, tree: Any) -> Any:
+        """``tree`` on the devices the chunk splits its episodes over (unchanged on one device)."""
+        return tree if self._sharding is None else self._rollout.put_sharded(tree, self._sharding)
+
+    def prepare(self) -> dict[str, str]:
+        """Build the programs of this run's units without running a chunk (``collect.prepare``)."""
+        carry = self._initial_carry(0)
+        built = {"reset": list(self.reset_fn.sources.values())[-1] if self.reset_fn.sources else "off"}
+        noise = self._batch_noise(0)[:, :self.layout.chunk_steps]
+        built["chunk"] = self.chunk_fn.ensure(self._put(carry[0]), self._put(carry[1]), self._put(noise))
+        if self.checker is not None:
+            built["certify-fd"] = self.checker.prepare()
+        return built
 
     def run(self, checkpoint: dataset.Checkpoint, on_progress: Callable[[Progress], None] | None) -> None:
         import jax
@@ -379,11 +427,7 @@ class _Runner:
             treedef = jax.tree_util.tree_structure(template)
             carry = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(x) for x in checkpoint.carry])
         noise = None
-        sharding = self._rollout.batch_sharding(layout.batch_size)
-
-        def put(tree: Any) -> Any:
-            return tree if sharding is None else self._rollout.put_sharded(tree, sharding)
-
+        put = self._put
         # Pipelined: unit k+1 is dispatched (JAX runs it asynchronously) before unit k's outputs
         # are fetched, post-processed and written, so writing overlaps computing. Unit k's
         # checkpoint still holds the carry after unit k: an interruption loses at most the unit

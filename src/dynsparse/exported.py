@@ -57,7 +57,7 @@ import time
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from dynsparse import locks
 
@@ -119,6 +119,18 @@ def env_identity(spec: Any) -> dict[str, Any]:
             "models": sorted(models), "n_substeps": int(spec.n_substeps), "dtype": str(spec.dtype), "config": config_text}
 
 
+def program_environment() -> dict[str, Any]:
+    """What every program's key holds besides its function and arguments: the format, the
+    numerical dependencies' versions, dynsparse's source digest, Python, x64, backend, devices and
+    ``XLA_FLAGS``."""
+    return _environment()
+
+
+def machine_tag() -> str:
+    """This CPU's tag in executable file names (its model and instruction-set flags)."""
+    return _machine_tag()
+
+
 def _environment() -> dict[str, Any]:
     import jax
 
@@ -130,9 +142,18 @@ def _environment() -> dict[str, Any]:
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
+def _signature(leaves: list[Any], treedef: Any) -> tuple[list[Any], Any]:
+    """The avals of flattened arguments and the signature a program is kept per: the tree, and
+    each leaf's shape, dtype, weak type and layout over the devices."""
+    avals = [_aval(x) for x in leaves]
+    return avals, (treedef, tuple((a.shape, str(a.dtype), a.weak_type, _layout(a)) for a in avals))
+
+
 def _aval(leaf: Any) -> Any:
     import jax
 
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return leaf
     weak = bool(getattr(jax.core.get_aval(leaf), "weak_type", False))
     sharding = getattr(leaf, "sharding", None)
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding, weak_type=weak)
@@ -216,8 +237,7 @@ class Cached:
         if folder is None or os.environ.get(OFF_VAR) == "off":
             return self.fn(*args)
         leaves, treedef = jax.tree_util.tree_flatten(args)
-        avals = [_aval(x) for x in leaves]
-        signature = (treedef, tuple((a.shape, str(a.dtype), a.weak_type, _layout(a)) for a in avals))
+        avals, signature = _signature(leaves, treedef)
         entry = self._calls.get(signature)
         if entry is None:
             entry = self._prepare(Path(folder) / "exported", treedef, avals, signature)
@@ -226,6 +246,56 @@ class Cached:
         if out_treedef is None:
             return call(*args)
         return jax.tree_util.tree_unflatten(out_treedef, call(*leaves))
+
+    def ensure(self, *args: Any) -> str:
+        """Make sure this machine keeps the executable for ``args``' signature, without loading or
+        running it: what a process building programs ahead of their use calls (``collect.prepare``).
+        ``args`` may be arrays or ``jax.ShapeDtypeStruct`` s (with the sharding the call will have).
+
+        Returns:
+          ``"kept"`` (its executable is already on disk, or this function already holds it),
+          ``"built"`` (compiled now, under the program's lock; or kept by another process while
+          this one waited), ``"off"`` (no cache, or ``DYNSPARSE_EXPORTED=off``) or ``"traced"``
+          (nothing can be kept: static data without a stable key, or a function that cannot be
+          exported).
+        """
+        import jax
+
+        from dynsparse import jaxcache
+
+        folder = jaxcache.current()
+        if folder is None or os.environ.get(OFF_VAR) == "off":
+            return "off"
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        avals, signature = _signature(leaves, treedef)
+        if signature in self._calls:
+            return "kept"
+        try:
+            key = self.key(treedef, signature)
+            stem = f"{self.name}-{self._family()}-{key[:40]}"
+        except ValueError:
+            return "traced"
+        folder = Path(folder) / "exported"
+        compiled_path = folder / f"{stem}-{_machine_tag()}.xla"
+        if compiled_path.is_file():
+            return "kept"
+        with self._lock(folder, stem) as waited:
+            if compiled_path.is_file():  # checked again under the lock (another process built it)
+                return "built" if waited else "kept"
+            self._build(folder, folder / f"{stem}.bin", compiled_path, key, treedef, avals)
+        return "built" if compiled_path.is_file() else "traced"
+
+    @contextlib.contextmanager
+    def _lock(self, folder: Path, stem: str) -> Iterator[bool]:
+        """Hold program ``stem``'s build lock (waiting, with a warning naming the holder, while
+        another process builds it); yields whether it waited. A read-only cache: no lock."""
+        with contextlib.ExitStack() as stack:
+            try:
+                waited = stack.enter_context(locks.wait(folder / f"{stem}.lock", on_wait=lambda pid: log.warning(
+                    "waiting for process %s, which is building the %s program %s", pid, self.name, stem)))
+            except OSError:  # a read-only cache: build without the lock, as before
+                waited = False
+            yield waited
 
     def prefetch(self) -> Path | None:
         """Start loading, in a background thread, the executable this function last used on this
@@ -296,19 +366,13 @@ class Cached:
         entry = self._load_compiled(compiled_path, key, future)
         if entry is not None:
             return entry
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(locks.wait(folder / f"{stem}.lock", on_wait=lambda pid: log.warning(
-                    "waiting for process %s, which is building the %s program %s", pid, self.name, stem)))
-            except OSError:  # a read-only cache: build without the lock, as before
-                pass
+        with self._lock(folder, stem):
             # checked again under the lock: another process may have built it meanwhile (we
             # waited for it, or it finished just before we took the lock)
             entry = self._load_compiled(compiled_path, key, None)
             if entry is not None:
                 return entry
             return self._build(folder, path, compiled_path, key, treedef, avals)
-        raise AssertionError("unreachable")  # pragma: no cover - for type checkers
 
     def _load_compiled(self, compiled_path: Path, key: str, future: Any) -> tuple[Callable[..., Any], Any] | None:
         """The kept executable at ``compiled_path`` (from the prefetch ``future`` if one was

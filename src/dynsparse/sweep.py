@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dynsparse import errors, files, interrupts, locks, options
+from dynsparse import buildahead, errors, files, interrupts, locks, options
 
 CONFIG_FILE = "sweep.json"
 #: how long to wait for an existing Dask scheduler (``--scheduler``)
@@ -502,7 +502,8 @@ def _pipeline(todo: list[Job], config: SweepConfig, out: Path, jax_cache: str | 
               on_collect_progress: Callable[[Any], None] | None) -> list[Outcome]:
     """The ``pipeline`` executor: runs are collected one after another in this process (all its
     cores: one JAX CPU device per core), each run's analyses go to one worker process and run
-    while the next run is collected.
+    while the next run is collected, and a builder process compiles the later runs' programs
+    meanwhile (``buildahead``).
 
     Events besides ``done``/``failed``: ``collecting`` (payload ``{"run": id}``) before a run's
     collection, ``collected`` (``collect_task``'s result) after it, for the run's first job.
@@ -515,6 +516,7 @@ def _pipeline(todo: list[Job], config: SweepConfig, out: Path, jax_cache: str | 
     for job in todo:
         by_run.setdefault(job.run.id, []).append(job)
     outcomes: list[Outcome] = []
+    ahead = [(jobs[0].run.collect_kwargs(config), str(out / "runs" / jobs[0].run.id / "data.zarr")) for jobs in by_run.values()]
     with _analysis_process() as pool:
         pending: dict[Any, Job] = {}
 
@@ -529,20 +531,19 @@ def _pipeline(todo: list[Job], config: SweepConfig, out: Path, jax_cache: str | 
                     else:
                         outcomes.append(_record(out, job, result, None, on_event))
 
-        for jobs in by_run.values():
-            run = jobs[0].run
-            emit("collecting", jobs[0], {"run": run.id})
-            try:
-                collected = collect_task(run.collect_kwargs(config), str(out / "runs" / run.id / "data.zarr"), jax_cache,
-                                         on_progress=on_collect_progress)
-            except Exception as exc:  # noqa: BLE001 - every job of the run fails with it
-                outcomes += [_record(out, job, None, exc, on_event) for job in jobs]
-                continue
-            emit("collected", jobs[0], collected)
-            harvest(block=False)
-            for job in jobs:
-                pending[pool.submit(analyze_task, collected, str(job.analysis_dir(out)), job.threshold, config)] = job
-            interrupts.check()
+        with buildahead.builder(ahead, jax_cache, out):  # later runs' programs built meanwhile
+            for (kwargs, store), jobs in zip(ahead, by_run.values()):
+                emit("collecting", jobs[0], {"run": jobs[0].run.id})
+                try:
+                    collected = collect_task(kwargs, store, jax_cache, on_progress=on_collect_progress)
+                except Exception as exc:  # noqa: BLE001 - every job of the run fails with it
+                    outcomes += [_record(out, job, None, exc, on_event) for job in jobs]
+                    continue
+                emit("collected", jobs[0], collected)
+                harvest(block=False)
+                for job in jobs:
+                    pending[pool.submit(analyze_task, collected, str(job.analysis_dir(out)), job.threshold, config)] = job
+                interrupts.check()
         harvest(block=True)
     return outcomes
 

@@ -297,12 +297,13 @@ class StepChecker:
 
     GROUP = 4
 
-    def __init__(self, spec: envs.EnvSpec, definition: str):
+    def __init__(self, spec: envs.EnvSpec, definition: str, prefetch: bool = True):
         from mujoco import mjx
 
         self.spec = spec
         self.fd = _batched_mjx_fd(spec, definition)
-        self.fd.prefetch()
+        if prefetch:
+            self.fd.prefetch()
         self.native = finite_diff.BatchedFD(spec.mj_model, spec.n_substeps, definition)
         # the integer fields' dtypes are matched to a step's inside the program (match_step_dtypes):
         # tracing a step here would cost every run 3-5 s, also when the program is loaded
@@ -320,6 +321,19 @@ class StepChecker:
             time=jnp.asarray(inputs["time"], self.base.time.dtype),
         )
 
+    def _group_args(self, group: dict[str, np.ndarray]) -> tuple[Any, jax.Array]:
+        """The MJX finite differences' arguments for one group of ``GROUP`` steps."""
+        return self._data(group), jnp.asarray(group["ctrl"])
+
+    def prepare(self) -> str:
+        """Build the MJX finite-difference program ahead of its first use, without running it
+        (``exported.Cached.ensure``; the arguments of a group of zero steps, float64 as the
+        chunk's outputs are). Returns what ``ensure`` returns."""
+        m, g = self.spec.mj_model, self.GROUP
+        shapes = {"qpos": (m.nq,), "qvel": (m.nv,), "warmstart": (m.nv,), "ctrl": (m.nu,), "act": (m.na,),
+                  "mocap_pos": (m.nmocap, 3), "mocap_quat": (m.nmocap, 4), "time": ()}
+        return self.fd.ensure(*self._group_args({k: np.zeros((g, *v)) for k, v in shapes.items()}))
+
     def __call__(self, inputs: dict[str, np.ndarray], jac: np.ndarray) -> list[Certificate]:
         """Certificates of ``k`` steps.
 
@@ -336,7 +350,7 @@ class StepChecker:
         for g0 in range(0, k, self.GROUP):
             idx = np.minimum(np.arange(g0, g0 + self.GROUP), k - 1)
             group = {name: np.asarray(v)[idx] for name, v in inputs.items()}
-            refs, s_next = (np.asarray(x) for x in self.fd(self._data(group), jnp.asarray(group["ctrl"])))
+            refs, s_next = (np.asarray(x) for x in self.fd(*self._group_args(group)))
             for r in range(min(self.GROUP, k - g0)):
                 i = g0 + r
                 out.append(classify(jac[i], refs[r], s_next[r], self.spec.nq, (native_refs_all[i], native_next[i])))

@@ -1,0 +1,116 @@
+"""Build ahead (``dynsparse.buildahead``): the programs one process prepares are exactly those a
+later collection loads (it builds nothing); the pipeline's builder works from the last run back,
+stops where the collection is, skips runs it prepared before, and leaves no process behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import models
+import pytest
+
+from dynsparse import buildahead, collect, envs, errors, exported, jaxcache, rollout
+from dynsparse.jacobians import certify
+from dynsparse.policies import from_config
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty ``exported/`` folder for this test (the XLA cache stays the session's)."""
+    monkeypatch.setattr(jaxcache, "_current", tmp_path / "jc")
+    monkeypatch.delenv(exported.OFF_VAR, raising=False)
+    return tmp_path / "jc" / "exported"
+
+
+def _model(tmp_path: Path, name: str, xml: str) -> str:
+    path = tmp_path / f"{name}.xml"
+    path.write_text(xml)
+    return f"mjcf:{path}"
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in folder.iterdir() if p.suffix in (".bin", ".xla")}
+
+
+def test_prepare_builds_every_program_a_collection_then_loads(fresh_cache, tmp_path):
+    """``collect.prepare`` builds the reset, the chunk with Jacobians and the certificate's MJX
+    finite differences without running the chunk; the collection after it writes no program and
+    loads every one from its executable; preparing again builds nothing."""
+    config = collect.CollectConfig(env=_model(tmp_path, "slider", models.FREE_SLIDER), episodes=2, steps=20,
+                                   chunk_steps=10, check_every=5)
+    built = collect.prepare(config)
+    assert built == {"reset": "exported", "chunk": "built", "certify-fd": "built"}
+    kept = _files(fresh_cache)
+    assert len([n for n in kept if n.endswith(".xla")]) == 3
+    assert collect.prepare(config) == {"reset": "exported", "chunk": "kept", "certify-fd": "kept"}
+    collect.collect(config, tmp_path / "data.zarr")
+    assert _files(fresh_cache) == kept  # nothing built by the collection
+    spec = envs.load(config.env, "float64", None)
+    assert list(rollout.make_chunk_fn(spec, from_config({"name": "random"}), True).sources.values()) == ["compiled"]
+    assert list(certify._batched_mjx_fd(spec, "converged").sources.values()) == ["compiled"]
+
+
+def test_builder_works_back_to_the_collected_run_and_skips_what_it_prepared(fresh_cache, tmp_path, monkeypatch):
+    a = collect.CollectConfig(env=_model(tmp_path, "pend", models.TWO_PENDULUMS), episodes=1, steps=10, backend="finite_diff")
+    b = collect.CollectConfig(env=_model(tmp_path, "slider", models.FREE_SLIDER), episodes=1, steps=10, backend="finite_diff")
+    store_a, store_b = tmp_path / "runs" / "a" / "data.zarr", tmp_path / "runs" / "b" / "data.zarr"
+    store_a.mkdir(parents=True)  # the collection has reached run a
+    items = [(dataclasses.asdict(b), str(store_b)), (dataclasses.asdict(a), str(store_a))]
+    lines = buildahead.build_runs(items)
+    assert re.fullmatch(r"built b \(reset: exported, chunk: built\) in [0-9.]+ s", lines[0]), lines
+    assert lines[1:] == ["stopped at a (being collected)"]
+    marker = buildahead.marker(items[0][0])
+    assert marker is not None and marker.is_file() and json.loads(marker.read_text())["programs"]["chunk"] == "built"
+    assert buildahead.build_runs(items) == ["skipped b (marked: its programs were built before)", "stopped at a (being collected)"]
+    kept = _files(fresh_cache)
+    collect.collect(b, store_b)
+    assert _files(fresh_cache) == kept
+    # a builder whose parent process is gone stops before building anything more
+    assert buildahead.build_runs(items[1:], parent=-1) == ["stopped at a (the collecting process is gone)"]
+    # a different run (another seed) has another marker
+    assert buildahead.marker({**items[0][0], "seed": 1}) != marker
+
+
+def test_the_switch_and_when_a_builder_is_wanted(monkeypatch):
+    monkeypatch.setenv(buildahead.ENV_VAR, "yes")
+    with pytest.raises(errors.UserError) as info:
+        buildahead.enabled()
+    assert str(info.value) == "DYNSPARSE_BUILD_AHEAD 'yes' is not allowed; allowed: 0 (off) or 1 (on)"
+    monkeypatch.setenv(buildahead.ENV_VAR, "0")
+    assert not buildahead.wanted(8, None)
+    monkeypatch.setenv(buildahead.ENV_VAR, "1")
+    two_cores = len(os.sched_getaffinity(0)) >= 2
+    assert buildahead.wanted(2, None) == two_cores
+    assert not buildahead.wanted(1, None) and not buildahead.wanted(8, "off")
+    monkeypatch.setenv(exported.OFF_VAR, "off")
+    assert not buildahead.wanted(8, None)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the builder runs only with two or more usable cores")
+def test_a_pipelined_sweep_builds_ahead_from_the_last_run_and_leaves_no_process(tmp_path):
+    """``dynsparse sweep --executor pipeline`` (what ``reproduce`` runs) with two runs and a new cache:
+    the builder starts at the last run, every job is done, and the builder has ended with the sweep."""
+    config = {"envs": [_model(tmp_path, "pend", models.TWO_PENDULUMS), _model(tmp_path, "slider", models.FREE_SLIDER)],
+              "episodes": 1, "steps": 10, "backend": "finite_diff"}
+    (tmp_path / "sweep.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    env = {**os.environ, buildahead.ENV_VAR: "1", jaxcache.ENV_VAR: str(tmp_path / "jc")}
+    r = subprocess.run([sys.executable, "-m", "dynsparse", "sweep", str(tmp_path / "sweep.json"), "--out", str(out),
+                        "--executor", "pipeline"], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = (out / "summary.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all(",done," in row for row in rows), rows
+    log = (out / buildahead.LOG_FILE).read_text()
+    lines = [line for line in log.splitlines() if re.search(r"build-ahead \(process \d+\): (built|stopped|skipped|failed) ", line)]
+    assert lines and re.search(r": (built|stopped at) \S*slider", lines[0]), log
+    pid = int(re.search(r"build-ahead \(process (\d+)\)", lines[0]).group(1))
+    assert pid != os.getpid()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
