@@ -77,6 +77,24 @@ def test_builder_works_back_to_the_collected_run_and_skips_what_it_prepared(fres
     assert buildahead.marker({**items[0][0], "seed": 1}) != marker
 
 
+def test_no_builder_where_it_has_nothing_to_do(fresh_cache, tmp_path, monkeypatch):
+    """A warm study (every run after the first marked) or runs already started start no process."""
+    monkeypatch.setenv(buildahead.ENV_VAR, "1")
+    monkeypatch.setattr(buildahead, "wanted", lambda n, cache: n >= 2)  # also on a 1-core machine
+    runs = [({"env": name, "seed": 0}, str(tmp_path / name / "data.zarr")) for name in ("a", "b", "c")]
+    buildahead.mark(runs[1][0], {"by": "test"})
+    buildahead.mark(runs[2][0], {"by": "test"})
+    with buildahead.builder(runs, None, tmp_path) as process:
+        assert process is None
+    Path(runs[2][1]).mkdir(parents=True)  # c started; b is marked: nothing left for a builder
+    (fresh_cache / "prepared" / buildahead.marker(runs[1][0]).name).unlink()
+    with buildahead.builder(runs, None, tmp_path) as process:  # b, unmarked, not the first: one starts
+        assert process is not None
+    assert not process.is_alive() and not (fresh_cache / "prepared" / buildahead.marker(runs[1][0]).name).exists()
+    monkeypatch.setenv(exported.OFF_VAR, "off")
+    assert buildahead.marker(runs[1][0]) is None
+
+
 def test_the_switch_and_when_a_builder_is_wanted(monkeypatch):
     monkeypatch.setenv(buildahead.ENV_VAR, "yes")
     with pytest.raises(errors.UserError) as info:
@@ -107,6 +125,8 @@ def test_a_pipelined_sweep_builds_ahead_from_the_last_run_and_leaves_no_process(
     assert r.returncode == 0, r.stderr[-3000:]
     rows = (out / "summary.csv").read_text().splitlines()[1:]
     assert len(rows) == 2 and all(",done," in row for row in rows), rows
+    # both runs are marked (one by the builder, one by the collection): a second study starts no builder
+    assert len(list((tmp_path / "jc" / "exported" / "prepared").glob("*.json"))) == 2
     log = (out / buildahead.LOG_FILE).read_text()
     lines = [line for line in log.splitlines() if re.search(r"build-ahead \(process \d+\): (built|stopped|skipped|failed) ", line)]
     assert lines and re.search(r": (built|stopped at) \S*slider", lines[0]), log

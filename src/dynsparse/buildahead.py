@@ -13,9 +13,9 @@ The builder stops at the first run whose dataset exists (the main process has re
 run and every one before it are the main process's), when its parent process is gone, or when
 the main process ends its collections. It never writes anything but programs, and a marker per
 run it prepared (``exported/prepared/``, keyed by the run's collection settings and everything a
-program's key holds besides its arguments), so that a warm study's builder skips each run after a
-file check; a marker whose programs have since been pruned only costs the main process the build
-it would have done anyway. Its log (what it built, in how many seconds) is ``OUT/build-ahead.log``.
+program's key holds besides its arguments; the pipeline marks the runs it collected too), so that
+a warm study starts no builder at all; a marker whose programs have since been pruned only costs
+the main process the build it would have done anyway. Its log (what it built, in how many seconds) is ``OUT/build-ahead.log``.
 
 Only the pipeline uses it, with at least two runs to collect, two usable cores, and the JAX cache
 (with ``exported``) on. ``DYNSPARSE_BUILD_AHEAD=0`` turns it off (the serial baseline of
@@ -71,17 +71,35 @@ def wanted(n_runs: int, jax_cache: str | None) -> bool:
 
 def marker(kwargs: dict[str, Any]) -> Path | None:
     """The file saying that this machine's cache holds the programs of the run ``kwargs``
-    (``collect.CollectConfig`` keywords), or ``None`` with the cache off. Its name is a digest of
+    (``collect.CollectConfig`` keywords), or ``None`` with the cache (or ``exported``) off. Its name is a digest of
     the run's settings, of everything a program's key holds besides its arguments (versions,
     dynsparse's sources, devices, XLA flags) and of this CPU."""
     from dynsparse import exported, jaxcache
 
     folder = jaxcache.current()
-    if folder is None:
+    if folder is None or os.environ.get(exported.OFF_VAR) == "off":
         return None
     record = {"run": kwargs, "environment": exported.program_environment(), "machine": exported.machine_tag()}
     digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:40]
     return Path(folder) / "exported" / "prepared" / f"{digest}.json"
+
+
+def mark(kwargs: dict[str, Any], details: dict[str, Any]) -> None:
+    """Write the run ``kwargs``' marker (``marker``; nothing with the cache off): its programs are
+    kept on this machine. The builder marks what it prepared, the pipeline what it collected."""
+    from dynsparse import files
+
+    done = marker(kwargs)
+    if done is None:
+        return
+    done.parent.mkdir(parents=True, exist_ok=True)
+    files.write_json(done, {"run": kwargs, **details})
+
+
+def marked(kwargs: dict[str, Any]) -> bool:
+    """Whether the run ``kwargs``' marker exists (its programs were kept on this machine)."""
+    done = marker(kwargs)
+    return done is not None and done.is_file()
 
 
 def build_runs(items: Sequence[Item], parent: int | None = None) -> list[str]:
@@ -89,7 +107,7 @@ def build_runs(items: Sequence[Item], parent: int | None = None) -> list[str]:
     exists or once process ``parent`` is no longer this process's parent; returns a line per run
     (also logged): ``built RUN (programs) in S s``, ``skipped RUN (marked)``, ``failed RUN: error``
     or ``stopped at RUN (...)``. A failure is left to the main process's own collection to report."""
-    from dynsparse import collect, files
+    from dynsparse import collect
 
     lines: list[str] = []
 
@@ -105,8 +123,7 @@ def build_runs(items: Sequence[Item], parent: int | None = None) -> list[str]:
         if Path(store).exists():
             say(f"stopped at {name} (being collected)")
             break
-        done = marker(kwargs)
-        if done is not None and done.is_file():
+        if marked(kwargs):
             say(f"skipped {name} (marked: its programs were built before)")
             continue
         t0 = time.perf_counter()
@@ -116,9 +133,8 @@ def build_runs(items: Sequence[Item], parent: int | None = None) -> list[str]:
             say(f"failed {name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
         seconds = time.perf_counter() - t0
-        if done is not None and "traced" not in built.values():
-            done.parent.mkdir(parents=True, exist_ok=True)
-            files.write_json(done, {"run": kwargs, "programs": built, "seconds": seconds})
+        if "traced" not in built.values():
+            mark(kwargs, {"programs": built, "seconds": seconds, "by": "build-ahead"})
         say(f"built {name} ({', '.join(f'{k}: {v}' for k, v in built.items())}) in {seconds:.1f} s")
     return lines
 
@@ -144,11 +160,20 @@ def _main(items: list[Item], jax_cache: str | None, devices: int, log_file: str,
 
 @contextlib.contextmanager
 def builder(items: Sequence[Item], jax_cache: str | None, out: Path) -> Iterator[Any]:
-    """Run a builder process for ``items`` (the runs still to collect, in collection order) during
-    the ``with`` block, when ``wanted``; it works from the last run back. Yields the process, or
-    ``None`` when none was started. The process is stopped when the block ends (normally, on an
-    error or on Ctrl-C)."""
+    """Run a builder process for ``items`` (the runs to collect, in collection order) during the
+    ``with`` block; it works from the last run back. Yields the process, or ``None`` when none was
+    started: not ``wanted``, or nothing for it to do (every run not yet started but the first one
+    is marked: a warm study). The process is stopped when the block ends (normally, on an error
+    or on Ctrl-C)."""
+    from dynsparse import jaxcache
+
+    items = [item for item in items if not Path(item[1]).exists()]  # started runs are the collection's
     if not wanted(len(items), jax_cache):
+        yield None
+        return
+    if jaxcache.current() is None:
+        jaxcache.enable(jax_cache)  # what the first collection does anyway (sweep.collect_task)
+    if all(marked(kwargs) for kwargs, _ in items[1:]):
         yield None
         return
     import multiprocessing

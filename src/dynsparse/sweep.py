@@ -540,6 +540,7 @@ def _pipeline(todo: list[Job], config: SweepConfig, out: Path, jax_cache: str | 
                     outcomes += [_record(out, job, None, exc, on_event) for job in jobs]
                     continue
                 emit("collected", jobs[0], collected)
+                buildahead.mark(kwargs, {"by": "collection"})  # its programs are kept: no builder needed for it again
                 harvest(block=False)
                 for job in jobs:
                     pending[pool.submit(analyze_task, collected, str(job.analysis_dir(out)), job.threshold, config)] = job
