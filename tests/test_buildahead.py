@@ -134,3 +134,15 @@ def test_a_pipelined_sweep_builds_ahead_from_the_last_run_and_leaves_no_process(
     assert pid != os.getpid()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_marker_that_cannot_be_written_fails_nothing(fresh_cache, monkeypatch):
+    """Marking is housekeeping: a cache that cannot be written (read-only) leaves the run unmarked."""
+    from dynsparse import files
+
+    def refuse(path, payload, indent=1):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(files, "write_json", refuse)
+    buildahead.mark({"env": "a", "seed": 0}, {"by": "test"})
+    assert not buildahead.marked({"env": "a", "seed": 0})

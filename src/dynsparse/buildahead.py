@@ -92,8 +92,11 @@ def mark(kwargs: dict[str, Any], details: dict[str, Any]) -> None:
     done = marker(kwargs)
     if done is None:
         return
-    done.parent.mkdir(parents=True, exist_ok=True)
-    files.write_json(done, {"run": kwargs, **details})
+    try:
+        done.parent.mkdir(parents=True, exist_ok=True)
+        files.write_json(done, {"run": kwargs, **details})
+    except OSError as exc:  # housekeeping (a read-only cache): never fails the collection
+        log.debug("could not mark %s: %s", done, exc)
 
 
 def marked(kwargs: dict[str, Any]) -> bool:
