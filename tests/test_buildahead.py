@@ -146,3 +146,59 @@ def test_a_marker_that_cannot_be_written_fails_nothing(fresh_cache, monkeypatch)
     monkeypatch.setattr(files, "write_json", refuse)
     buildahead.mark({"env": "a", "seed": 0}, {"by": "test"})
     assert not buildahead.marked({"env": "a", "seed": 0})
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the builder runs only with two or more usable cores")
+def test_ctrl_c_during_a_pipelined_sweep_stops_its_builder(tmp_path):
+    """SIGINT to the collecting process while its builder works: exit 130 with the resume hint,
+    and no process of the sweep left running."""
+    import signal
+    import time
+
+    config = {"envs": [_model(tmp_path, "pend", models.TWO_PENDULUMS), _model(tmp_path, "slider", models.FREE_SLIDER)],
+              "episodes": 1, "steps": 10, "backend": "finite_diff"}
+    (tmp_path / "sweep.json").write_text(json.dumps(config))
+    env = {**os.environ, buildahead.ENV_VAR: "1", jaxcache.ENV_VAR: str(tmp_path / "jc")}
+    proc = subprocess.Popen([sys.executable, "-m", "dynsparse", "sweep", str(tmp_path / "sweep.json"), "--out",
+                             str(tmp_path / "out"), "--executor", "pipeline"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    seen: set[int] = set()
+    deadline = time.time() + 120
+    while not (tmp_path / "out" / buildahead.LOG_FILE).exists() and time.time() < deadline:  # the builder has started
+        seen |= _children(proc.pid)
+        time.sleep(0.2)
+    time.sleep(0.5)  # the builder is importing (its first run takes seconds more to build)
+    seen |= _children(proc.pid)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err.strip().splitlines()[-1]
+    assert seen
+    deadline = time.time() + 10
+    while any(_alive(pid) for pid in seen) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in seen if _alive(pid)]
+    # stopped, not waited for: the builder never finished its first run
+    assert " built " not in (tmp_path / "out" / buildahead.LOG_FILE).read_text()
