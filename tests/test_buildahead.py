@@ -4,6 +4,7 @@ stops where the collection is, skips runs it prepared before, and leaves no proc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -201,4 +202,42 @@ def test_ctrl_c_during_a_pipelined_sweep_stops_its_builder(tmp_path):
         time.sleep(0.2)
     assert not [pid for pid in seen if _alive(pid)]
     # stopped, not waited for: the builder never finished its first run
+    assert " built " not in (tmp_path / "out" / buildahead.LOG_FILE).read_text()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not sys.platform.startswith("linux"),
+                    reason="the builder runs only with two or more usable cores; the kernel ends it with its parent on Linux")
+def test_a_killed_sweep_takes_its_builder_with_it(tmp_path):
+    """SIGKILL to the collecting process while its builder compiles (the process cannot stop its
+    builder itself): the kernel ends the builder too, mid-build (it does not finish that run)."""
+    import signal
+    import time
+
+    config = {"envs": [_model(tmp_path, "pend", models.TWO_PENDULUMS), _model(tmp_path, "slider", models.FREE_SLIDER)],
+              "episodes": 1, "steps": 10, "backend": "finite_diff"}
+    (tmp_path / "sweep.json").write_text(json.dumps(config))
+    env = {**os.environ, buildahead.ENV_VAR: "1", jaxcache.ENV_VAR: str(tmp_path / "jc")}
+    proc = subprocess.Popen([sys.executable, "-m", "dynsparse", "sweep", str(tmp_path / "sweep.json"), "--out",
+                             str(tmp_path / "out"), "--executor", "pipeline"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    def building() -> bool:
+        """Whether a child of the sweep holds a program's build lock (the builder is compiling)."""
+        children = _children(proc.pid)
+        for lock in (tmp_path / "jc" / "exported").glob("*.lock"):
+            with contextlib.suppress(OSError, ValueError):
+                if int(lock.read_text().strip()) in children:
+                    return True
+        return False
+
+    deadline = time.time() + 120
+    while not building() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    seen = _children(proc.pid)
+    assert proc.poll() is None and seen, "the sweep ended before its builder was seen building"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.time() + 10
+    while any(_alive(pid) for pid in seen) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in seen if _alive(pid)]
     assert " built " not in (tmp_path / "out" / buildahead.LOG_FILE).read_text()

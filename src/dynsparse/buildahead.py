@@ -10,12 +10,13 @@ reaches a run, it loads that run's executables instead of building them; a progr
 process is building meanwhile is waited for, not built twice (``exported``'s per-program lock).
 
 The builder stops at the first run whose dataset exists (the main process has reached it: that
-run and every one before it are the main process's), when its parent process is gone, or when
-the main process ends its collections. It never writes anything but programs, and a marker per
-run it prepared (``exported/prepared/``, keyed by the run's collection settings and everything a
-program's key holds besides its arguments; the pipeline marks the runs it collected too), so that
-a warm study starts no builder at all; a marker whose programs have since been pruned only costs
-the main process the build it would have done anyway. Its log (what it built, in how many seconds) is ``OUT/build-ahead.log``.
+run and every one before it are the main process's), when the main process ends its collections
+or is interrupted, and when it dies (killed: on Linux the kernel ends the builder with it). It
+never writes anything but programs, and a marker per run it prepared (``exported/prepared/``,
+keyed by the run's collection settings and everything a program's key holds besides its
+arguments; the pipeline marks the runs it collected too), so that a warm study starts no builder
+at all; a marker whose programs have since been pruned only costs the main process the build it
+would have done anyway. Its log (what it built, in how many seconds) is ``OUT/build-ahead.log``.
 
 Only the pipeline uses it, with at least two runs to collect, two usable cores, and the JAX cache
 (with ``exported``) on. ``DYNSPARSE_BUILD_AHEAD=0`` turns it off (the serial baseline of
@@ -142,10 +143,27 @@ def build_runs(items: Sequence[Item], parent: int | None = None) -> list[str]:
     return lines
 
 
+def _end_with(parent: int) -> None:
+    """Have the kernel end this process when its parent dies (Linux ``PR_SET_PDEATHSIG``: a
+    collecting process killed with SIGKILL cannot stop its builder itself); exit at once if the
+    parent ``parent`` is already gone. Elsewhere the builder checks its parent between runs only."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(0)
+
+
 def _main(items: list[Item], jax_cache: str | None, devices: int, log_file: str, parent: int) -> None:
     """The builder process: its output to ``log_file``, the devices and cache of its parent, then
     ``build_runs``. Ctrl-C is the parent's to handle (it stops this process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with(parent)
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
