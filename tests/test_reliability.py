@@ -422,3 +422,25 @@ def test_bad_inputs_never_end_in_a_traceback_nor_change_anything(workspace, caps
     out = os.environ.get("DYNSPARSE_BAD_INPUT_TABLE")
     if out:  # the closing note's table
         Path(out).write_text(table + "\n")
+
+
+def test_a_waiter_names_a_holder_that_has_not_yet_written_its_pid(tmp_path):
+    """A holder writes its pid just after taking the lock: a waiter that finds the file still empty
+    reads it again (the race seen in CI: "waiting for process ?")."""
+    import threading
+    import time as _time
+
+
+    file = tmp_path / "p.lock"
+    file.write_text("")
+
+    def write_later() -> None:
+        _time.sleep(0.2)
+        file.write_text("4321")
+
+    writer = threading.Thread(target=write_later)
+    writer.start()
+    assert locks._holder(file) == "4321"
+    writer.join()
+    file.write_text("")
+    assert locks._holder(file, patience_s=0.05) == "?"

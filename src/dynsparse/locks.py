@@ -80,13 +80,26 @@ def wait(file: Path | str, on_wait: Callable[[str], None] | None = None) -> Iter
     waited = fd is None
     if fd is None:
         if on_wait is not None:
-            on_wait(_owner(file))
+            on_wait(_holder(file))
         fd = _acquire(file, block=True)
     assert fd is not None
     try:
         yield waited
     finally:
         _release(file, fd)
+
+
+def _holder(file: Path, patience_s: float = 1.0) -> str:
+    """The process id written in a held lock file; a holder writes it just after taking the lock,
+    so an empty file is read again for up to ``patience_s`` seconds ("?" if it stays unreadable)."""
+    import time
+
+    deadline = time.monotonic() + patience_s
+    owner = _owner(file)
+    while owner == "?" and time.monotonic() < deadline:
+        time.sleep(0.01)
+        owner = _owner(file)
+    return owner
 
 
 def remove_if_free(file: Path | str) -> bool:
