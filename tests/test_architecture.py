@@ -20,7 +20,7 @@ STAGES = (
     (1, r"^(sources|envs)$"),
     (2, r"^policies(\.|$)"),
     (3, r"^jacobians(\.|$)"),
-    (4, r"^rollout$"),
+    (4, r"^(rollout|native_rollout)$"),
     (5, r"^dataset$"),
     (6, r"^(collect|buildahead)$"),
     (7, r"^(metrics(\.|$)|graphs$)"),

@@ -58,8 +58,8 @@ def test_prepare_builds_every_program_a_collection_then_loads(fresh_cache, tmp_p
 
 
 def test_builder_works_back_to_the_collected_run_and_skips_what_it_prepared(fresh_cache, tmp_path, monkeypatch):
-    a = collect.CollectConfig(env=_model(tmp_path, "pend", models.TWO_PENDULUMS), episodes=1, steps=10, backend="finite_diff")
-    b = collect.CollectConfig(env=_model(tmp_path, "slider", models.FREE_SLIDER), episodes=1, steps=10, backend="finite_diff")
+    a = collect.CollectConfig(env=_model(tmp_path, "pend", models.TWO_PENDULUMS), episodes=1, steps=10, backend="finite_diff", rollout="mjx")
+    b = collect.CollectConfig(env=_model(tmp_path, "slider", models.FREE_SLIDER), episodes=1, steps=10, backend="finite_diff", rollout="mjx")
     store_a, store_b = tmp_path / "runs" / "a" / "data.zarr", tmp_path / "runs" / "b" / "data.zarr"
     store_a.mkdir(parents=True)  # the collection has reached run a
     items = [(dataclasses.asdict(b), str(store_b)), (dataclasses.asdict(a), str(store_a))]
@@ -116,7 +116,7 @@ def test_a_pipelined_sweep_builds_ahead_from_the_last_run_and_leaves_no_process(
     """``dynsparse sweep --executor pipeline`` (what ``reproduce`` runs) with two runs and a new cache:
     the builder starts at the last run, every job is done, and the builder has ended with the sweep."""
     config = {"envs": [_model(tmp_path, "pend", models.TWO_PENDULUMS), _model(tmp_path, "slider", models.FREE_SLIDER)],
-              "episodes": 1, "steps": 10, "backend": "finite_diff"}
+              "episodes": 1, "steps": 10, "backend": "finite_diff", "rollout": "mjx"}
     (tmp_path / "sweep.json").write_text(json.dumps(config))
     out = tmp_path / "out"
     env = {**os.environ, buildahead.ENV_VAR: "1", jaxcache.ENV_VAR: str(tmp_path / "jc")}
@@ -178,7 +178,7 @@ def test_ctrl_c_during_a_pipelined_sweep_stops_its_builder(tmp_path):
     import time
 
     config = {"envs": [_model(tmp_path, "pend", models.TWO_PENDULUMS), _model(tmp_path, "slider", models.FREE_SLIDER)],
-              "episodes": 1, "steps": 10, "backend": "finite_diff"}
+              "episodes": 1, "steps": 10, "backend": "finite_diff", "rollout": "mjx"}
     (tmp_path / "sweep.json").write_text(json.dumps(config))
     env = {**os.environ, buildahead.ENV_VAR: "1", jaxcache.ENV_VAR: str(tmp_path / "jc")}
     proc = subprocess.Popen([sys.executable, "-m", "dynsparse", "sweep", str(tmp_path / "sweep.json"), "--out",
@@ -215,7 +215,7 @@ def test_a_killed_sweep_takes_its_builder_with_it(tmp_path):
 
     # the first run (the collecting process's) is the contacting arm: its compile outlasts the builder's start-up
     config = {"envs": [_model(tmp_path, "arm", models.LIMITED_ARM), _model(tmp_path, "slider", models.FREE_SLIDER)],
-              "episodes": 1, "steps": 10, "backend": "finite_diff"}
+              "episodes": 1, "steps": 10, "backend": "finite_diff", "rollout": "mjx"}
     (tmp_path / "sweep.json").write_text(json.dumps(config))
     env = {**os.environ, buildahead.ENV_VAR: "1", jaxcache.ENV_VAR: str(tmp_path / "jc")}
     proc = subprocess.Popen([sys.executable, "-m", "dynsparse", "sweep", str(tmp_path / "sweep.json"), "--out",

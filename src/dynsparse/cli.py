@@ -106,6 +106,7 @@ def _args_collect(c: argparse.ArgumentParser) -> None:
                         "sigma (0 = deterministic); default 1")
     options.add_argument(c, C, "seed")
     options.add_argument(c, C, "backend")
+    options.add_argument(c, C, "rollout")
     options.add_argument(c, C, "dtype")
     options.add_argument(c, C, "check_every", metavar="K")
     options.add_argument(c, C, "jacobian", metavar="DEFINITION")
@@ -320,15 +321,20 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 
 
 def _print_env_row(name: str) -> None:
-    """One ``envs`` row of a prefixed source, or why MJX cannot run it."""
-    from dynsparse import envs
+    """One ``envs`` row of a prefixed source; for a model MJX cannot build, what it lacks (such a
+    model is measured by ``--backend finite_diff`` alone, natively)."""
+    from dynsparse import envs, sources
 
+    note = ""
     try:
         info = envs.static_info(name)
+    except sources.MJXCannotBuild as exc:
+        info = envs.static_info(name, native=True)
+        note = f"  finite_diff only (MJX: {exc.feature})"
     except errors.UserError as exc:
         print(f"{name:<40}  not supported: {str(exc).split(': ', 1)[1].split(';')[0]}")
         return
-    print(f"{name:<40}{info['nq']:>4}{info['nv']:>4}{2 * info['nv']:>7}{info['nu']:>8}{info['n_substeps']:>10}{info['dt']:>8.4g}")
+    print(f"{name:<40}{info['nq']:>4}{info['nv']:>4}{2 * info['nv']:>7}{info['nu']:>8}{info['n_substeps']:>10}{info['dt']:>8.4g}{note}")
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:

@@ -16,13 +16,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dynsparse import dataset, envs, errors, interrupts, locks, options, policies, sources
+from dynsparse import dataset, envs, errors, interrupts, locks, native_rollout, options, policies, sources
 from dynsparse.jacobians import autodiff, certify, definitions, finite_diff
 from dynsparse.jacobians import compare as compare_lib
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("autodiff", "finite_diff")
+#: where trajectories are simulated (``CollectConfig.rollout``; ``auto`` is resolved before a run)
+ROLLOUTS = ("auto", "native", "mjx")
 
 #: the most episodes the default (automatic) batch size puts in one batch. Measured
 #: (benchmarks/steady_state.py, 2-core CPU): batch 64 computes 1.5-1.75x as many Jacobians per
@@ -58,6 +60,12 @@ class CollectConfig:
     seed: int = options.option(0, help="seed of initial states and policy noise", check=options.seed())
     backend: str = options.option("autodiff", help="autodiff (MJX forward-mode, exact) | finite_diff (native centred differences)",
                                   check=options.one_of(*BACKENDS))
+    rollout: str = options.option(
+        "auto", help="where the trajectories are simulated: native (MuJoCo's C library, no rollout program to trace or "
+                     "compile; the finite_diff backend on mjcf:, gymnasium: and dm_control: models with the random or "
+                     "colored policy, and the only one for models MJX cannot build) | mjx (the environment's MJX step) | "
+                     "auto (native where it can run; a resumed run keeps its own)",
+        check=options.one_of(*ROLLOUTS))
     dtype: str = options.option("float64", help="float64 (float32 is not supported yet)", check=options.via(envs.check_dtype, "float64"))
     check_every: int = options.option(
         0, help="certify the Jacobians at every K-th step of each episode (steps 0, K, 2K, ...) against finite differences "
@@ -95,6 +103,8 @@ class CollectConfig:
             raise errors.UserError("check-every certifies autodiff Jacobians against finite differences: it needs --backend autodiff")
         if self.compare_definitions and self.backend != "autodiff":
             raise errors.UserError("compare-definitions computes both exact definitions: it needs --backend autodiff")
+        if self.rollout == "native" and self.backend != "finite_diff":
+            raise errors.UserError("rollout 'native' simulates with native MuJoCo, whose Jacobians are finite differences: it needs --backend finite_diff")
         sources.check_substeps(self.env, self.substeps)
         # Raises on a bad policy; the policy's own configuration is what the dataset records
         # (a PPO checkpoint resolved to its absolute path, parameter digest and noise beta; a
@@ -160,6 +170,8 @@ def collect(
     out = Path(out)
     if config.batch_size is None:
         config = dataclasses.replace(config, batch_size=stored_batch_size(out))
+    if config.rollout == "auto" and _stored(out, "rollout") is not None:  # a resumed run keeps its own
+        config = dataclasses.replace(config, rollout=_stored(out, "rollout"))
     config = config.validated()
     if spec is None:
         envs.check_name(config.env)
@@ -167,7 +179,9 @@ def collect(
         raise errors.UserError(f"config.env {config.env!r} does not name the given spec {spec.name!r}")
     existing = _existing_checkpoint(out, config)
     if spec is None:
-        spec = envs.load(config.env, config.dtype, config.substeps)
+        spec = envs.load(config.env, config.dtype, config.substeps, native=_may_run_natively(config))
+    policy = policies.from_config(config.policy)
+    config = dataclasses.replace(config, rollout=resolve_rollout(config, spec, policy))
     record = sources.model_record(config.env, config.substeps) if spec.name == config.env and sources.kind(config.env) != "playground" else {}
     if existing is not None and record:
         stored = dataset.open_dataset(out).attrs.get("model_sha256")
@@ -176,7 +190,6 @@ def collect(
                 f"{config.env}: the model file {record['model_file']!r} changed since {str(out)!r} was started "
                 f"(SHA-256 {record['model_sha256'][:12]}..., recorded {str(stored)[:12]}...); restore it or choose another --out"
             )
-    policy = policies.from_config(config.policy)
     policy.check_env(spec)
     if config.policy["name"] == "random" and not (np.isfinite(spec.action_low).all() and np.isfinite(spec.action_high).all()):
         raise errors.UserError(f"policy 'random' needs finite action bounds; {config.env} has unlimited actuators: use --policy colored")
@@ -223,7 +236,8 @@ def prepare(config: CollectConfig, spec: envs.EnvSpec | None = None) -> dict[str
 
     Returns:
       ``{program: state}``, state as ``exported.Cached.ensure`` returns it (the reset's: how its
-      call obtained it, ``exported.Cached.sources``).
+      call obtained it, ``exported.Cached.sources``); empty for a native rollout (``rollout``),
+      which compiles nothing but its initial draws.
 
     Raises:
       UserError: as ``collect`` (a bad configuration or environment).
@@ -231,8 +245,11 @@ def prepare(config: CollectConfig, spec: envs.EnvSpec | None = None) -> dict[str
     config = config.validated()
     if spec is None:
         envs.check_name(config.env)
-        spec = envs.load(config.env, config.dtype, config.substeps)
+        spec = envs.load(config.env, config.dtype, config.substeps, native=_may_run_natively(config))
     policy = policies.from_config(config.policy)
+    config = dataclasses.replace(config, rollout=resolve_rollout(config, spec, policy))
+    if config.rollout == "native":  # no program to build
+        return {}
     policy.check_env(spec)
     layout = dataset.Layout(
         config.episodes, config.steps, spec.state_names, spec.action_names, config.batch_size,
@@ -244,13 +261,48 @@ def prepare(config: CollectConfig, spec: envs.EnvSpec | None = None) -> dict[str
 def stored_batch_size(out: Path) -> int | None:
     """The batch size of the run stored at ``out`` (resuming it with the default batch size),
     or ``None`` when there is no readable store there."""
+    value = _stored(out, "batch_size")
+    return value if isinstance(value, int) else None
+
+
+def _stored(out: Path, key: str) -> Any:
+    """The configuration value ``key`` of the run stored at ``out`` (``dataset.IDENTITY_DEFAULTS``
+    for a store made before the key existed), or ``None`` when there is no readable store there."""
     if not (out.exists() and dataset.is_store(out)):
         return None
     try:
-        value = json.loads(dataset.open_dataset(out, verify=False).attrs["config"]).get("batch_size")
+        stored = json.loads(dataset.open_dataset(out, verify=False).attrs["config"])
     except (errors.UserError, KeyError, ValueError):
         return None
-    return value if isinstance(value, int) else None
+    return stored.get(key, dataset.IDENTITY_DEFAULTS.get(key)) if isinstance(stored, dict) else None
+
+
+def _may_run_natively(config: CollectConfig) -> bool:
+    """Whether ``config`` may simulate natively (then a model MJX cannot build is loaded natively)."""
+    return config.backend == "finite_diff" and config.rollout != "mjx"
+
+
+def resolve_rollout(config: CollectConfig, spec: envs.EnvSpec, policy: policies.Policy | None = None) -> str:
+    """The rollout a run of ``config`` in ``spec`` uses: ``config.rollout``, or for ``auto``
+    ``native`` where it can run (``native_rollout.why_not``) with the ``finite_diff`` backend and
+    ``mjx`` elsewhere. ``policy``: ``config.policy`` built (default: built here).
+
+    Raises:
+      UserError: ``native`` where it cannot run, or a rollout in MJX of a model MJX cannot build
+        (the message names what MJX lacks).
+    """
+    reason = native_rollout.why_not(spec, policy if policy is not None else policies.from_config(config.policy))
+    if config.backend != "finite_diff":
+        reason = f"the {config.backend} backend differentiates the MJX step"
+    rollout = config.rollout
+    if rollout == "auto":
+        rollout = "native" if reason is None else "mjx"
+    if rollout == "native" and reason is not None:
+        raise errors.UserError(f"rollout 'native' is not allowed here: {reason}; allowed: mjx (or auto)")
+    if rollout == "mjx" and spec.native_only:
+        detail = "" if reason is None else f" (and a native rollout cannot run: {reason})"
+        raise errors.UserError(spec.env.unsupported + detail)
+    return rollout
 
 
 def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint | None:
@@ -273,7 +325,8 @@ def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint
             f"--from {now['file']!r} changed since the run in {str(out)!r} started (SHA-256 {now['sha256'][:12]}..., "
             f"recorded {str(was.get('sha256'))[:12]}...); restore it or choose another --out"
         )
-    diffs = [f"{k}: stored {stored.get(k)!r}, requested {wanted[k]!r}" for k in dataset.IDENTITY_KEYS if stored.get(k) != wanted[k]]
+    diffs = [f"{k}: stored {stored.get(k, dataset.IDENTITY_DEFAULTS.get(k))!r}, requested {wanted[k]!r}"
+             for k in dataset.IDENTITY_KEYS if stored.get(k, dataset.IDENTITY_DEFAULTS.get(k)) != wanted[k]]
     if diffs:
         raise errors.UserError(
             f"{str(out)!r} holds a run with a different configuration ({'; '.join(diffs)}); "
@@ -353,8 +406,11 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
         "jacobian_definition": definitions.DESCRIPTIONS[config.jacobian],
         "jacobian_coordinates": definitions.COORDINATES,
         "converged_solver": json.dumps(dataclasses.asdict(definitions.CONVERGED)),
-        # episodes are split over this many CPU devices (round-off differs from one device)
-        "devices": _devices(config.batch_size),
+        # episodes are split over this many CPU devices (round-off differs from one device); a
+        # native rollout simulates each episode alone (threads change nothing)
+        "devices": 1 if config.rollout == "native" else _devices(config.batch_size),
+        "rollout": config.rollout,
+        "rollout_definition": native_rollout.DEFINITIONS[config.rollout],
         "jacobian_method": (
             autodiff.METHOD_DESCRIPTIONS[autodiff.DEFAULT_METHOD] if config.backend == "autodiff"
             else f"native MuJoCo centred finite differences of the whole control step (finite_diff.NativeStep), eps={config.fd_eps}"
@@ -388,20 +444,30 @@ class _Runner:
         from dynsparse import rollout
 
         self.config, self.spec, self.policy, self.layout, self.out = config, spec, policy, layout, out
-        self.reset_fn = rollout.make_reset_fn(spec)
-        self.chunk_fn = rollout.make_chunk_fn(
-            spec, policy, with_jacobians=config.backend == "autodiff", definition=config.jacobian,
-            compare_definitions=config.compare_definitions,
-        )
+        self.native = None
+        if config.rollout == "native":
+            self.native = native_rollout.NativeRollout(spec, policy)
+            self.chunk_fn: Any = self._native_chunk
+        else:
+            self.reset_fn = rollout.make_reset_fn(spec)
+            self.chunk_fn = rollout.make_chunk_fn(
+                spec, policy, with_jacobians=config.backend == "autodiff", definition=config.jacobian,
+                compare_definitions=config.compare_definitions,
+            )
+            if prefetch:
+                self.reset_fn.prefetch()
+                self.chunk_fn.prefetch()
         self.fd = None
         if config.backend == "finite_diff":
             self.fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps, config.fd_eps, config.jacobian)
-        if prefetch:
-            self.reset_fn.prefetch()
-            self.chunk_fn.prefetch()
         self.checker = certify.StepChecker(spec, config.jacobian, prefetch=prefetch) if config.check_every else None
         self._rollout = rollout
-        self._sharding = rollout.batch_sharding(layout.batch_size)
+        self._sharding = None if self.native is not None else rollout.batch_sharding(layout.batch_size)
+
+    def _native_chunk(self, states: Any, alive: Any, noise: np.ndarray) -> tuple[Any, Any, dict[str, np.ndarray]]:
+        """The native rollout's chunk with the MJX chunk's signature (``rollout.make_chunk_fn``)."""
+        (states, alive), outputs = self.native.chunk((np.asarray(states), np.asarray(alive)), noise)
+        return states, alive, outputs
 
     def _put(self, tree: Any) -> Any:
         """``tree`` on the devices the chunk splits its episodes over (unchanged on one device)."""
@@ -426,12 +492,19 @@ class _Runner:
             template = self._initial_carry(checkpoint.next_unit // layout.n_chunks)
             treedef = jax.tree_util.tree_structure(template)
             carry = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(x) for x in checkpoint.carry])
-        noise = None
-        put = self._put
         # Pipelined: unit k+1 is dispatched (JAX runs it asynchronously) before unit k's outputs
         # are fetched, post-processed and written, so writing overlaps computing. Unit k's
         # checkpoint still holds the carry after unit k: an interruption loses at most the unit
         # in flight, which a resume recomputes.
+        try:
+            self._units(checkpoint, carry, on_progress)
+        finally:
+            if self.native is not None:
+                self.native.close()
+
+    def _units(self, checkpoint: dataset.Checkpoint, carry: Any, on_progress: Callable[[Progress], None] | None) -> None:
+        """Compute, write and checkpoint the units from ``checkpoint.next_unit`` on (``run``)."""
+        layout, put, noise = self.layout, self._put, None
         pending: tuple[int, Any, Any] | None = None
         for unit in [*range(checkpoint.next_unit, layout.n_units), None]:
             dispatched = None
@@ -480,6 +553,8 @@ class _Runner:
         import jax.numpy as jnp
 
         keys = self._rollout.episode_keys(self.config.seed, self._batch_episodes(b))
+        if self.native is not None:
+            return self.native.initial_carry(keys)
         states = self.reset_fn(keys)
         return states, jnp.ones((self.layout.batch_size,), bool)
 
@@ -493,7 +568,9 @@ class _Runner:
         if self.config.backend == "finite_diff":
             o["J_s"] = np.full((ne, nt, n, n), np.nan)
             o["J_a"] = np.full((ne, nt, n, self.spec.nu), np.nan)
-            where = np.nonzero(valid)
+            # a step into a non-finite state has no derivative (native MuJoCo would differentiate
+            # the reset it makes there)
+            where = np.nonzero(valid & np.isfinite(o["next_state"]).all(axis=-1))
             if where[0].size:
                 o["J_s"][where], o["J_a"][where] = self.fd.batch({f.name: o[f.name][where] for f in dataclasses.fields(finite_diff.StepInputs)})
             o["solver_residual"] = np.full((ne, nt), np.nan)

@@ -87,8 +87,12 @@ CHECKPOINT = "dynsparse-checkpoint.npz"
 #: Config keys that identify a run: resuming with any of these different is refused.
 IDENTITY_KEYS = (
     "env", "episodes", "steps", "policy", "seed", "backend", "dtype", "check_every",
-    "batch_size", "chunk_steps", "fd_eps", "jacobian", "compare_definitions", "substeps",
+    "batch_size", "chunk_steps", "fd_eps", "jacobian", "compare_definitions", "substeps", "rollout",
 )
+
+#: the value of an identity key that stores made before it existed hold (every earlier
+#: collection simulated its trajectories in MJX)
+IDENTITY_DEFAULTS = {"rollout": "mjx"}
 
 #: Certificate classes of checked steps; ``check_class`` holds the index (-1: not checked).
 CHECK_CLASSES = jacobians.CHECK_CLASSES

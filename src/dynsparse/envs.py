@@ -105,7 +105,16 @@ class EnvSpec:
         return self.nq + self.nv
 
     @property
+    def native_only(self) -> bool:
+        """Whether MJX cannot build this model (``NativeEnv``): only a native rollout with the
+        ``finite_diff`` backend measures it."""
+        return isinstance(self.env, NativeEnv)
+
+    @property
     def mjx_model(self) -> Any:
+        """The MJX model; ``UserError`` (why MJX cannot build it) for a native-only model."""
+        if isinstance(self.env, NativeEnv):
+            raise errors.UserError(self.env.unsupported)
         return self.env.mjx_model
 
 
@@ -129,9 +138,10 @@ def other_names() -> tuple[str, ...]:
     return tuple(_other_playground_names())
 
 
-def static_info(name: str) -> dict[str, Any]:
-    """Sizes and timing of an environment: ``nq, nv, nu, n_substeps, dt`` (seconds)."""
-    spec = load(name)
+def static_info(name: str, native: bool = False) -> dict[str, Any]:
+    """Sizes and timing of an environment: ``nq, nv, nu, n_substeps, dt`` (seconds); ``native``:
+    also of a model MJX cannot build (``load``)."""
+    spec = load(name, native=native)
     return {"nq": spec.nq, "nv": spec.nv, "nu": spec.nu, "n_substeps": spec.n_substeps, "dt": spec.dt}
 
 
@@ -268,27 +278,41 @@ def action_bounds(model: mujoco.MjModel) -> tuple[np.ndarray, np.ndarray]:
     return low.astype(np.float64), high.astype(np.float64)
 
 
-@functools.lru_cache(maxsize=None)
-def load(name: str, dtype: str = "float64", substeps: int | None = None) -> EnvSpec:
+def load(name: str, dtype: str = "float64", substeps: int | None = None, native: bool = False) -> EnvSpec:
     """Load an environment with the differentiable MJX implementation.
 
     Args:
-      name: Playground registry name (``"CheetahRun"``), ``gymnasium:TASK-v5`` or ``mjcf:PATH``
-        (``dynsparse.sources``).
+      name: Playground registry name (``"CheetahRun"``), ``gymnasium:TASK-v5``,
+        ``dm_control:DOMAIN-TASK`` or ``mjcf:PATH`` (``dynsparse.sources``).
       dtype: ``"float64"``, the only one supported (see ``check_dtype``).
       substeps: physics steps per control step of an ``mjcf:`` model (default 1); ``None`` for
         every other source (they define their own).
+      native: accept a non-Playground model that MJX cannot build, as a native-only spec
+        (``NativeEnv``; for a model MJX builds, the same spec as without it).
 
     Raises:
-      UserError: unknown name, missing robot assets or file, a model MJX cannot build, or an
-        unsupported dtype.
+      UserError: unknown name, missing robot assets or file, a model MJX cannot build (unless
+        ``native``), or an unsupported dtype.
+
+    One spec per ``(name, dtype, substeps, native)`` however the arguments are passed (compiled
+    functions are cached per spec).
     """
+    return _load(name, dtype, substeps, bool(native))
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str, dtype: str, substeps: int | None, native: bool) -> EnvSpec:
     from dynsparse import sources
 
     check_dtype(dtype)
     check_name(name)
     sources.check_substeps(name, substeps)
     if sources.kind(name) != "playground":
+        if native:
+            try:
+                return load(name, dtype, substeps)
+            except sources.MJXCannotBuild as exc:
+                return _spec(name, NativeEnv(sources.load(name, substeps), str(exc)), dtype)
         r = sources.load(name, substeps)
         try:
             env = MjcfEnv(r.model, r.n_substeps, r.init_noise, r.reset_kind, r.init_qpos, r.init_qvel)
@@ -357,11 +381,13 @@ def count_contacts(data: Any) -> jax.Array:
 
 @functools.lru_cache(maxsize=64)
 def contact_pairs(spec: EnvSpec) -> tuple[tuple[str, ...], np.ndarray]:
-    """The geom pairs MJX can put in contact, and a lookup table from geom ids to pair index.
+    """The geom pairs the simulator can put in contact, and a lookup table from geom ids to pair index.
 
-    Uses MJX's own static candidate list (``collision_driver.geom_pairs``, pairs of types that
-    have a collision function), so every contact the simulator can make has a pair; unnamed
-    geoms are called ``geom<id>``.
+    Uses MJX's own static candidate list (``collision_driver.geom_pairs``: MuJoCo's broad-phase
+    filters, contype/conaffinity, parent and weld exclusion, ``<pair>`` and ``<exclude>``) of pairs
+    of types that have a collision function, so every contact the simulator can make has a pair:
+    MJX's functions, or for a native-only model (``EnvSpec.native_only``) native MuJoCo's (every
+    type pair but plane-plane, plane-hfield and hfield-hfield). Unnamed geoms are called ``geom<id>``.
 
     Returns:
       ``(names, table)``: names ``'geom1|geom2'`` (n_pairs,), and an ``(ngeom, ngeom)`` int32
@@ -376,8 +402,16 @@ def contact_pairs(spec: EnvSpec) -> tuple[tuple[str, ...], np.ndarray]:
     names: list[str] = []
     if m.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_CONTACT:  # e.g. the Cartpole tasks
         return (), table
+    native = spec.native_only
+    flat = {int(mujoco.mjtGeom.mjGEOM_PLANE), int(mujoco.mjtGeom.mjGEOM_HFIELD)}
+
+    def collides(t1: int, t2: int) -> bool:
+        if native:  # mjCOLLISIONFUNC has no plane-plane, plane-hfield or hfield-hfield function
+            return not (int(t1) in flat and int(t2) in flat)
+        return collision_driver.has_collision_fn(t1, t2)
+
     for g1, g2, _ in collision_driver.geom_pairs(m):
-        if table[g1, g2] >= 0 or not collision_driver.has_collision_fn(m.geom_type[g1], m.geom_type[g2]):
+        if table[g1, g2] >= 0 or not collides(m.geom_type[g1], m.geom_type[g2]):
             continue
         table[g1, g2] = table[g2, g1] = len(names)
         names.append("|".join(mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, g) or f"geom{g}" for g in (g1, g2)))
@@ -403,13 +437,13 @@ _MJX_STEP_INTEGRATORS = (mujoco.mjtIntegrator.mjINT_EULER, mujoco.mjtIntegrator.
 RESET_KINDS = ("uniform", "uniform-normal", "reacher", "pusher")
 
 
-class MjcfEnv:
-    """A minimal Playground-style environment around any MuJoCo model (reward 0, obs = state).
+class ModelEnv:
+    """A MuJoCo model with a control step and initial-state draws, without any MJX object: what
+    a native rollout needs (``dynsparse.native_rollout``). ``MjcfEnv`` adds the MJX environment;
+    ``NativeEnv`` is this alone, for models MJX cannot build.
 
-    Used for hand-built models whose Jacobians are known on paper, for user models (``mjcf:``)
-    and for Gymnasium's MuJoCo tasks (``gymnasium:``). ``step`` holds ``ctrl = action`` for
-    ``n_substeps`` MJX steps (Gymnasium's ``do_simulation``: ``data.ctrl[:] = action`` then
-    ``mj_step(nstep=frame_skip)``). ``reset`` draws, with ``s = init_noise``:
+    ``reset`` draws, with ``s = init_noise`` (``initial``, in JAX, so both rollouts start from the
+    same states):
 
     - ``uniform`` (default): ``qpos = init_qpos (+) U(-s, s)`` per degree of freedom (a quaternion
       is turned by a rotation vector with such components and normalised), ``qvel = init_qvel +
@@ -419,19 +453,16 @@ class MjcfEnv:
     - ``reacher`` / ``pusher``: Gymnasium's Reacher-v5 / Pusher-v5 ``reset_model`` (goal in a disc
       of radius 0.2 / the cylinder at least 0.17 from the goal, by rejection).
 
-    ``init_qpos`` / ``init_qvel`` default to the model's ``qpos0`` and zero.
+    ``init_qpos`` / ``init_qvel`` default to the model's ``qpos0`` and zero. The control step holds
+    ``ctrl = action`` for ``n_substeps`` physics steps (Gymnasium's ``do_simulation``:
+    ``data.ctrl[:] = action`` then ``mj_step(nstep=frame_skip)``); reward 0.
     """
 
     def __init__(
         self, model: str | mujoco.MjModel, n_substeps: int = 1, init_noise: float = 0.1,
         reset_kind: str = "uniform", init_qpos: np.ndarray | None = None, init_qvel: np.ndarray | None = None,
     ):
-        from mujoco import mjx
-
         self.mj_model = mujoco.MjModel.from_xml_string(model) if isinstance(model, str) else model
-        if self.mj_model.opt.integrator not in _MJX_STEP_INTEGRATORS:  # put_model accepts DISCRETE, mjx.step does not
-            raise NotImplementedError(f"{mujoco.mjtIntegrator(self.mj_model.opt.integrator)} is not implemented (mjx.step runs Euler, RK4, implicitfast)")
-        self.mjx_model = mjx.put_model(self.mj_model, impl="jax")
         self.n_substeps = int(n_substeps)
         self.dt = float(self.mj_model.opt.timestep) * self.n_substeps
         self.init_noise = float(init_noise)
@@ -443,8 +474,8 @@ class MjcfEnv:
         self.init_qpos = np.array(m.qpos0 if init_qpos is None else init_qpos, np.float64)
         self.init_qvel = np.zeros(m.nv) if init_qvel is None else np.array(init_qvel, np.float64)
 
-    def _initial(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(qpos (nq,), qvel (nv,))`` drawn by ``reset_kind``."""
+    def initial(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(qpos (nq,), qvel (nv,))`` of one episode drawn by ``reset_kind`` from ``key`` (JAX, jittable)."""
         m, s = self.mj_model, self.init_noise
         k1, k2, k3 = jax.random.split(key, 3)
         c = tangent.charts(m)
@@ -470,6 +501,29 @@ class MjcfEnv:
             return qpos, qvel0 + s * jax.random.normal(k2, (m.nv,))
         return qpos, qvel0 + jax.random.uniform(k2, (m.nv,), minval=-s, maxval=s)
 
+
+class MjcfEnv(ModelEnv):
+    """A minimal Playground-style environment around any MuJoCo model (reward 0, obs = state).
+
+    Used for hand-built models whose Jacobians are known on paper, for user models (``mjcf:``)
+    and for Gymnasium's and dm_control's MuJoCo tasks. ``step`` holds ``ctrl = action`` for
+    ``n_substeps`` MJX steps; ``reset`` draws as ``ModelEnv`` says.
+
+    Raises:
+      NotImplementedError: MJX cannot build or step the model (names the feature).
+    """
+
+    def __init__(
+        self, model: str | mujoco.MjModel, n_substeps: int = 1, init_noise: float = 0.1,
+        reset_kind: str = "uniform", init_qpos: np.ndarray | None = None, init_qvel: np.ndarray | None = None,
+    ):
+        from mujoco import mjx
+
+        super().__init__(model, n_substeps, init_noise, reset_kind, init_qpos, init_qvel)
+        if self.mj_model.opt.integrator not in _MJX_STEP_INTEGRATORS:  # put_model accepts DISCRETE, mjx.step does not
+            raise NotImplementedError(f"{mujoco.mjtIntegrator(self.mj_model.opt.integrator)} is not implemented (mjx.step runs Euler, RK4, implicitfast)")
+        self.mjx_model = mjx.put_model(self.mj_model, impl="jax")
+
     def reset(self, key: jax.Array) -> Any:
         from mujoco import mjx
 
@@ -477,7 +531,7 @@ class MjcfEnv:
 
         mjx_env = upstream.playground_mjx_env()
 
-        qpos, qvel = self._initial(key)
+        qpos, qvel = self.initial(key)
         data = mjx.make_data(self.mjx_model).replace(qpos=qpos, qvel=qvel)
         data = mjx.forward(self.mjx_model, data)
         return mjx_env.State(data, state_of(data), jnp.zeros(()), jnp.zeros(()), {}, {})
@@ -493,6 +547,21 @@ class MjcfEnv:
         return state.replace(data=data, obs=state_of(data), reward=jnp.zeros(()), done=done)
 
 
+class NativeEnv(ModelEnv):
+    """A model MJX cannot build or step (Gymnasium's PGS Humanoids, the fully implicit or discrete
+    integrator, a collision pair MJX lacks): simulated by native MuJoCo only, so only the
+    ``finite_diff`` backend with a native rollout measures it. Initial states as ``ModelEnv``.
+
+    Args:
+      unsupported: the one-line error naming what MJX lacks (``sources.build_error``), raised by
+        everything that needs MJX (``EnvSpec.mjx_model``).
+    """
+
+    def __init__(self, recipe: Any, unsupported: str):
+        super().__init__(recipe.model, recipe.n_substeps, recipe.init_noise, recipe.reset_kind, recipe.init_qpos, recipe.init_qvel)
+        self.unsupported = unsupported
+
+
 def _reject(draw: Callable[[jax.Array], jax.Array], accept: Callable[[jax.Array], jax.Array], key: jax.Array) -> jax.Array:
     """Rejection sampling: ``draw(k)`` with fresh keys until ``accept`` holds (as Gymnasium's loops)."""
     def cond(c: tuple[jax.Array, jax.Array]) -> jax.Array:
@@ -506,15 +575,20 @@ def _reject(draw: Callable[[jax.Array], jax.Array], accept: Callable[[jax.Array]
     return jax.lax.while_loop(cond, body, (k, draw(sub)))[1]
 
 
-def from_mjcf(xml: str, name: str = "mjcf", n_substeps: int = 1, init_noise: float = 0.1) -> EnvSpec:
-    """An ``EnvSpec`` for an MJCF string (see ``MjcfEnv``); float64.
+def from_mjcf(xml: str, name: str = "mjcf", n_substeps: int = 1, init_noise: float = 0.1, native: bool = False) -> EnvSpec:
+    """An ``EnvSpec`` for an MJCF string (see ``MjcfEnv``); float64. With ``native``, a model MJX
+    cannot build is a native-only spec (``NativeEnv``) instead of an error.
 
     Raises:
-      UserError: MJX cannot build the model (names the feature, ``sources.build_error``).
+      UserError: MJX cannot build the model and ``native`` is false (names the feature,
+        ``sources.build_error``).
     """
     from dynsparse import sources
 
     try:
         return _spec(name, MjcfEnv(xml, n_substeps, init_noise))
     except NotImplementedError as exc:
-        raise sources.build_error(name, exc) from exc
+        error = sources.build_error(name, exc)
+        if not native:
+            raise error from exc
+        return _spec(name, NativeEnv(sources.Recipe(mujoco.MjModel.from_xml_string(xml), n_substeps, init_noise), str(error)))

@@ -31,9 +31,10 @@ The state is always the full ``[qpos, qvel]``, never a task's observation (Gymna
 observations drop e.g. the x position of HalfCheetah). Episodes are not cut by Gymnasium's
 health checks (``terminate_when_unhealthy``) or time limit: a rollout runs its ``--steps``.
 
-Everything dynsparse computes runs in MJX; a model that MJX cannot build (the PGS solver of
-Gymnasium's Humanoid tasks, the fully implicit integrator, some geom types) is refused in one
-line naming the feature.
+Exact Jacobians need MJX; a model that MJX cannot build (the PGS solver of Gymnasium's Humanoid
+tasks, the fully implicit integrator, some geom types) is refused for them in one line naming the
+feature, and measured by the ``finite_diff`` backend with native MuJoCo alone
+(``dynsparse.native_rollout``).
 """
 
 from __future__ import annotations
@@ -173,7 +174,19 @@ def check_substeps(name: str, substeps: int | None) -> None:
         )
 
 
-def build_error(name: str, exc: Exception) -> errors.UserError:
+class MJXCannotBuild(errors.UserError):
+    """MJX cannot build or step this model (the message names the feature): native MuJoCo only.
+
+    Attributes:
+      feature: what MJX lacks, e.g. ``mjtSolver.mjSOL_PGS is not implemented``.
+    """
+
+    def __init__(self, message: str, feature: str = ""):
+        super().__init__(message)
+        self.feature = feature
+
+
+def build_error(name: str, exc: Exception) -> MJXCannotBuild:
     """The one-line error for a model that MJX cannot build (``NotImplementedError`` of
     ``mjx.put_model`` names the feature)."""
     import importlib.metadata
@@ -185,9 +198,10 @@ def build_error(name: str, exc: Exception) -> errors.UserError:
     if "PGS" in feature:
         hint = " (MJX implements the CG and Newton solvers; a copy of the XML with <option solver=\"Newton\"/> run as mjcf:PATH is a different solver, hence a different model)"
     version = importlib.metadata.version("mujoco-mjx")
-    return errors.UserError(
+    return MJXCannotBuild(
         f"{name}: MJX (mujoco-mjx {version}) cannot simulate this model: {feature}{hint}; "
-        "dynsparse rolls out and differentiates in MJX, so this model is not supported"
+        "exact Jacobians (--backend autodiff) need MJX: --backend finite_diff measures it with native MuJoCo "
+        "(rollout and finite differences)", feature,
     )
 
 

@@ -50,7 +50,9 @@ EXECUTORS = ("dask", "pipeline")
 STATUS_DIR = "status"
 
 #: Config keys that fix what a run's dataset holds: a sweep folder refuses another value.
-_COLLECT_KEYS = ("episodes", "steps", "batch_size", "chunk_steps", "check_every", "backend", "jacobian")
+_COLLECT_KEYS = ("episodes", "steps", "batch_size", "chunk_steps", "check_every", "backend", "jacobian", "rollout")
+#: the value of a collection key in a sweep folder made before the key existed
+_COLLECT_DEFAULTS = {"rollout": "auto"}
 
 
 def _grid_axis(key: str, item: Callable[[Any], Any], distinct: Callable[[Any], Any] = lambda v: v) -> Callable[[Any], tuple]:
@@ -130,6 +132,7 @@ class SweepConfig:
     chunk_steps: int = options.option(50, help="steps per compiled and stored chunk (at most steps)", check=options.integer(1))
     check_every: int = options.option(_collect_default("check_every"), help="as collect --check-every", check=options.integer(0))
     backend: str = options.option(_collect_default("backend"), help="as collect --backend")
+    rollout: str = options.option(_collect_default("rollout"), help="as collect --rollout")
     jacobian: str = options.option(_collect_default("jacobian"), help="as collect --jacobian")
     relative: bool = options.option(False, help="thresholds scale with each row's L2 norm", check=options.boolean())
     tsne: bool = options.option(False, help="compute the t-SNE embedding in each analysis (slow)", check=options.boolean())
@@ -338,7 +341,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def _collect_identity(config: SweepConfig | dict[str, Any]) -> dict[str, Any]:
     """What a sweep folder's collections were made with (a sweep configuration or its stored JSON)."""
-    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+    get = (lambda k: config.get(k, _COLLECT_DEFAULTS.get(k))) if isinstance(config, dict) else lambda k: getattr(config, k)
     return {k: get(k) for k in _COLLECT_KEYS}
 
 

@@ -46,7 +46,7 @@ def model_of(ds: Any) -> tuple[mujoco.MjModel | None, str]:
         name = sources.MJCF + str(ds.attrs["model_file"])  # absolute: readable from any working directory
     try:
         config = json.loads(ds.attrs.get("config", "{}"))
-        spec = envs.load(str(name), "float64", config.get("substeps"))
+        spec = envs.load(str(name), "float64", config.get("substeps"), native=True)
     except (errors.UserError, ValueError, KeyError, TypeError) as exc:
         return None, f"the model of {name!r} could not be rebuilt ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): joint and tendon limits not checked"
     if ds.attrs.get("model_sha256") and str(ds.attrs.get("model_sha256")) != _digest(str(name), config.get("substeps")):

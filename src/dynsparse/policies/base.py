@@ -47,6 +47,22 @@ class Policy(abc.ABC):
           ``(nu,)`` action, inside ``[low, high]``.
         """
 
+    #: whether the actions are a function of the noise alone (``open_loop_actions``), so that the
+    #: trajectory can be simulated natively (``dynsparse.native_rollout``)
+    open_loop: bool = False
+
+    def open_loop_actions(self, noise: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """The actions of an open-loop policy in NumPy, equal to ``act`` (``open_loop`` policies only).
+
+        Args:
+          noise: ``(..., nu)`` entries of episode noise.
+          low, high: ``(nu,)`` action bounds.
+
+        Returns:
+          ``(..., nu)`` float64 actions.
+        """
+        raise NotImplementedError(f"policy {self.name!r} acts on the state; it has no open-loop actions")
+
     def check_env(self, spec: Any) -> None:
         """Raise ``UserError`` if this policy cannot act in ``spec`` (an ``envs.EnvSpec``; default: it can)."""
         del spec
@@ -71,9 +87,14 @@ class RandomPolicy(Policy):
     def episode_noise(self, seed: int, episode: int, n_steps: int, action_size: int) -> np.ndarray:
         return _rng(seed, episode).uniform(0.0, 1.0, (n_steps, action_size))
 
+    open_loop = True
+
     def act(self, obs: Any, noise: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
         del obs
         return low + noise * (high - low)
+
+    def open_loop_actions(self, noise: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        return low + np.asarray(noise, np.float64) * (high - low)
 
 
 class ColoredNoisePolicy(Policy):
@@ -97,8 +118,15 @@ class ColoredNoisePolicy(Policy):
     def episode_noise(self, seed: int, episode: int, n_steps: int, action_size: int) -> np.ndarray:
         return noise_lib.colored_noise(self.beta, n_steps, action_size, _rng(seed, episode))
 
+    open_loop = True
+
     def act(self, obs: Any, noise: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
         del obs
         center = 0.5 * (low + high)
         half = 0.5 * (high - low)
         return jnp.clip(center + self.scale * half * noise, low, high)
+
+    def open_loop_actions(self, noise: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        center = 0.5 * (low + high)
+        half = 0.5 * (high - low)
+        return np.clip(center + self.scale * half * np.asarray(noise, np.float64), low, high)
