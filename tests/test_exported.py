@@ -144,6 +144,21 @@ def test_unreadable_file_is_ignored_and_rewritten_and_off_switches(cache, monkey
     assert len(list(cache.glob("t-*.bin"))) == 1
 
 
+def test_an_own_environments_initial_draws_are_part_of_its_programs_key(cache):
+    """Two ``mjcf`` environments of one model and name that draw initial states differently get
+    different reset programs (the reset closes over its noise; an earlier key without it handed
+    the second one the first one's initial states)."""
+    from models import FREE_SLIDER
+
+    from dynsparse import envs, rollout
+
+    a, b = (envs.from_mjcf(FREE_SLIDER, name="slider", init_noise=s) for s in (0.1, 0.5))
+    assert exported.env_identity(a) != exported.env_identity(b)
+    keys = rollout.episode_keys(0, np.arange(2))
+    qa, qb = (np.asarray(rollout.make_reset_fn(s)(keys).data.qpos) for s in (a, b))
+    np.testing.assert_allclose(qb, 5 * qa, rtol=1e-12)  # U(-s, s) from the same keys
+
+
 def test_static_data_is_keyed_by_content_not_address():
     a = jax.tree_util.tree_structure((np.float64(1.0), {"k": 2}))
     assert exported._treedef_digest(a) == exported._treedef_digest(jax.tree_util.tree_structure((np.float64(3.0), {"k": 5})))

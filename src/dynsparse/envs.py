@@ -474,6 +474,14 @@ class ModelEnv:
         self.init_qpos = np.array(m.qpos0 if init_qpos is None else init_qpos, np.float64)
         self.init_qvel = np.zeros(m.nv) if init_qvel is None else np.array(init_qvel, np.float64)
 
+    def initial_state_identity(self) -> dict[str, Any]:
+        """What ``initial`` closes over (part of every kept program's key, ``exported.env_identity``)."""
+        import hashlib
+
+        digest = lambda x: hashlib.sha256(np.ascontiguousarray(x, np.float64).tobytes()).hexdigest()  # noqa: E731
+        return {"init_noise": self.init_noise, "reset_kind": self.reset_kind,
+                "init_qpos": digest(self.init_qpos), "init_qvel": digest(self.init_qvel)}
+
     def initial(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(qpos (nq,), qvel (nv,))`` of one episode drawn by ``reset_kind`` from ``key`` (JAX, jittable)."""
         m, s = self.mj_model, self.init_noise

@@ -115,8 +115,11 @@ def env_identity(spec: Any) -> dict[str, Any]:
     models = {model_digest(spec.mj_model)}
     if getattr(env, "mj_model", None) is not None and env.mj_model is not spec.mj_model:
         models.add(model_digest(env.mj_model))
+    # how an own environment (envs.ModelEnv) draws initial states: its reset closes over them
+    initial = getattr(env, "initial_state_identity", None)
     return {"name": spec.name, "class": f"{type(env).__module__}.{type(env).__qualname__}", "class_source": env_source,
-            "models": sorted(models), "n_substeps": int(spec.n_substeps), "dtype": str(spec.dtype), "config": config_text}
+            "models": sorted(models), "n_substeps": int(spec.n_substeps), "dtype": str(spec.dtype), "config": config_text,
+            "initial_states": initial() if callable(initial) else None}
 
 
 def program_environment() -> dict[str, Any]:
