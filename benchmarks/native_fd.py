@@ -25,6 +25,7 @@ usage: python benchmarks/native_fd.py [--envs gymnasium:HalfCheetah-v5 gymnasium
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -38,15 +39,12 @@ import numpy as np
 
 def collect(env: str, episodes: int, steps: int, rollout: str, cache: Path, out: Path) -> float:
     """Wall seconds of one ``dynsparse collect`` in a fresh process."""
-    environ = {**os.environ, "DYNSPARSE_JAX_CACHE": str(cache)}
-    cmd = [sys.executable, "-m", "dynsparse", "collect", env, "--backend", "finite_diff", "--rollout", rollout,
-           "--episodes", str(episodes), "--steps", str(steps), "--out", str(out)]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, env=environ, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    if r.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return dt
+    spec = importlib.util.spec_from_file_location("bench_startup", Path(__file__).resolve().parent / "startup.py")
+    startup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(startup)  # type: ignore[union-attr]
+    return startup.timed([sys.executable, "-m", "dynsparse", "collect", env, "--backend", "finite_diff", "--rollout", rollout,
+                          "--episodes", str(episodes), "--steps", str(steps), "--out", str(out)],
+                         {**os.environ, "DYNSPARSE_JAX_CACHE": str(cache)})
 
 
 def plain_worker(env: str, episodes: int, steps: int) -> None:

@@ -37,8 +37,12 @@ import xarray as xr
 def run(env: str, episodes: int, steps: int, cache: Path, out: Path, exported: bool) -> float:
     """Wall seconds of one ``dynsparse collect`` in a fresh process."""
     environ = {**os.environ, "DYNSPARSE_JAX_CACHE": str(cache), "DYNSPARSE_EXPORTED": "on" if exported else "off"}
-    cmd = [sys.executable, "-m", "dynsparse", "collect", env, "--episodes", str(episodes), "--steps", str(steps),
-           "--check-every", "0", "--out", str(out)]
+    return timed([sys.executable, "-m", "dynsparse", "collect", env, "--episodes", str(episodes), "--steps", str(steps),
+                  "--check-every", "0", "--out", str(out)], environ)
+
+
+def timed(cmd: list[str], environ: dict[str, str]) -> float:
+    """Wall seconds of the command ``cmd`` in a fresh process (its failure ends the benchmark)."""
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=environ, capture_output=True, text=True)
     dt = time.perf_counter() - t0

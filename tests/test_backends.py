@@ -34,6 +34,68 @@ def test_cartpole_certified_at_every_step_and_definitions_compared(tmp_path):
     assert ds.attrs["jacobian"] == "converged" and "implicit function theorem" in ds.attrs["jacobian_definition"]
 
 
+#: the free slider's action column over 3 substeps (hand-computed, tests/test_models.py)
+_N = 3
+
+
+def _slider_j_a() -> np.ndarray:
+    from models import SLIDER_DT, SLIDER_MASS
+
+    return np.array([SLIDER_DT ** 2 / SLIDER_MASS * _N * (_N + 1) / 2, _N * SLIDER_DT / SLIDER_MASS])
+
+
+#: actions inside, on, just inside and beyond the slider motor's ctrlrange [-1, 1], and the
+#: share of the actuator's effect each must get
+_BOUND_CASES = ((0.5, 1.0), (1.0, 1.0), (-1.0, 1.0), (1.0 - 5e-7, 1.0), (1.5, 0.0))
+
+
+def test_an_action_on_its_control_bound_keeps_the_actuators_effect():
+    """MuJoCo clamps ``ctrl`` to its range, and a clipping policy (colored noise, PPO) often emits
+    an action exactly on a bound. There the step's derivative in the action is one-sided: both
+    backends and both certificate references take it from inside the range (a centred
+    difference, and JAX's tie rule for the clamp, gave half of it), and beyond the bound it is 0;
+    the certificate certifies it."""
+    from models import FREE_SLIDER
+
+    spec = envs.from_mjcf(FREE_SLIDER, name="SliderBound", n_substeps=_N)
+    data = spec.env.reset(jax.random.PRNGKey(0)).data
+    want = _slider_j_a()
+    jac = {d: jax.jit(autodiff.make_jacobian_fn(spec, definition=d)) for d in definitions.DEFINITIONS}
+    mjx_fd = jax.jit(certify.make_mjx_fd(spec, "converged"))
+    for definition in definitions.DEFINITIONS:
+        native = finite_diff.NativeStep(spec.mj_model, _N, definition)
+        batched = finite_diff.BatchedFD(spec.mj_model, _N, definition, threads=0)
+        for a, share in _BOUND_CASES:
+            j_s, j_a, _, _ = jac[definition](data, jnp.array([a]))
+            np.testing.assert_allclose(np.asarray(j_a)[:, 0], share * want, rtol=1e-12, atol=1e-15, err_msg=f"autodiff a={a}")
+            x = finite_diff.StepInputs(np.asarray(data.qpos), np.asarray(data.qvel), np.asarray(data.qacc_warmstart),
+                                       np.array([a]), np.zeros(0), np.zeros((0, 3)), np.zeros((0, 4)), 0.0)
+            fd, _ = native.jacobian(x)
+            np.testing.assert_allclose(fd[:, 2], share * want, rtol=1e-6, atol=1e-12, err_msg=f"native a={a}")
+            many, _ = batched.jacobians({k: np.asarray(v)[None] for k, v in x.__dict__.items()})
+            np.testing.assert_array_equal(many[0], fd)
+            if definition == "converged":
+                refs, s_next = mjx_fd(data, jnp.array([a]))
+                np.testing.assert_allclose(np.asarray(refs)[:, :, 2], np.broadcast_to(share * want, (3, 2)), rtol=1e-5, atol=1e-9)
+                full = np.concatenate([np.asarray(j_s), np.asarray(j_a)], axis=1)
+                cert = certify.classify(full, np.asarray(refs), np.asarray(s_next), spec.nq, certify.native_refs(native, x))
+                assert cert.cls == "certified", (a, cert)
+
+
+def test_clipped_colored_actions_keep_the_actuators_full_effect_in_a_collection(tmp_path):
+    """A colored-noise collection clips a third of its actions onto a bound: every step's action
+    column is still the hand-computed one (finite differences, native rollout)."""
+    from models import FREE_SLIDER
+
+    spec = envs.from_mjcf(FREE_SLIDER, name="SliderColored", n_substeps=_N)
+    config = collect.CollectConfig(env="SliderColored", episodes=2, steps=40, policy={"name": "colored", "beta": 1.0, "scale": 1.0},
+                                   backend="finite_diff", chunk_steps=20)
+    ds = dataset.open_dataset(collect.collect(config, tmp_path / "c.zarr", spec=spec))
+    actions = ds["action"].values.ravel()
+    assert 0.1 < np.mean(np.abs(actions) == 1.0) < 0.9
+    np.testing.assert_allclose(ds["J_a"].values[..., 0].reshape(-1, 2), np.broadcast_to(_slider_j_a(), (80, 2)), rtol=1e-6)
+
+
 def _fingerspin_state():
     """The measured case: reset(PRNGKey(0)), 40 uniform random actions (PRNGKey(1)), then one more."""
     spec = envs.load("FingerSpin")

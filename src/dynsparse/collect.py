@@ -413,7 +413,8 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
         "rollout_definition": native_rollout.DEFINITIONS[config.rollout],
         "jacobian_method": (
             autodiff.METHOD_DESCRIPTIONS[autodiff.DEFAULT_METHOD] if config.backend == "autodiff"
-            else f"native MuJoCo centred finite differences of the whole control step (finite_diff.NativeStep), eps={config.fd_eps}"
+            else f"native MuJoCo centred finite differences of the whole control step (finite_diff.NativeStep), eps={config.fd_eps}; "
+                 "an action within eps of its ctrlrange bound is differenced one-sided from inside the range (second order)"
         ),
         "contact_definition": envs.CONTACT_DEFINITION,
         "solver_diagnostics": (

@@ -113,7 +113,7 @@ def _chain(spec: envs.EnvSpec, sub: Callable[[Any, jax.Array], tuple[Any, jax.Ar
     """Chain per-substep Jacobians ``sub(d, a) -> (d_next, A_k (rows, rows), B_k (rows, nu),
     info)`` whose first ``2 nv`` rows/columns are the tangent state; the other rows (the as-run
     warm start) start with a zero tangent."""
-    n = spec.state_size
+    n, control = spec.state_size, definitions.control_fn(spec)
 
     def jac(data: Any, a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, dict[str, jax.Array]]:
         def body(carry: tuple[Any, jax.Array, jax.Array], _: None) -> tuple[tuple[Any, jax.Array, jax.Array], solve.SolveInfo]:
@@ -122,7 +122,7 @@ def _chain(spec: envs.EnvSpec, sub: Callable[[Any, jax.Array], tuple[Any, jax.Ar
             return (d_next, a_k @ a_tot, a_k @ b_tot + b_k), info
 
         dtype = data.qpos.dtype
-        init = (data.replace(ctrl=a), jnp.eye(rows, n, dtype=dtype), jnp.zeros((rows, a.shape[0]), dtype))
+        init = (data.replace(ctrl=control(a)), jnp.eye(rows, n, dtype=dtype), jnp.zeros((rows, a.shape[0]), dtype))
         (d_next, j_s, j_a), infos = jax.lax.scan(body, init, None, length=spec.n_substeps)
         return j_s[:n], j_a[:n], envs.state_of(d_next), definitions.diagnostics(m, infos)
 
@@ -132,13 +132,13 @@ def _chain(spec: envs.EnvSpec, sub: Callable[[Any, jax.Array], tuple[Any, jax.Ar
 def _converged_chain(spec: envs.EnvSpec) -> JacobianFn:
     m = definitions.mjx_model(spec, "converged")
     solve.check_integrator(m)
-    c = spec.charts
+    c, control = spec.charts, definitions.control_fn(spec)
 
     def sub(d: Any, a: jax.Array) -> tuple[Any, jax.Array, jax.Array, solve.SolveInfo]:
-        d_next, info, solution = solve.primal_step(m, d, exact_norm=True)
+        d_next, info, solution = solve.primal_step(m, d, exact_norm=True)  # d.ctrl: control(a)
 
         def g(q: jax.Array, v: jax.Array, a_: jax.Array) -> jax.Array:
-            d2 = solve.step_at(m, d.replace(qpos=q, qvel=v, ctrl=a_), solution)
+            d2 = solve.step_at(m, d.replace(qpos=q, qvel=v, ctrl=control(a_)), solution)
             return tangent_state(c, d2.qpos, d2.qvel)
 
         dq0 = jnp.zeros((c.nv,), d.qpos.dtype)
@@ -152,11 +152,11 @@ def _converged_chain(spec: envs.EnvSpec) -> JacobianFn:
 def _as_run_chain(spec: envs.EnvSpec) -> JacobianFn:
     m = definitions.mjx_model(spec, "as-run")
     solve.check_integrator(m)
-    c = spec.charts
+    c, control = spec.charts, definitions.control_fn(spec)
 
     def sub(d: Any, a: jax.Array) -> tuple[Any, jax.Array, jax.Array, solve.SolveInfo]:
         def g(q: jax.Array, v: jax.Array, w: jax.Array, a_: jax.Array) -> tuple[jax.Array, tuple[Any, solve.SolveInfo]]:
-            d2, info = solve.step(m, d.replace(qpos=q, qvel=v, qacc_warmstart=w, ctrl=a_), "as-run")
+            d2, info = solve.step(m, d.replace(qpos=q, qvel=v, qacc_warmstart=w, ctrl=control(a_)), "as-run")
             return jnp.concatenate([tangent_state(c, d2.qpos, d2.qvel), d2.qacc_warmstart]), (d2, info)
 
         dq0 = jnp.zeros((c.nv,), d.qpos.dtype)

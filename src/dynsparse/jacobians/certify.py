@@ -225,7 +225,8 @@ def classify(
 
 
 def make_mjx_fd(spec: envs.EnvSpec, definition: str, eps: tuple[float, ...] = EPS) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
-    """Centred finite differences of the MJX control step of ``definition`` at one step.
+    """Centred finite differences of the MJX control step of ``definition`` at one step (one-sided
+    into the control range for an action at its bound: ``finite_diff.stencil``).
 
     Returns:
       ``fd(data, a) -> (refs, s_next)`` (unbatched, not jitted): ``refs`` ``(len(eps), 2nv, 2nv +
@@ -237,6 +238,7 @@ def make_mjx_fd(spec: envs.EnvSpec, definition: str, eps: tuple[float, ...] = EP
     c, nv, nu, nq = spec.charts, spec.nv, spec.nu, spec.nq
     n = 2 * nv + nu
     steps = jnp.asarray(eps)
+    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
 
     def fd(data: Any, a: jax.Array) -> tuple[jax.Array, jax.Array]:
         data = match_step_dtypes(model, data)
@@ -247,15 +249,23 @@ def make_mjx_fd(spec: envs.EnvSpec, definition: str, eps: tuple[float, ...] = EP
             return f(data, s, a + x[2 * nv:])[0]
 
         s_next = run(jnp.zeros((n,), dtype))
-        directions = (steps[:, None, None] * jnp.eye(n, dtype=dtype)[None]).reshape(-1, n)
-        outs = jax.vmap(run)(jnp.concatenate([directions, -directions]))
+        # (len(eps), n) each: centred, one-sided into the control range at an action's bound
+        up, down, w_plus, w_minus = finite_diff.stencil(a, low, high, steps[:, None], 2 * nv, xp=jnp)
+        eye = jnp.eye(n, dtype=dtype)[None]
+        plus_dirs = (steps[:, None, None] * up[:, :, None] * eye).reshape(-1, n)
+        minus_dirs = (steps[:, None, None] * down[:, :, None] * eye).reshape(-1, n)
+        outs = jax.vmap(run)(jnp.concatenate([plus_dirs, minus_dirs]))
 
         def read(s: jax.Array) -> jax.Array:
             return jnp.concatenate([tangent.local_exact(c, s_next[:nq], s[:nq]), s[nq:]])
 
         diffs = jax.vmap(read)(outs)
-        plus, minus = diffs[: len(eps) * n], diffs[len(eps) * n:]
-        cols = (plus - minus).reshape(len(eps), n, 2 * nv) / (2 * steps[:, None, None])
+        plus = diffs[: len(eps) * n].reshape(len(eps), n, 2 * nv)
+        minus = diffs[len(eps) * n:].reshape(len(eps), n, 2 * nv)
+        # velocities are read absolutely: a one-sided stencil's weights do not cancel the nominal
+        # value (centred ones do, exactly: its term is then a zero)
+        base = (w_plus + w_minus)[:, :, None] * read(s_next)[None, None]
+        cols = (w_plus[:, :, None] * plus + w_minus[:, :, None] * minus - base) / (2 * steps[:, None, None])
         return jnp.swapaxes(cols, 1, 2), s_next
 
     return fd

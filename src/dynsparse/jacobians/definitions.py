@@ -83,7 +83,9 @@ DESCRIPTIONS = {
 COORDINATES = (
     "s = [qpos, qvel] in MuJoCo's tangent space [dq, dv] (2 nv coordinates, as in mjd_transitionFD: free/ball-"
     "joint quaternions are perturbed by a local rotation vector, q exp(dq/2), and read as log(q0^-1 q); identical to "
-    "[qpos, qvel] when nq == nv); a = the action as the policy emits it (ctrl; MuJoCo clamps it to ctrlrange)"
+    "[qpos, qvel] when nq == nv); a = the action as the policy emits it (ctrl; MuJoCo clamps it to ctrlrange): an "
+    "action on its ctrlrange bound is differentiated from inside the range (the one-sided derivative, as "
+    "mjd_transitionFD takes it), one beyond it has derivative 0"
 )
 
 
@@ -109,10 +111,12 @@ def exact_norm(definition: str) -> bool:
 
 def mjx_model(spec: envs.EnvSpec, definition: str) -> Any:
     """The MJX model a definition simulates: sensors disabled (they do not act on the dynamics),
-    and for ``converged`` the ``CONVERGED`` solver settings."""
+    MuJoCo's own clamp of ``ctrl`` disabled (the control steps clamp with ``control_fn``, whose
+    derivative at a bound is one-sided), and for ``converged`` the ``CONVERGED`` solver settings.
+    Every step of this model must be given a clamped ``ctrl``."""
     check_definition(definition)
     m = spec.mjx_model
-    flags = int(m.opt.disableflags) | int(mujoco.mjtDisableBit.mjDSBL_SENSOR)
+    flags = int(m.opt.disableflags) | int(mujoco.mjtDisableBit.mjDSBL_SENSOR) | int(mujoco.mjtDisableBit.mjDSBL_CLAMPCTRL)
     opt = m.opt.replace(disableflags=type(m.opt.disableflags)(flags))
     if definition == "converged":
         opt = opt.replace(
@@ -120,6 +124,22 @@ def mjx_model(spec: envs.EnvSpec, definition: str) -> Any:
             tolerance=jnp.asarray(CONVERGED.tolerance, jnp.asarray(m.opt.tolerance).dtype),
         )
     return m.replace(opt=opt)
+
+
+def control_fn(spec: envs.EnvSpec) -> Callable[[jax.Array], jax.Array]:
+    """``ctrl(a)``: the action clamped to the control range, as MuJoCo clamps ``ctrl`` (``ctrlrange``
+    of ``ctrllimited`` actuators; ``spec.action_low/high``), with the derivative taken from inside:
+    1 on the closed range, 0 outside it. At an action on its bound (what a clipping policy emits,
+    the colored and PPO policies often) the step's ``J_a`` column is then its one-sided derivative
+    into the range, as ``mjd_transitionFD`` takes it; a clamp's derivative at the bound is
+    otherwise JAX's tie rule, half of it. Values are exactly ``clip(a, low, high)``."""
+    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+
+    def ctrl(a: jax.Array) -> jax.Array:
+        inside = (a >= low) & (a <= high)
+        return jnp.where(inside, a, jax.lax.stop_gradient(jnp.clip(a, low, high)))
+
+    return ctrl
 
 
 def native_model(model: mujoco.MjModel, definition: str) -> mujoco.MjModel:
@@ -155,11 +175,12 @@ def make_control_step(spec: envs.EnvSpec, definition: str) -> Callable[[Any, jax
       (leading axis ``n_substeps``).
     """
     sub = substep_fn(spec, definition)
-    nq = spec.nq
+    nq, control = spec.nq, control_fn(spec)
 
     def f(data: Any, s: jax.Array, a: jax.Array) -> tuple[jax.Array, tuple[Any, solve.SolveInfo]]:
-        d = data.replace(qpos=s[:nq], qvel=s[nq:], ctrl=a, qacc_warmstart=jax.lax.stop_gradient(data.qacc_warmstart))
-        d, infos = jax.lax.scan(lambda d_, _: sub(d_.replace(ctrl=a)), d, None, length=spec.n_substeps)
+        u = control(a)
+        d = data.replace(qpos=s[:nq], qvel=s[nq:], ctrl=u, qacc_warmstart=jax.lax.stop_gradient(data.qacc_warmstart))
+        d, infos = jax.lax.scan(lambda d_, _: sub(d_.replace(ctrl=u)), d, None, length=spec.n_substeps)
         return envs.state_of(d), (d, infos)
 
     return f
@@ -170,14 +191,16 @@ def make_primal_control_step(spec: envs.EnvSpec, definition: str) -> Callable[[A
     ``f(data, s, a) -> (s_next, infos)``, same values as ``make_control_step``'s (same operations)."""
     m = mjx_model(spec, definition)
     solve.check_integrator(m)
-    nq, exact = spec.nq, exact_norm(definition)
+    nq, exact, control = spec.nq, exact_norm(definition), control_fn(spec)
 
     def f(data: Any, s: jax.Array, a: jax.Array) -> tuple[jax.Array, solve.SolveInfo]:
+        u = control(a)
+
         def sub(d: Any, _: None) -> tuple[Any, solve.SolveInfo]:
-            d_next, info, _ = solve.primal_step(m, d.replace(ctrl=a), exact)
+            d_next, info, _ = solve.primal_step(m, d.replace(ctrl=u), exact)
             return d_next, info
 
-        d = data.replace(qpos=s[:nq], qvel=s[nq:], ctrl=a)
+        d = data.replace(qpos=s[:nq], qvel=s[nq:], ctrl=u)
         d, infos = jax.lax.scan(sub, d, None, length=spec.n_substeps)
         return envs.state_of(d), infos
 

@@ -11,7 +11,8 @@ another truncated solve).
 
 Centred differences of the whole control step in MuJoCo's tangent space ``[dq, dv]``
 (``mj_integratePos`` perturbs positions, ``mj_differentiatePos`` reads them at the nominal next
-position) and in the action: ``2 (2 nv + nu)`` control steps per Jacobian. Activations are held.
+position) and in the action (one-sided into the control range for an action at its bound:
+``stencil``): ``2 (2 nv + nu)`` control steps per Jacobian. Activations are held.
 Finite differences never give exact zeros (round-off ~1e-10 where the true entry is 0): decide
 zeros on exact derivatives, use these to check values.
 """
@@ -20,15 +21,51 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 import mujoco
 import numpy as np
 
+from dynsparse import envs
 from dynsparse.jacobians import definitions
 
 #: Default centred-difference step (tangent coordinates and action units).
 DEFAULT_EPS = 1e-6
+
+
+def stencil(a: Any, low: Any, high: Any, eps: Any, n_state: int, xp: Any = np) -> tuple[Any, Any, Any, Any]:
+    """Where and with which weights each column of ``[J_s | J_a]`` is differenced, in units of eps.
+
+    Column ``j``'s derivative is ``(w_plus d(x + up_j eps e_j) + w_minus d(x + down_j eps e_j)) /
+    (2 eps)`` with ``d(y) = f(y) - f(x)`` (in the tangent space). State columns and actions at
+    least eps inside their control range are centred: ``(up, down, w_plus, w_minus) = (1, -1, 1,
+    -1)``. An action less than eps from its upper bound (or beyond it) is differenced backward from
+    inside the range, second order, ``(-2, -1, 1, -4)``: ``(3 f(a) - 4 f(a - eps) + f(a - 2 eps)) /
+    (2 eps)``; one near its lower bound forward, ``(1, 2, 4, -1)``. MuJoCo clamps ``ctrl`` to its
+    range, so a centred difference there would straddle the clamp and give half the actuator's
+    effect; this is the one-sided derivative into the range, as ``definitions.control_fn`` gives
+    autodiff (and as ``mjd_transitionFD`` takes it), and 0 beyond the bound by more than ``2 eps``.
+
+    Args:
+      a: ``(..., nu)`` actions (NumPy, or JAX with ``xp=jax.numpy``).
+      low, high: ``(nu,)`` the control range (``-inf``/``inf`` where not limited).
+      eps: the step (a scalar, or broadcasting against ``a``).
+      n_state: ``2 nv``, the state columns before the action columns.
+      xp: the array module.
+
+    Returns:
+      ``(up, down, w_plus, w_minus)``, each ``(..., n_state + nu)``, float64.
+    """
+    a = xp.asarray(a, dtype=xp.float64)
+    near_high = a + eps > high
+    near_low = (a - eps < low) & ~near_high
+    state = xp.ones(near_high.shape[:-1] + (n_state,), xp.float64)
+
+    def column(centred: float, at_high: float, at_low: float) -> Any:
+        act = xp.where(near_high, at_high, xp.where(near_low, at_low, centred))
+        return xp.concatenate([state * centred, act], axis=-1)
+
+    return column(1.0, -2.0, 1.0), column(-1.0, -1.0, 2.0), column(1.0, 1.0, 4.0), column(-1.0, -4.0, -1.0)
 
 
 @dataclasses.dataclass
@@ -85,6 +122,7 @@ class NativeStep:
         self.n_substeps = int(n_substeps)
         self.definition = definition
         self.nv, self.nu = int(model.nv), int(model.nu)
+        self.low, self.high = envs.action_bounds(model)
 
     def next_state(self, x: StepInputs, dq: np.ndarray | None = None, dv: np.ndarray | None = None, du: np.ndarray | None = None) -> np.ndarray:
         """``[qpos, qvel]`` ``(nq + nv,)`` after the control step from ``x`` perturbed by the
@@ -109,7 +147,8 @@ class NativeStep:
         return np.concatenate([dq, s[nq:] - s_ref[nq:]])
 
     def jacobian(self, x: StepInputs, eps: float = DEFAULT_EPS) -> tuple[np.ndarray, np.ndarray]:
-        """Centred finite differences of the control step at ``x``.
+        """Finite differences of the control step at ``x``: centred, one-sided into the control
+        range for an action at its bound (``stencil``).
 
         Returns:
           ``(J, s_next)``: ``J`` ``(2 nv, 2 nv + nu)`` = ``[J_s | J_a]`` in the tangent space,
@@ -117,13 +156,15 @@ class NativeStep:
         """
         nv, nu = self.nv, self.nu
         s_next = self.next_state(x)
+        up, down, w_plus, w_minus = stencil(x.ctrl, self.low, self.high, eps, 2 * nv)
         cols = np.zeros((2 * nv, 2 * nv + nu))
         for j in range(2 * nv + nu):
-            e = np.zeros(2 * nv + nu)
-            e[j] = eps
-            plus = self.next_state(x, e[:nv], e[nv:2 * nv], e[2 * nv:])
-            minus = self.next_state(x, -e[:nv], -e[nv:2 * nv], -e[2 * nv:])
-            cols[:, j] = (self.tangent_difference(s_next, plus) - self.tangent_difference(s_next, minus)) / (2 * eps)
+            diffs = []
+            for k in (up[j], down[j]):
+                e = np.zeros(2 * nv + nu)
+                e[j] = k * eps
+                diffs.append(self.tangent_difference(s_next, self.next_state(x, e[:nv], e[nv:2 * nv], e[2 * nv:])))
+            cols[:, j] = (w_plus[j] * diffs[0] + w_minus[j] * diffs[1]) / (2 * eps)
         return cols, s_next
 
 
@@ -171,6 +212,7 @@ class BatchedFD:
         self.nq, self.nv, self.nu = int(model.nq), int(model.nv), int(model.nu)
         self.threads = default_threads() if threads is None else int(threads)
         self.chunk = max(1, int(chunk))
+        self.low, self.high = envs.action_bounds(model)
         self._rollout = rollout.Rollout(nthread=self.threads)
         self._datas = [mujoco.MjData(self.model) for _ in range(max(1, self.threads))]
         self._scratch = mujoco.MjData(self.model)
@@ -301,14 +343,16 @@ class BatchedFD:
         controls = np.repeat(control[:, None], per, axis=1)
         qp, qv, cu = (slice(self._qpos_at, self._qpos_at + nq), slice(self._qvel_at, self._qvel_at + nv),
                       slice(self._ctrl_at, self._ctrl_at + nu))
-        for sign, r0 in ((eps, 1), (-eps, 1 + ncol)):
+        up, down, w_plus, w_minus = stencil(np.asarray(x["ctrl"]).reshape(k, nu), self.low, self.high, eps, 2 * nv)
+        for sign, r0, at in ((eps, 1, up), (-eps, 1 + ncol, down)):
             if self._flat:
                 states[:, r0:r0 + nv, qp] = state[:, None, qp] + np.eye(nv) * sign
             else:
                 for i in range(k):
                     states[i, r0:r0 + nv, qp] = self._qpos_perturbed(state[i, qp], sign)
             states[:, r0 + nv:r0 + 2 * nv, qv] = state[:, None, qv] + np.eye(nv) * sign
-            controls[:, r0 + 2 * nv:r0 + ncol, cu] = control[:, None, cu] + np.eye(nu) * sign
+            # each action column at its own stencil point (one-sided at a control bound)
+            controls[:, r0 + 2 * nv:r0 + ncol, cu] = control[:, None, cu] + np.eye(nu)[None] * (at[:, 2 * nv:, None] * eps)
         warm = np.repeat(np.asarray(x["warmstart"], np.float64)[:, None, :], per, axis=1)
         out, _ = self._rollout.rollout(
             self.model, self._datas, states.reshape(k * per, self.nstate),
@@ -321,7 +365,7 @@ class BatchedFD:
         else:
             plus = np.stack([self._tangent_differences(s[i, 0], s[i, 1:1 + ncol]) for i in range(k)])
             minus = np.stack([self._tangent_differences(s[i, 0], s[i, 1 + ncol:]) for i in range(k)])
-        return np.swapaxes((plus - minus) / (2 * eps), 1, 2), s[:, 0]
+        return np.swapaxes((w_plus[:, :, None] * plus + w_minus[:, :, None] * minus) / (2 * eps), 1, 2), s[:, 0]
 
 
 class FiniteDiffBackend:
