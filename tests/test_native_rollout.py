@@ -249,4 +249,11 @@ def test_open_loop_actions_equal_the_jitted_ones():
 def test_envs_lists_what_only_finite_differences_measure(capsys):
     cli._print_env_row("gymnasium:Humanoid-v5")
     row = capsys.readouterr().out
-    assert row.startswith("gymnasium:Humanoid-v5") and row.rstrip().endswith("finite_diff only (MJX: mjtSolver.mjSOL_PGS is not implemented)")
+    assert row.startswith("gymnasium:Humanoid-v5") and row.rstrip().endswith("finite_diff only (MJX lacks the PGS solver)")
+
+
+def test_envs_names_what_mjx_lacks_in_a_few_words():
+    assert cli._short_feature("mjtSolver.mjSOL_PGS is not implemented") == "the PGS solver"
+    assert cli._short_feature("(mjtGeom.mjGEOM_ELLIPSOID, mjtGeom.mjGEOM_BOX) collisions not implemented") == "ellipsoid-box collisions"
+    assert cli._short_feature("mjINT_IMPLICIT is not implemented") == "mjINT_IMPLICIT"
+    assert cli._short_feature("some new feature") == "some new feature"

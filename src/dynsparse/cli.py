@@ -320,6 +320,19 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _short_feature(feature: str) -> str:
+    """``MJXCannotBuild.feature`` in a few words for the ``envs`` table:
+    ``mjtSolver.mjSOL_PGS is not implemented`` -> ``the PGS solver``,
+    ``(mjtGeom.mjGEOM_ELLIPSOID, mjtGeom.mjGEOM_BOX) collisions not implemented`` ->
+    ``ellipsoid-box collisions``; other texts unchanged but for the trailing "not implemented"."""
+    import re
+
+    text = re.sub(r"mjtSolver\.mjSOL_(\w+)", r"the \1 solver", feature)
+    text = re.sub(r"mjtGeom\.mjGEOM_(\w+)", lambda g: g.group(1).lower(), text)
+    text = re.sub(r"\((\w+), (\w+)\) collisions", r"\1-\2 collisions", text)
+    return re.sub(r"\s*(is |are )?not implemented$", "", text) or feature
+
+
 def _print_env_row(name: str) -> None:
     """One ``envs`` row of a prefixed source; for a model MJX cannot build, what it lacks (such a
     model is measured by ``--backend finite_diff`` alone, natively)."""
@@ -330,7 +343,7 @@ def _print_env_row(name: str) -> None:
         info = envs.static_info(name)
     except sources.MJXCannotBuild as exc:
         info = envs.static_info(name, native=True)
-        note = f"  finite_diff only (MJX: {exc.feature})"
+        note = f"  finite_diff only (MJX lacks {_short_feature(exc.feature)})"
     except errors.UserError as exc:
         print(f"{name:<40}  not supported: {str(exc).split(': ', 1)[1].split(';')[0]}")
         return
