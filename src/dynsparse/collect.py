@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dynsparse import dataset, envs, errors, interrupts, locks, native_rollout, options, policies, sources
-from dynsparse.jacobians import autodiff, certify, definitions, finite_diff
+from dynsparse.jacobians import autodiff, certify, definitions, finite_diff, native_solver
 from dynsparse.jacobians import compare as compare_lib
 
 log = logging.getLogger(__name__)
@@ -417,7 +417,7 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
                  "an action within eps of its ctrlrange bound is differenced one-sided from inside the range (second order)"
         ),
         "contact_definition": envs.CONTACT_DEFINITION,
-        "solver_diagnostics": (
+        "solver_diagnostics": native_solver.DEFINITION_TEXT if config.backend == "finite_diff" else (
             "of the definition's own constraint solves (one per substep; four per substep with RK4): solver_residual = "
             "max over the solves of |r| / trace(M) at the returned qacc (r = M qacc - qfrc_smooth - qfrc_constraint, the "
             "cost gradient); solver_truncated = solves stopped at the iteration cap with that residual >= the tolerance; "
@@ -461,6 +461,7 @@ class _Runner:
         self.fd = None
         if config.backend == "finite_diff":
             self.fd = finite_diff.FiniteDiffBackend(spec.mj_model, spec.n_substeps, config.fd_eps, config.jacobian)
+            self.fd_solver = native_solver.NativeSolverDiagnostics(spec.mj_model, spec.n_substeps, config.jacobian, threads=0)
         self.checker = certify.StepChecker(spec, config.jacobian, prefetch=prefetch) if config.check_every else None
         self._rollout = rollout
         self._sharding = None if self.native is not None else rollout.batch_sharding(layout.batch_size)
@@ -572,10 +573,13 @@ class _Runner:
             # a step into a non-finite state has no derivative (native MuJoCo would differentiate
             # the reset it makes there)
             where = np.nonzero(valid & np.isfinite(o["next_state"]).all(axis=-1))
-            if where[0].size:
-                o["J_s"][where], o["J_a"][where] = self.fd.batch({f.name: o[f.name][where] for f in dataclasses.fields(finite_diff.StepInputs)})
             o["solver_residual"] = np.full((ne, nt), np.nan)
-            o["solver_truncated"] = o["solver_start_returned"] = np.full((ne, nt), -1)
+            o["solver_truncated"], o["solver_start_returned"] = np.full((ne, nt), -1), np.full((ne, nt), -1)
+            if where[0].size:
+                inputs = {f.name: o[f.name][where] for f in dataclasses.fields(finite_diff.StepInputs)}
+                o["J_s"][where], o["J_a"][where], diag = native_solver.measure(self.fd, self.fd_solver, inputs)
+                for name, values in diag.items():
+                    o[name][where] = values
         else:
             o["J_s"] = np.where(valid[..., None, None], o["J_s"], np.nan)
             o["J_a"] = np.where(valid[..., None, None], o["J_a"], np.nan)

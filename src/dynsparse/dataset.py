@@ -32,7 +32,8 @@ slide joints is ``[qpos, qvel]`` itself. When ``nq != nv`` the stored states ``s
   valid                 episode, step            the step exists (written, episode alive)
   finite                episode, step            J_s and J_a have no NaN/Inf
   solver_residual       episode, step            the definition's solve: largest |r|/trace(M)
-                                                 over substeps (NaN: finite_diff backend)
+                                                 over substeps (finite_diff: native replay,
+                                                 attrs solver_diagnostics; NaN: not recorded)
   solver_truncated      episode, step            substeps whose solve stopped at its
                                                  iteration cap above tolerance (-1: n/a)
   solver_start_returned episode, step            substeps whose solver start point passed

@@ -164,8 +164,8 @@ def check_summary(ds: Any) -> dict[str, Any]:
 
 
 def solver_summary(ds: Any) -> dict[str, Any] | None:
-    """How the definition's constraint solves went over the valid steps (None: finite_diff
-    backend, which records nothing): steps with a truncated substep, with a start point returned,
+    """How the definition's constraint solves went over the valid steps (None where nothing was
+    recorded: finite_diff datasets made before 2026-12-03): steps with a truncated substep, with a start point returned,
     and the largest and median residual."""
     valid = np.asarray(ds["valid"].values, bool)
     truncated = np.asarray(ds["solver_truncated"].values)

@@ -1,0 +1,202 @@
+"""Solver diagnostics of a definition's control step in native MuJoCo (the ``finite_diff`` backend).
+
+The autodiff backend records how each of its own constraint solves went (``definitions.diagnostics``
+from MJX's iterations). The finite-difference backend's function is native MuJoCo's step with the
+definition's solver settings (``definitions.native_model``); this module replays the nominal
+control step of each stored step once (the same ``mj_step`` sequence as ``BatchedFD``'s nominal
+trajectory, from the same state, warm start, ``ctrl``, activations and mocap: its next state is
+checked bit for bit in ``tests/test_native_solver.py``) and reads, after every substep's forward
+pass:
+
+- ``niter``: ``max(d.solver_niter[:max(1, nisland)])``, the iterations of the slowest island
+  (islands are on by default in MuJoCo >= 3.3; each island is solved on its own and counts its
+  own iterations; 0 means the solver returned its start point, the warm start or ``qacc_smooth``);
+- ``residual``: ``|r| / trace(M)`` with ``r = M qacc - qfrc_smooth -
+  qfrc_constraint(qacc)`` the gradient of the primal constraint cost at the returned ``qacc``,
+  its constraint forces recomputed there by ``mj_constraintUpdate`` (so PGS, which solves the dual
+  and whose own forces satisfy ``M qacc = qfrc_smooth + J'f`` by construction, is measured by the
+  same primal optimality residual as Newton and CG); the scaling is MJX's ``_rescale`` (the trace of
+  the joint-space inertia at the state), as in the autodiff datasets; 0 without constraint rows;
+- ``active``: some constraint row is not satisfied (``efc_state != mjCNSTRSTATE_SATISFIED``) at
+  the returned ``qacc``.
+
+Per control step: ``solver_residual`` = the largest residual over the substeps,
+``solver_truncated`` = substeps with ``niter >= opt.iterations`` and ``residual >= opt.tolerance``
+(MJX's rule, ``definitions.diagnostics``), ``solver_start_returned`` = substeps with ``niter == 0``
+while a constraint row was active. With RK4 MuJoCo keeps the quantities of no stage but the last
+and mixes stages in ``mjData``; there the first stage (the forward pass at the substep's start,
+run once more by ``mj_forward`` before ``mj_step``, which recomputes it identically) is read: one
+of the four solves per substep (the autodiff backend counts all four).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+from typing import Mapping
+
+import mujoco
+import numpy as np
+
+from dynsparse.jacobians import definitions
+from dynsparse.jacobians.finite_diff import FiniteDiffBackend, StepInputs, default_threads, set_inputs
+
+#: Recorded in the ``solver_diagnostics`` attrs of every ``finite_diff`` dataset.
+DEFINITION_TEXT = (
+    "of the definition's native constraint solves (the nominal control step replayed with native MuJoCo and the "
+    "definition's solver settings, one solve per substep; with RK4 only the first of each substep's four stage solves, "
+    "MuJoCo keeps no other): solver_residual = max over the substeps of |r| / trace(M) with r = "
+    "M qacc - qfrc_smooth - qfrc_constraint the primal constraint cost's gradient at the returned qacc (its forces "
+    "recomputed there by mj_constraintUpdate, for PGS too); solver_truncated = substeps whose slowest island "
+    "(max of solver_niter over the islands) ran opt.iterations iterations and whose residual is >= opt.tolerance; "
+    "solver_start_returned = substeps where every island returned its start point (solver_niter 0) while a "
+    "constraint row was active"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SubstepSolve:
+    """What one substep's constraint solve did (read from ``mjData`` after its forward pass)."""
+
+    niter: int
+    residual: float
+    active: bool
+
+
+class SolveReader:
+    """Reads the solve of the forward pass whose results an ``mjData`` of ``model`` holds
+    (``qacc``, ``efc_*``, ``M``), with buffers kept between calls (one reader per thread)."""
+
+    def __init__(self, model: mujoco.MjModel):
+        self.model = model
+        self._ma = np.zeros(model.nv)
+        self._cost = np.zeros(1)
+        self._diag = np.asarray(model.M_rowadr + model.M_rownnz - 1, np.int64)  # M's diagonal in mjData.M
+        self._satisfied = int(mujoco.mjtConstraintState.mjCNSTRSTATE_SATISFIED)
+        # Newton and CG leave the primal forces and states at the returned qacc in mjData
+        # (checked against mj_constraintUpdate to ~1e-13 in tests/test_native_solver.py); PGS
+        # leaves its dual iterate, noslip its own forces: those are recomputed
+        primal = (mujoco.mjtSolver.mjSOL_NEWTON, mujoco.mjtSolver.mjSOL_CG)
+        self._recompute = int(model.opt.solver) not in [int(x) for x in primal] or model.opt.noslip_iterations > 0
+
+    def __call__(self, d: mujoco.MjData) -> SubstepSolve:
+        """For PGS or noslip, overwrites ``d.efc_force``, ``d.efc_state`` and
+        ``d.qfrc_constraint`` with the primal forces at ``d.qacc`` (no later ``mj_step`` reads
+        them: its forward pass recomputes them)."""
+        m = self.model
+        nisland, counts = int(d.nisland), d.solver_niter
+        niter = int(counts[0]) if nisland <= 1 else int(counts[:nisland].max())
+        nefc = int(d.nefc)
+        if nefc == 0:
+            return SubstepSolve(niter, 0.0, False)
+        if self._recompute:
+            jar = np.empty(nefc)
+            mujoco.mj_mulJacVec(m, d, jar, d.qacc)
+            jar -= d.efc_aref
+            mujoco.mj_constraintUpdate(m, d, jar, self._cost, 0)
+        ma = self._ma
+        mujoco.mj_mulM(m, d, ma, d.qacc)
+        ma -= d.qfrc_smooth
+        ma -= d.qfrc_constraint
+        trace = float(d.M[self._diag].sum()) if m.nv else 0.0
+        residual = float(np.dot(ma, ma)) ** 0.5 / max(mujoco.mjMINVAL, trace)
+        active = bool((d.efc_state[:nefc] != self._satisfied).any())
+        return SubstepSolve(niter, residual, active)
+
+
+def read_solve(m: mujoco.MjModel, d: mujoco.MjData) -> SubstepSolve:
+    """``SolveReader(m)(d)``: the solve whose results ``d`` holds (one call; see ``SolveReader``)."""
+    return SolveReader(m)(d)
+
+
+class NativeSolverDiagnostics:
+    """Per-step solver diagnostics of a definition's native control step (module docstring).
+
+    Args:
+      model: the environment's native model (copied with the definition's solver settings).
+      n_substeps: physics steps per control step.
+      definition: ``"converged"`` or ``"as-run"``.
+      threads: worker threads (default: this process's cores); 0 runs on the calling thread.
+    """
+
+    def __init__(self, model: mujoco.MjModel, n_substeps: int, definition: str = definitions.DEFAULT_DEFINITION,
+                 threads: int | None = None):
+        self.model = definitions.native_model(model, definition)
+        self.n_substeps = int(n_substeps)
+        self.threads = default_threads() if threads is None else int(threads)
+        self.rk4 = int(self.model.opt.integrator) == int(mujoco.mjtIntegrator.mjINT_RK4)
+        self._datas = [mujoco.MjData(self.model) for _ in range(max(1, self.threads))]
+        self._readers = [SolveReader(self.model) for _ in self._datas]
+
+    def step(self, d: mujoco.MjData, x: StepInputs, reader: SolveReader | None = None) -> tuple[np.ndarray, float, int, int]:
+        """Replay one control step from ``x`` in ``d`` (``reader``: ``SolveReader`` of this model).
+
+        Returns:
+          ``(s_next, residual, truncated, start_returned)``: ``s_next`` ``(nq + nv,)`` the
+          nominal ``[qpos, qvel]`` after it, then the three per-step diagnostics.
+        """
+        m = self.model
+        read = reader or self._readers[0]
+        cap, tol = int(m.opt.iterations), float(m.opt.tolerance)
+        set_inputs(m, d, x)
+        residual, truncated, returned = 0.0, 0, 0
+        for _ in range(self.n_substeps):
+            if self.rk4:
+                mujoco.mj_forward(m, d)
+                solve = read(d)
+                mujoco.mj_step(m, d)
+            else:
+                mujoco.mj_step(m, d)
+                solve = read(d)
+            residual = max(residual, solve.residual)
+            truncated += int(solve.niter >= cap and solve.residual >= tol)
+            returned += int(solve.niter == 0 and solve.active)
+        return np.concatenate([d.qpos, d.qvel]), residual, truncated, returned
+
+    def batch(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Diagnostics of ``k`` steps.
+
+        Args:
+          arrays: ``StepInputs`` fields, each with leading ``(k,)``.
+
+        Returns:
+          ``solver_residual`` ``(k,)`` float64, ``solver_truncated`` and
+          ``solver_start_returned`` ``(k,)`` int64 (substep counts), ``next_state`` ``(k, nq + nv)``.
+        """
+        k = len(np.asarray(arrays["qpos"]))
+        out = {"solver_residual": np.zeros(k), "solver_truncated": np.zeros(k, np.int64),
+               "solver_start_returned": np.zeros(k, np.int64),
+               "next_state": np.zeros((k, self.model.nq + self.model.nv))}
+
+        def work(group: np.ndarray, j: int) -> None:
+            d, reader = self._datas[j], self._readers[j]
+            for i in group:
+                s, r, t, z = self.step(d, StepInputs.from_arrays(arrays, (int(i),)), reader)
+                out["next_state"][i], out["solver_residual"][i] = s, r
+                out["solver_truncated"][i], out["solver_start_returned"][i] = t, z
+
+        groups = [g for g in np.array_split(np.arange(k), max(1, self.threads)) if g.size]
+        if self.threads <= 1 or len(groups) <= 1:
+            for g in groups:
+                work(g, 0)
+            return out
+        with concurrent.futures.ThreadPoolExecutor(len(groups), thread_name_prefix="native-solver") as pool:
+            for f in [pool.submit(work, g, j) for j, g in enumerate(groups)]:
+                f.result()
+        return out
+
+
+def measure(fd: FiniteDiffBackend, solver: NativeSolverDiagnostics, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """FD Jacobians and solver diagnostics of the same ``k`` steps: the replay (Python per
+    substep, one thread: more threads only contend for the GIL, 1.4x slower with two on
+    HalfCheetah-v5) runs on a second thread while the batched FD's C++ threads run.
+
+    Returns:
+      ``(J_s, J_a, diagnostics)``: ``J_s`` ``(k, nx, nx)``, ``J_a`` ``(k, nx, nu)`` (``fd.batch``)
+      and ``NativeSolverDiagnostics.batch`` without ``next_state``.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fd-solver-diagnostics") as pool:
+        diag = pool.submit(solver.batch, arrays)
+        j_s, j_a = fd.batch(arrays)
+        out = diag.result()
+    return j_s, j_a, {k: v for k, v in out.items() if k != "next_state"}

@@ -1,0 +1,167 @@
+"""``native_solver``: the finite_diff backend's solver diagnostics (native only, fast tier).
+
+The replay is the FD backend's own nominal step (bit for bit), the residual is the primal
+constraint cost's gradient (checked against a dense recompute from the constraint rows), and the
+counts follow MJX's rules (truncated: iteration cap reached with the residual above tolerance;
+start returned: no iteration while a constraint is active)."""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+import pytest
+
+from dynsparse import cli, dataset
+from dynsparse.jacobians import finite_diff, native_solver
+from dynsparse.metrics import structure
+from models import LEGGED, LEGGED_SUBSTEPS, RESTING_BOX, RESTING_BOX_SUBSTEPS
+from test_finite_diff import ARM_ACT_MOCAP, HINGE_CHAIN, _visited
+
+
+def _with_option(xml: str, option: str) -> str:
+    """``xml`` with ``option`` (attributes of ``<option>``) added."""
+    if "<option " in xml:
+        return xml.replace("<option ", f"<option {option} ", 1)
+    return xml.replace("<worldbody>", f"<option {option}/><worldbody>", 1)
+
+
+REPLAYS = {
+    "legged": (LEGGED, LEGGED_SUBSTEPS),
+    "legged PGS": (_with_option(LEGGED, 'solver="PGS"'), LEGGED_SUBSTEPS),
+    "legged CG 2 iterations": (_with_option(LEGGED, 'solver="CG" iterations="2"'), LEGGED_SUBSTEPS),
+    "legged sparse": (_with_option(LEGGED, 'jacobian="sparse"'), LEGGED_SUBSTEPS),
+    "arm RK4 (activation, mocap)": (_with_option(ARM_ACT_MOCAP, 'integrator="RK4"'), 2),
+    "hinge chain implicitfast": (_with_option(HINGE_CHAIN, 'integrator="implicitfast"'), 1),
+    "resting box": (RESTING_BOX, RESTING_BOX_SUBSTEPS),
+}
+
+
+@pytest.mark.parametrize("case", list(REPLAYS))
+@pytest.mark.parametrize("definition", ["as-run", "converged"])
+def test_replay_is_the_finite_difference_nominal_step(case: str, definition: str) -> None:
+    """The diagnostics come from the function the FD Jacobian differentiates: the replayed next
+    state equals ``BatchedFD``'s nominal one bit for bit (solver, integrator, sparse Jacobian,
+    activations, mocap; reading the solve writes nothing a later substep reads)."""
+    xml, substeps = REPLAYS[case]
+    model = mujoco.MjModel.from_xml_string(xml)
+    arrays = _visited(model, substeps, 25, seed=2)
+    _, s_next = finite_diff.BatchedFD(model, substeps, definition, threads=2).jacobians(arrays)
+    for threads in (0, 2):
+        out = native_solver.NativeSolverDiagnostics(model, substeps, definition, threads=threads).batch(arrays)
+        np.testing.assert_array_equal(out["next_state"], s_next)
+        assert out["solver_residual"].shape == out["solver_truncated"].shape == (25,)
+        assert np.all(out["solver_residual"] >= 0) and np.all(out["solver_truncated"] <= substeps)
+
+
+@pytest.mark.parametrize("solver,iterations", [("Newton", 1), ("CG", 1), ("CG", 3), ("PGS", 3), ("Newton", 100)])
+def test_residual_is_the_primal_cost_gradient(solver: str, iterations: int) -> None:
+    """The residual equals ``|M qacc - qfrc_smooth - J' f(qacc)| / trace(M)`` recomputed densely:
+    on the legged robot (pyramidal contacts and joint limits) the primal force of a row is
+    ``-efc_D jar`` where ``jar = J qacc - aref < 0`` and 0 elsewhere. For PGS this is not the
+    solver's own force (which satisfies the equation of motion exactly), so a truncated PGS solve
+    still shows a residual."""
+    model = mujoco.MjModel.from_xml_string(_with_option(LEGGED, f'solver="{solver}" iterations="{iterations}"'))
+    arrays = _visited(model, LEGGED_SUBSTEPS, 30, seed=3)
+    d = mujoco.MjData(model)
+    ours, dense = [], []
+    for k in range(30):
+        finite_diff.set_inputs(model, d, finite_diff.StepInputs.from_arrays(arrays, (k,)))
+        mujoco.mj_forward(model, d)
+        if d.nefc == 0:
+            continue
+        assert set(np.unique(d.efc_type).tolist()) <= {int(mujoco.mjtConstraint.mjCNSTR_LIMIT_JOINT),
+                                                       int(mujoco.mjtConstraint.mjCNSTR_CONTACT_PYRAMIDAL)}
+        jac = d.efc_J.reshape(d.nefc, model.nv)
+        jar = jac @ d.qacc - d.efc_aref
+        force = np.where(jar < 0, -d.efc_D * jar, 0.0)
+        full_m = np.zeros((model.nv, model.nv))
+        mujoco.mj_fullM(model, d, full_m)
+        dense.append(np.linalg.norm(full_m @ d.qacc - d.qfrc_smooth - jac.T @ force) / np.trace(full_m))
+        ours.append(native_solver.read_solve(model, d).residual)
+    assert len(ours) >= 20
+    ours, dense = np.array(ours), np.array(dense)
+    np.testing.assert_allclose(ours, dense, rtol=1e-8, atol=1e-13)
+    if iterations < 100:
+        assert dense.max() > 1e-3  # truncated solves: far from optimal, so the check has teeth
+    else:
+        assert dense.max() < 1e-10
+
+
+def test_truncation_follows_the_iteration_cap_and_the_residual() -> None:
+    """CG capped at 2 iterations truncates the resting box's solves (as-run); each count equals
+    the rule applied to the substeps one by one. The converged definition (the model's solver
+    with 100 iterations, tolerance 1e-14) never reaches the cap, but CG's improvement test
+    (cost change < 1e-14) stops it with gradients up to ~5e-7: not truncated, and the residual
+    shows it. Newton at the converged settings lands at round-off."""
+    model = mujoco.MjModel.from_xml_string(_with_option(RESTING_BOX, 'solver="CG" iterations="2"'))
+    arrays = _visited(model, RESTING_BOX_SUBSTEPS, 30, seed=4)
+    as_run = native_solver.NativeSolverDiagnostics(model, RESTING_BOX_SUBSTEPS, "as-run", threads=0)
+    out = as_run.batch(arrays)
+    assert out["solver_truncated"].sum() > 10
+    # the same rule by hand, substep by substep
+    m, d = as_run.model, mujoco.MjData(as_run.model)
+    for k in range(30):
+        finite_diff.set_inputs(m, d, finite_diff.StepInputs.from_arrays(arrays, (k,)))
+        count, worst = 0, 0.0
+        for _ in range(RESTING_BOX_SUBSTEPS):
+            mujoco.mj_step(m, d)
+            niter = int(d.solver_niter[:max(1, d.nisland)].max())
+            solve = native_solver.read_solve(m, d)
+            count += int(niter >= 2 and solve.residual >= m.opt.tolerance)
+            worst = max(worst, solve.residual)
+        assert out["solver_truncated"][k] == count and out["solver_residual"][k] == worst
+    conv = native_solver.NativeSolverDiagnostics(model, RESTING_BOX_SUBSTEPS, "converged", threads=0).batch(arrays)
+    assert conv["solver_truncated"].sum() == 0 and 1e-8 < conv["solver_residual"].max() < 1e-5
+    newton = mujoco.MjModel.from_xml_string(RESTING_BOX)
+    conv = native_solver.NativeSolverDiagnostics(newton, RESTING_BOX_SUBSTEPS, "converged", threads=0).batch(arrays)
+    assert conv["solver_truncated"].sum() == 0 and conv["solver_residual"].max() < 1e-10
+
+
+def test_start_returned_when_the_warm_start_is_the_solution() -> None:
+    """Replaying a step of the resting box with the solver's own answer as the warm start: the
+    solver returns its start point (no iteration) with the contacts active, at the one substep.
+    Without constraint rows nothing is counted and the residual is 0."""
+    model = mujoco.MjModel.from_xml_string(RESTING_BOX)
+    arrays = _visited(model, 1, 30, seed=3)
+    d = mujoco.MjData(model)
+    finite_diff.set_inputs(model, d, finite_diff.StepInputs.from_arrays(arrays, (29,)))
+    mujoco.mj_forward(model, d)
+    assert d.nefc > 0
+    replay = {k: v[29:30].copy() for k, v in arrays.items()}
+    cold = native_solver.NativeSolverDiagnostics(model, 1, "as-run", threads=0).batch(replay)
+    replay["warmstart"][0] = d.qacc
+    warm = native_solver.NativeSolverDiagnostics(model, 1, "as-run", threads=0).batch(replay)
+    assert int(warm["solver_start_returned"][0]) == 1 and int(warm["solver_truncated"][0]) == 0
+    assert int(cold["solver_start_returned"][0]) == 0
+    free = mujoco.MjModel.from_xml_string(HINGE_CHAIN.replace('limited="true" range="-0.5 0.5"', ""))
+    out = native_solver.NativeSolverDiagnostics(free, 1, "as-run", threads=0).batch(_visited(free, 1, 5, seed=0))
+    assert out["solver_residual"].tolist() == [0.0] * 5 and out["solver_start_returned"].sum() == 0
+
+
+def test_finite_diff_datasets_record_the_diagnostics(tmp_path) -> None:
+    """A finite_diff collection stores the diagnostics (no more NaN / -1), the attrs say how
+    they are defined, and ``structure`` reports them: CG capped at 2 iterations truncates the
+    resting box's as-run solves."""
+    path = tmp_path / "box.xml"
+    path.write_text(_with_option(RESTING_BOX, 'solver="CG" iterations="2"'))
+    out = tmp_path / "box.zarr"
+    assert cli.main(["collect", f"mjcf:{path}", "--backend", "finite_diff", "--jacobian", "as-run", "--substeps",
+                     str(RESTING_BOX_SUBSTEPS), "--episodes", "2", "--steps", "12", "--out", str(out)]) == 0
+    ds = dataset.open_dataset(out)
+    assert ds.attrs["solver_diagnostics"] == native_solver.DEFINITION_TEXT
+    valid = ds["valid"].values
+    assert valid.all()
+    assert np.isfinite(ds["solver_residual"].values).all()
+    assert (ds["solver_truncated"].values >= 0).all() and (ds["solver_start_returned"].values >= 0).all()
+    summary = structure.solver_summary(ds)
+    assert summary is not None and summary["steps"] == 24 and summary["steps_truncated"] > 0
+    # the stored counts are the replay's, step by step (ctrl = the action clipped to ctrlrange)
+    model = mujoco.MjModel.from_xml_path(str(path))
+    n, nq = valid.size, model.nq
+    state = ds["state"].values.reshape(n, -1).astype(np.float64)
+    arrays = {"qpos": state[:, :nq], "qvel": state[:, nq:], "warmstart": ds["warmstart"].values.reshape(n, -1).astype(np.float64),
+              "ctrl": np.clip(ds["action"].values.reshape(n, -1), -1, 1).astype(np.float64), "act": np.zeros((n, 0)),
+              "mocap_pos": np.zeros((n, 0, 3)), "mocap_quat": np.zeros((n, 0, 4)), "time": np.zeros(n)}
+    again = native_solver.NativeSolverDiagnostics(model, RESTING_BOX_SUBSTEPS, "as-run", threads=0).batch(arrays)
+    np.testing.assert_array_equal(again["solver_truncated"], ds["solver_truncated"].values.ravel())
+    np.testing.assert_array_equal(again["solver_residual"], ds["solver_residual"].values.ravel())
