@@ -9,13 +9,15 @@ checked bit for bit in ``tests/test_native_solver.py``) and reads, after every s
 pass:
 
 - ``niter``: ``max(d.solver_niter[:max(1, nisland)])``, the iterations of the slowest island
-  (islands are on by default in MuJoCo >= 3.3; each island is solved on its own and counts its
-  own iterations; 0 means the solver returned its start point, the warm start or ``qacc_smooth``);
+  (islands are on by default in the pinned MuJoCo 4.0.0; each island is solved on its own and
+  counts its own iterations; 0 means the solver returned its start point, the warm start or
+  ``qacc_smooth``);
 - ``residual``: ``|r| / trace(M)`` with ``r = M qacc - qfrc_smooth -
-  qfrc_constraint(qacc)`` the gradient of the primal constraint cost at the returned ``qacc``,
-  its constraint forces recomputed there by ``mj_constraintUpdate`` (so PGS, which solves the dual
-  and whose own forces satisfy ``M qacc = qfrc_smooth + J'f`` by construction, is measured by the
-  same primal optimality residual as Newton and CG); the scaling is MJX's ``_rescale`` (the trace of
+  qfrc_constraint(qacc)`` the gradient of the primal constraint cost at the returned ``qacc``:
+  Newton and CG leave the primal forces at that ``qacc`` in ``mjData``; for PGS (which solves the
+  dual, and whose own forces satisfy ``M qacc = qfrc_smooth + J'f`` by construction) and with
+  noslip they are recomputed there by ``mj_constraintUpdate``, so every solver is measured by the
+  same primal optimality residual (both routes checked against a dense recompute); the scaling is MJX's ``_rescale`` (the trace of
   the joint-space inertia at the state), as in the autodiff datasets; 0 without constraint rows;
 - ``active``: some constraint row is not satisfied (``efc_state != mjCNSTRSTATE_SATISFIED``) at
   the returned ``qacc``.
@@ -23,8 +25,8 @@ pass:
 Per control step: ``solver_residual`` = the largest residual over the substeps,
 ``solver_truncated`` = substeps with ``niter >= opt.iterations`` and ``residual >= opt.tolerance``
 (MJX's rule, ``definitions.diagnostics``), ``solver_start_returned`` = substeps with ``niter == 0``
-while a constraint row was active. With RK4 MuJoCo keeps the quantities of no stage but the last
-and mixes stages in ``mjData``; there the first stage (the forward pass at the substep's start,
+while a constraint row was active. With RK4 the ``mjData`` left by ``mj_step`` mixes the stages
+(the residual recomputed from it is not any stage's: measured 27 at a converged step); there the first stage (the forward pass at the substep's start,
 run once more by ``mj_forward`` before ``mj_step``, which recomputes it identically) is read: one
 of the four solves per substep (the autodiff backend counts all four).
 """
@@ -46,8 +48,8 @@ DEFINITION_TEXT = (
     "of the definition's native constraint solves (the nominal control step replayed with native MuJoCo and the "
     "definition's solver settings, one solve per substep; with RK4 only the first of each substep's four stage solves, "
     "MuJoCo keeps no other): solver_residual = max over the substeps of |r| / trace(M) with r = "
-    "M qacc - qfrc_smooth - qfrc_constraint the primal constraint cost's gradient at the returned qacc (its forces "
-    "recomputed there by mj_constraintUpdate, for PGS too); solver_truncated = substeps whose slowest island "
+    "M qacc - qfrc_smooth - qfrc_constraint the primal constraint cost's gradient at the returned qacc (the primal "
+    "forces there: Newton's and CG's own, recomputed by mj_constraintUpdate for PGS and noslip); solver_truncated = substeps whose slowest island "
     "(max of solver_niter over the islands) ran opt.iterations iterations and whose residual is >= opt.tolerance; "
     "solver_start_returned = substeps where every island returned its start point (solver_niter 0) while a "
     "constraint row was active"
