@@ -11,8 +11,8 @@ import mujoco
 import numpy as np
 import pytest
 
-from dynsparse import cli, dataset
-from dynsparse.jacobians import finite_diff, native_solver
+from dynsparse import cli, collect, dataset, envs, errors
+from dynsparse.jacobians import definitions, finite_diff, native_solver
 from dynsparse.metrics import structure
 from models import LEGGED, LEGGED_SUBSTEPS, RESTING_BOX, RESTING_BOX_SUBSTEPS
 from test_finite_diff import ARM_ACT_MOCAP, HINGE_CHAIN, _visited
@@ -166,3 +166,56 @@ def test_finite_diff_datasets_record_the_diagnostics(tmp_path) -> None:
     again = native_solver.NativeSolverDiagnostics(model, RESTING_BOX_SUBSTEPS, "as-run", threads=0).batch(arrays)
     np.testing.assert_array_equal(again["solver_truncated"], ds["solver_truncated"].values.ravel())
     np.testing.assert_array_equal(again["solver_residual"], ds["solver_residual"].values.ravel())
+
+
+def test_a_pgs_models_converged_definition_solves_with_newton() -> None:
+    """PGS's improvement test stops it short of the optimum whatever its cap, so a PGS model's
+    converged copy solves with Newton (to round-off: no truncation, residual ~1e-13), bit for bit
+    the step of the same model with Newton at the converged settings; as-run keeps PGS, and the
+    definition text says so for PGS models only."""
+    pgs = mujoco.MjModel.from_xml_string(_with_option(LEGGED, 'solver="PGS"'))
+    assert definitions.native_model(pgs, "converged").opt.solver == mujoco.mjtSolver.mjSOL_NEWTON
+    assert definitions.native_model(pgs, "as-run").opt.solver == mujoco.mjtSolver.mjSOL_PGS
+    arrays = _visited(pgs, LEGGED_SUBSTEPS, 25, seed=5)
+    conv = native_solver.NativeSolverDiagnostics(pgs, LEGGED_SUBSTEPS, "converged", threads=0).batch(arrays)
+    assert conv["solver_truncated"].sum() == 0 and conv["solver_residual"].max() < 1e-10
+    newton = mujoco.MjModel.from_xml_string(LEGGED)
+    same = native_solver.NativeSolverDiagnostics(newton, LEGGED_SUBSTEPS, "converged", threads=0).batch(arrays)
+    np.testing.assert_array_equal(conv["next_state"], same["next_state"])
+    as_run = native_solver.NativeSolverDiagnostics(pgs, LEGGED_SUBSTEPS, "as-run", threads=0).batch(arrays)
+    assert np.median(as_run["solver_residual"]) > 1e-8  # PGS itself stops far from the optimum
+    assert definitions.description("converged", pgs).endswith(definitions.PGS_CONVERGED)
+    assert definitions.description("converged", newton) == definitions.DESCRIPTIONS["converged"]
+    assert definitions.description("as-run", pgs) == definitions.DESCRIPTIONS["as-run"]
+
+
+def test_an_unfinished_run_of_another_definition_is_not_resumed(tmp_path, monkeypatch) -> None:
+    """A store whose definition attrs differ from this version's (started by a dynsparse whose
+    solver diagnostics were defined otherwise) is not resumed: one line naming the attr, and
+    nothing in it changes. Finished, such a store is left as it is (nothing to compute)."""
+    spec = envs.from_mjcf(RESTING_BOX, name="Box", n_substeps=RESTING_BOX_SUBSTEPS, init_noise=0.0)
+    config = collect.CollectConfig(env="Box", episodes=1, steps=8, chunk_steps=4, backend="finite_diff", seed=1,
+                                   policy={"name": "random"})
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(p: collect.Progress) -> None:
+        if p.unit == 1:
+            raise Stop
+
+    with monkeypatch.context() as earlier:  # the earlier version
+        earlier.setattr(native_solver, "DEFINITION_TEXT", "an earlier definition")
+        with pytest.raises(Stop):
+            collect.collect(config, tmp_path / "unfinished.zarr", on_progress=stop_after_first, spec=spec)
+        collect.collect(config, tmp_path / "finished.zarr", spec=spec)
+    before = dataset.open_dataset(tmp_path / "unfinished.zarr").load()
+    with pytest.raises(errors.UserError) as err:
+        collect.collect(config, tmp_path / "unfinished.zarr", spec=spec)
+    assert "whose solver_diagnostics differs" in str(err.value) and "\n" not in str(err.value)
+    after = dataset.open_dataset(tmp_path / "unfinished.zarr").load()
+    assert dataset.read_checkpoint(tmp_path / "unfinished.zarr").next_unit == 1
+    for name in before.data_vars:
+        np.testing.assert_array_equal(after[name].values, before[name].values, err_msg=name)
+    assert collect.collect(config, tmp_path / "finished.zarr", spec=spec) == tmp_path / "finished.zarr"
+    assert dataset.open_dataset(tmp_path / "finished.zarr").attrs["solver_diagnostics"] == "an earlier definition"

@@ -201,6 +201,8 @@ def collect(
         if on_progress:
             on_progress(Progress(existing.next_unit, layout.n_units, _steps_done(layout, existing.next_unit), config.episodes * config.steps))
         return out
+    if existing is not None:
+        _check_definitions(out, config, spec)
     # made first: its compiled programs start loading in the background (exported.Cached.prefetch)
     # while the store is created
     runner = _Runner(config, spec, policy, layout, out)
@@ -339,6 +341,18 @@ def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint
     return checkpoint
 
 
+def _check_definitions(out: Path, config: CollectConfig, spec: envs.EnvSpec) -> None:
+    """Refuse to resume a store whose definition attrs (``definition_texts``) differ from this
+    version's: its steps and the new ones would be values of different functions."""
+    attrs = dataset.open_dataset(out).attrs
+    for key, text in definition_texts(config, spec).items():
+        if attrs.get(key, text) != text:
+            raise errors.UserError(
+                f"{str(out)!r} holds an unfinished run started by a dynsparse whose {key} differs from this one's (its "
+                "values and new ones would not be the same function); choose another --out, or collect it again"
+            )
+
+
 def _replay_attrs(policy: policies.Policy, spec: envs.EnvSpec) -> dict[str, Any]:
     """Attrs of a ``--from`` run: the file, its SHA-256 and how well its rows follow the model."""
     from dynsparse.policies import replay
@@ -378,6 +392,21 @@ def _devices(batch_size: int) -> int:
     return 1 if sharding is None else len(sharding.device_set)
 
 
+def definition_texts(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, str]:
+    """The attrs that define what a run's values are (the Jacobian's definition, the solver
+    diagnostics'): an unfinished stored run whose texts differ was made by a dynsparse that
+    computed another function, and is not resumed (``_check_definitions``)."""
+    return {
+        "jacobian_definition": definitions.description(config.jacobian, spec.mj_model),
+        "solver_diagnostics": native_solver.DEFINITION_TEXT if config.backend == "finite_diff" else (
+            "of the definition's own constraint solves (one per substep; four per substep with RK4): solver_residual = "
+            "max over the solves of |r| / trace(M) at the returned qacc (r = M qacc - qfrc_smooth - qfrc_constraint, the "
+            "cost gradient); solver_truncated = solves stopped at the iteration cap with that residual >= the tolerance; "
+            "solver_start_returned = solves whose start point already passed the gradient test while a constraint was active"
+        ),
+    }
+
+
 def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
     versions = dataset.package_versions()
     return {
@@ -403,7 +432,7 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
         "solver_ls_iterations": int(spec.mj_model.opt.ls_iterations),
         "solver_tolerance": float(spec.mj_model.opt.tolerance),
         "jacobian": config.jacobian,
-        "jacobian_definition": definitions.DESCRIPTIONS[config.jacobian],
+        **definition_texts(config, spec),
         "jacobian_coordinates": definitions.COORDINATES,
         "converged_solver": json.dumps(dataclasses.asdict(definitions.CONVERGED)),
         # episodes are split over this many CPU devices (round-off differs from one device); a
@@ -417,12 +446,6 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
                  "an action within eps of its ctrlrange bound is differenced one-sided from inside the range (second order)"
         ),
         "contact_definition": envs.CONTACT_DEFINITION,
-        "solver_diagnostics": native_solver.DEFINITION_TEXT if config.backend == "finite_diff" else (
-            "of the definition's own constraint solves (one per substep; four per substep with RK4): solver_residual = "
-            "max over the solves of |r| / trace(M) at the returned qacc (r = M qacc - qfrc_smooth - qfrc_constraint, the "
-            "cost gradient); solver_truncated = solves stopped at the iteration cap with that residual >= the tolerance; "
-            "solver_start_returned = solves whose start point already passed the gradient test while a constraint was active"
-        ),
         "check_definition": certify.DEFINITION_TEXT + f"; checked steps: 0, K, 2K, ... of every episode, K = {config.check_every}",
         "check_classes": json.dumps(list(certify.CLASSES)),
         "compare_definitions": int(config.compare_definitions),
