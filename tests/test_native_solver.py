@@ -219,3 +219,41 @@ def test_an_unfinished_run_of_another_definition_is_not_resumed(tmp_path, monkey
         np.testing.assert_array_equal(after[name].values, before[name].values, err_msg=name)
     assert collect.collect(config, tmp_path / "finished.zarr", spec=spec) == tmp_path / "finished.zarr"
     assert dataset.open_dataset(tmp_path / "finished.zarr").attrs["solver_diagnostics"] == "an earlier definition"
+
+
+def test_a_changed_included_file_stops_a_resume(tmp_path) -> None:
+    """The attrs record the compiled model's digest (MJB), which covers the files the main XML
+    includes: an unfinished run whose included body file changed is not resumed (one line), though
+    the main XML, the one file ``model_sha256`` covers, is the same."""
+    (tmp_path / "body.xml").write_text('<mujoco><worldbody><body name="box" pos="0 0 0.1"><joint name="x" type="slide" '
+                                       'axis="1 0 0"/><joint name="z" type="slide" axis="0 0 1"/><geom type="box" '
+                                       'size="0.1 0.1 0.1" mass="1"/></body></worldbody></mujoco>')
+    main = tmp_path / "main.xml"
+    main.write_text('<mujoco><option timestep="0.005"/><worldbody><geom type="plane" size="2 2 0.1"/></worldbody>'
+                    '<include file="body.xml"/><actuator><motor joint="x" ctrlrange="-1 1"/></actuator></mujoco>')
+    env = f"mjcf:{main}"
+    config = collect.CollectConfig(env=env, episodes=1, steps=8, chunk_steps=4, backend="finite_diff", seed=1,
+                                   policy={"name": "random"})
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(p: collect.Progress) -> None:
+        if p.unit == 1:
+            raise Stop
+
+    out = tmp_path / "run.zarr"
+    with pytest.raises(Stop):
+        collect.collect(config, out, on_progress=stop_after_first)
+    attrs = dataset.open_dataset(out).attrs
+    assert attrs["model_compiled_sha256"] == envs.model_digest(envs.load(env).mj_model)
+    (tmp_path / "body.xml").write_text((tmp_path / "body.xml").read_text().replace('mass="1"', 'mass="2"'))
+    envs._load.cache_clear()  # a new process would load the file again
+    try:
+        with pytest.raises(errors.UserError) as err:
+            collect.collect(config, out)
+        assert "the compiled model differs" in str(err.value) and "\n" not in str(err.value)
+        assert dataset.read_checkpoint(out).next_unit == 1
+        assert dataset.open_dataset(out).attrs["model_sha256"] == attrs["model_sha256"]  # the main XML is the same
+    finally:
+        envs._load.cache_clear()

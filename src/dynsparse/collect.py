@@ -202,7 +202,7 @@ def collect(
             on_progress(Progress(existing.next_unit, layout.n_units, _steps_done(layout, existing.next_unit), config.episodes * config.steps))
         return out
     if existing is not None:
-        _check_definitions(out, config, spec)
+        _check_same_function(out, config, spec)
     # made first: its compiled programs start loading in the background (exported.Cached.prefetch)
     # while the store is created
     runner = _Runner(config, spec, policy, layout, out)
@@ -341,10 +341,18 @@ def _existing_checkpoint(out: Path, config: CollectConfig) -> dataset.Checkpoint
     return checkpoint
 
 
-def _check_definitions(out: Path, config: CollectConfig, spec: envs.EnvSpec) -> None:
-    """Refuse to resume a store whose definition attrs (``definition_texts``) differ from this
-    version's: its steps and the new ones would be values of different functions."""
+def _check_same_function(out: Path, config: CollectConfig, spec: envs.EnvSpec) -> None:
+    """Refuse to resume a store whose compiled model (``envs.model_digest``) or definition attrs
+    (``definition_texts``) differ from this run's: its steps and the new ones would be values of
+    different functions. (Stores made before an attr existed are not checked on it.)"""
     attrs = dataset.open_dataset(out).attrs
+    stored, digest = attrs.get("model_compiled_sha256"), envs.model_digest(spec.mj_model)
+    if stored is not None and stored != digest:
+        raise errors.UserError(
+            f"{config.env}: the compiled model differs from the one the unfinished run in {str(out)!r} was started with "
+            f"(SHA-256 {digest[:12]}..., recorded {str(stored)[:12]}...): a file it reads (an included XML, a mesh, a "
+            "texture) or the package that builds it changed; restore it or choose another --out"
+        )
     for key, text in definition_texts(config, spec).items():
         if attrs.get(key, text) != text:
             raise errors.UserError(
@@ -395,7 +403,7 @@ def _devices(batch_size: int) -> int:
 def definition_texts(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, str]:
     """The attrs that define what a run's values are (the Jacobian's definition, the solver
     diagnostics'): an unfinished stored run whose texts differ was made by a dynsparse that
-    computed another function, and is not resumed (``_check_definitions``)."""
+    computed another function, and is not resumed (``_check_same_function``)."""
     return {
         "jacobian_definition": definitions.description(config.jacobian, spec.mj_model),
         "solver_diagnostics": native_solver.DEFINITION_TEXT if config.backend == "finite_diff" else (
@@ -431,6 +439,8 @@ def _attrs(config: CollectConfig, spec: envs.EnvSpec) -> dict[str, Any]:
         "solver_iterations": int(spec.mj_model.opt.iterations),
         "solver_ls_iterations": int(spec.mj_model.opt.ls_iterations),
         "solver_tolerance": float(spec.mj_model.opt.tolerance),
+        # the model as compiled (MJB): covers the files the main XML includes or reads
+        "model_compiled_sha256": envs.model_digest(spec.mj_model),
         "jacobian": config.jacobian,
         **definition_texts(config, spec),
         "jacobian_coordinates": definitions.COORDINATES,

@@ -270,6 +270,18 @@ def variable_names(model: mujoco.MjModel) -> tuple[tuple[str, ...], tuple[str, .
     return tangent.tangent_names(qvel_names), tuple(act_names)
 
 
+def model_digest(model: mujoco.MjModel) -> str:
+    """SHA-256 (hex) of the compiled model, MuJoCo's own serialization (``mj_saveModel``, MJB):
+    everything the compiler read (included XML, meshes, height fields, textures, defaults) and
+    every option, so it changes with any file the model uses, not only its main XML. The same
+    model compiled in another process gives the same digest."""
+    import hashlib
+
+    buffer = np.zeros(mujoco.mj_sizeModel(model), np.uint8)
+    mujoco.mj_saveModel(model, None, buffer)
+    return hashlib.sha256(buffer.tobytes()).hexdigest()
+
+
 def action_bounds(model: mujoco.MjModel) -> tuple[np.ndarray, np.ndarray]:
     """``(low, high)``, each ``(nu,)``: the actuator ``ctrlrange``, or +-inf where not limited."""
     limited = model.actuator_ctrllimited.astype(bool)
