@@ -1,4 +1,4 @@
-"""Small helpers shared by the CLI tests."""
+"""Small helpers shared by the tests."""
 
 
 def one_error_line(err: str) -> str:
@@ -18,3 +18,21 @@ def rerecord_checksums(store) -> None:
     for unit in range(layout.n_units):
         manifest.record_unit(store, unit, dataset.unit_chunks(layout, unit))
 
+
+
+def interrupt_after_first_unit(config, out, spec=None) -> None:
+    """Collect ``config`` (a ``collect.CollectConfig``) into ``out`` and stop it once its first
+    unit is written: an unfinished store to resume (``spec``: an explicit ``envs.EnvSpec``)."""
+    import pytest
+
+    from dynsparse import collect
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(p) -> None:
+        if p.unit == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        collect.collect(config, out, on_progress=stop_after_first, spec=spec)

@@ -15,7 +15,7 @@ import pytest
 from dynsparse import cli, collect, dataset, envs, errors, native_rollout, policies, rollout, sources
 from dynsparse.jacobians import finite_diff
 from dynsparse.metrics import constraints, structure
-from helpers import one_error_line
+from helpers import interrupt_after_first_unit, one_error_line
 from models import BOUNCER, DIVERGING_SPRING, FREE_SLIDER, LEGGED, LEGGED_SUBSTEPS, SLIDER_DT, SLIDER_MASS
 
 #: the free slider with MuJoCo's PGS solver, which MJX does not implement (no constraint is ever
@@ -112,16 +112,7 @@ def test_a_native_collection_resumes_bit_for_bit(tmp_path):
     config = _config("Legged", policy={"name": "colored", "beta": 2.0, "scale": 1.0})
     whole = dataset.open_dataset(collect.collect(config, tmp_path / "whole.zarr", spec=spec)).load()
     assert whole.attrs["rollout"] == "native" and "native MuJoCo" in whole.attrs["rollout_definition"]
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(p: collect.Progress) -> None:
-        if p.unit == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        collect.collect(config, tmp_path / "split.zarr", on_progress=stop_after_first, spec=spec)
+    interrupt_after_first_unit(config, tmp_path / "split.zarr", spec)
     assert dataset.read_checkpoint(tmp_path / "split.zarr").next_unit == 1
     split = dataset.open_dataset(collect.collect(config, tmp_path / "split.zarr", spec=spec)).load()
     for name in whole.data_vars:

@@ -14,6 +14,7 @@ import pytest
 from dynsparse import cli, collect, dataset, envs, errors
 from dynsparse.jacobians import definitions, finite_diff, native_solver
 from dynsparse.metrics import structure
+from helpers import interrupt_after_first_unit
 from models import LEGGED, LEGGED_SUBSTEPS, RESTING_BOX, RESTING_BOX_SUBSTEPS
 from test_finite_diff import ARM_ACT_MOCAP, HINGE_CHAIN, _visited
 
@@ -197,17 +198,9 @@ def test_an_unfinished_run_of_another_definition_is_not_resumed(tmp_path, monkey
     config = collect.CollectConfig(env="Box", episodes=1, steps=8, chunk_steps=4, backend="finite_diff", seed=1,
                                    policy={"name": "random"})
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(p: collect.Progress) -> None:
-        if p.unit == 1:
-            raise Stop
-
     with monkeypatch.context() as earlier:  # the earlier version
         earlier.setattr(native_solver, "DEFINITION_TEXT", "an earlier definition")
-        with pytest.raises(Stop):
-            collect.collect(config, tmp_path / "unfinished.zarr", on_progress=stop_after_first, spec=spec)
+        interrupt_after_first_unit(config, tmp_path / "unfinished.zarr", spec)
         collect.collect(config, tmp_path / "finished.zarr", spec=spec)
     before = dataset.open_dataset(tmp_path / "unfinished.zarr").load()
     with pytest.raises(errors.UserError) as err:
@@ -235,16 +228,8 @@ def test_a_changed_included_file_stops_a_resume(tmp_path) -> None:
     config = collect.CollectConfig(env=env, episodes=1, steps=8, chunk_steps=4, backend="finite_diff", seed=1,
                                    policy={"name": "random"})
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(p: collect.Progress) -> None:
-        if p.unit == 1:
-            raise Stop
-
     out = tmp_path / "run.zarr"
-    with pytest.raises(Stop):
-        collect.collect(config, out, on_progress=stop_after_first)
+    interrupt_after_first_unit(config, out)
     attrs = dataset.open_dataset(out).attrs
     assert attrs["model_compiled_sha256"] == envs.model_digest(envs.load(env).mj_model)
     (tmp_path / "body.xml").write_text((tmp_path / "body.xml").read_text().replace('mass="1"', 'mass="2"'))
