@@ -14,8 +14,8 @@ import pytest
 from dynsparse import cli, collect, dataset, envs, errors
 from dynsparse.jacobians import definitions, finite_diff, native_solver
 from dynsparse.metrics import structure
-from helpers import interrupt_after_first_unit
-from models import LEGGED, LEGGED_SUBSTEPS, RESTING_BOX, RESTING_BOX_SUBSTEPS
+from helpers import interrupt_after_first_unit, one_error_line
+from models import DIVERGING_SPRING, LEGGED, LEGGED_SUBSTEPS, RESTING_BOX, RESTING_BOX_SUBSTEPS
 from test_finite_diff import ARM_ACT_MOCAP, HINGE_CHAIN, _visited
 
 
@@ -34,6 +34,8 @@ REPLAYS = {
     "arm RK4 (activation, mocap)": (_with_option(ARM_ACT_MOCAP, 'integrator="RK4"'), 2),
     "hinge chain implicitfast": (_with_option(HINGE_CHAIN, 'integrator="implicitfast"'), 1),
     "resting box": (RESTING_BOX, RESTING_BOX_SUBSTEPS),
+    # mjData that outlives a step, or a forward pass mj_step does not leave as the solve's
+    "legged noslip": (_with_option(LEGGED, 'iterations="4" noslip_iterations="3"'), LEGGED_SUBSTEPS),
 }
 
 
@@ -52,6 +54,82 @@ def test_replay_is_the_finite_difference_nominal_step(case: str, definition: str
         np.testing.assert_array_equal(out["next_state"], s_next)
         assert out["solver_residual"].shape == out["solver_truncated"].shape == (25,)
         assert np.all(out["solver_residual"] >= 0) and np.all(out["solver_truncated"] <= substeps)
+
+
+def test_a_model_with_sleep_or_actuator_delays_is_refused_in_one_line(tmp_path, capsys) -> None:
+    """With sleep on, a sleeping body's next state depends on MuJoCo's sleep timers (not in the
+    state), and reused mjData carry them from one perturbed step to the next (measured: batched
+    and one-at-a-time FD then disagree by up to 346): no native path measures such a model. The
+    same for delayed actuators (their next state depends on past controls)."""
+    xml = ('<mujoco><option timestep="0.005"><flag sleep="enable"/></option><worldbody><geom type="plane" size="2 2 0.1"/>'
+           '<body pos="0 0 0.1"><freejoint/><geom type="box" size="0.1 0.1 0.1"/></body></worldbody>'
+           '<actuator><motor joint="0" ctrlrange="-1 1"/></actuator></mujoco>').replace('joint="0"', 'joint="j"').replace("<freejoint/>", '<freejoint name="j"/>')
+    model = mujoco.MjModel.from_xml_string(xml)
+    for definition in ("as-run", "converged"):
+        with pytest.raises(errors.UserError, match="enables sleep"):
+            native_solver.NativeSolverDiagnostics(model, 1, definition)
+        with pytest.raises(errors.UserError, match="enables sleep"):
+            finite_diff.FiniteDiffBackend(model, 1, definition=definition)
+    delayed = mujoco.MjModel.from_xml_string(LEGGED.replace('<motor ctrlrange="-1 1" gear="5"/>',
+                                                            '<motor ctrlrange="-1 1" gear="5" nsample="4" delay="0.004"/>'))
+    with pytest.raises(errors.UserError, match="delays its actuators"):
+        finite_diff.FiniteDiffBackend(delayed, 1)
+    path = tmp_path / "sleepy.xml"
+    path.write_text(xml)
+    assert cli.main(["collect", f"mjcf:{path}", "--backend", "finite_diff", "--episodes", "1", "--steps", "4",
+                     "--out", str(tmp_path / "s.zarr")]) != 0
+    assert "enables sleep" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_noslip_iterations_are_not_counted_as_the_solves() -> None:
+    """MuJoCo adds noslip's iterations to ``solver_niter``; the diagnostics are the main solve's:
+    at one substep per step they equal those of the same model without noslip from the same
+    inputs (the main solve is the same; noslip only post-processes it)."""
+    with_noslip = mujoco.MjModel.from_xml_string(_with_option(LEGGED, 'iterations="4" noslip_iterations="3"'))
+    without = mujoco.MjModel.from_xml_string(_with_option(LEGGED, 'iterations="4"'))
+    arrays = _visited(with_noslip, 1, 80, seed=6)
+    a = native_solver.NativeSolverDiagnostics(with_noslip, 1, "as-run", threads=0).batch(arrays)
+    b = native_solver.NativeSolverDiagnostics(without, 1, "as-run", threads=0).batch(arrays)
+    for name in ("solver_truncated", "solver_start_returned", "solver_residual"):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert a["solver_truncated"].sum() > 0  # the cap of 4 is reached at some steps: the check has teeth
+    assert not np.array_equal(a["next_state"], b["next_state"])  # noslip did change the steps
+
+
+def test_replay_stops_at_a_warning_as_the_rollout_does() -> None:
+    """A state that diverges mid-step (a stiff spring from 1e6 m, gravity on): MuJoCo warns and
+    resets; ``mujoco.rollout`` (BatchedFD) stops stepping at the warning, and so does the replay,
+    so both end on the same (finite, reset) state."""
+    xml = DIVERGING_SPRING.replace('gravity="0 0 0"', 'gravity="0 0 -9.81"').replace('axis="1 0 0"', 'axis="0 0 1"')
+    model = mujoco.MjModel.from_xml_string(xml)
+    arrays = {"qpos": np.array([[1e6]]), "qvel": np.zeros((1, 1)), "warmstart": np.zeros((1, 1)), "ctrl": np.zeros((1, 1)),
+              "act": np.zeros((1, 0)), "mocap_pos": np.zeros((1, 0, 3)), "mocap_quat": np.zeros((1, 0, 4)), "time": np.zeros(1)}
+    _, s_next = finite_diff.BatchedFD(model, 5, "as-run", threads=0).jacobians(arrays)
+    out = native_solver.NativeSolverDiagnostics(model, 5, "as-run", threads=0).batch(arrays)
+    np.testing.assert_array_equal(out["next_state"], s_next)
+    assert np.abs(s_next).max() < 10  # the reset state, not 5 steps on from it
+
+
+def test_more_islands_than_mujoco_records() -> None:
+    """MuJoCo records iteration counts for 20 islands (mjNISLAND); 25 separate boxes make 25.
+    Then a residual above the tolerance counts as truncated (the cap may have been hit where no
+    count is kept), and no start point as returned."""
+    boxes = "".join(f'<body pos="{0.3 * i} 0 0.1"><freejoint/><geom type="box" size="0.1 0.1 0.1"/></body>' for i in range(25))
+    model = mujoco.MjModel.from_xml_string(f'<mujoco><option iterations="1" solver="CG"/><worldbody><geom type="plane" '
+                                           f'size="10 10 0.1"/>{boxes}</worldbody></mujoco>')
+    d = mujoco.MjData(model)
+    for _ in range(40):
+        mujoco.mj_step(model, d)
+    assert d.nisland > len(d.solver_niter) == 20
+    solve = native_solver.read_solve(model, d)
+    assert solve.unrecorded
+    arrays = {"qpos": d.qpos[None].copy(), "qvel": d.qvel[None].copy(), "warmstart": d.qacc_warmstart[None].copy(),
+              "ctrl": np.zeros((1, 0)), "act": np.zeros((1, 0)), "mocap_pos": np.zeros((1, 0, 3)),
+              "mocap_quat": np.zeros((1, 0, 4)), "time": np.zeros(1)}
+    out = native_solver.NativeSolverDiagnostics(model, 1, "as-run", threads=0).batch(arrays)
+    assert out["solver_residual"][0] >= model.opt.tolerance and out["solver_truncated"][0] == 1
+    assert out["solver_start_returned"][0] == 0
 
 
 @pytest.mark.parametrize("solver,iterations", [("Newton", 1), ("CG", 1), ("CG", 3), ("PGS", 3), ("Newton", 100),

@@ -357,7 +357,8 @@ def _check_same_function(out: Path, config: CollectConfig, spec: envs.EnvSpec) -
         if attrs.get(key, text) != text:
             raise errors.UserError(
                 f"{str(out)!r} holds an unfinished run started by a dynsparse whose {key} differs from this one's (its "
-                "values and new ones would not be the same function); choose another --out, or collect it again"
+                "stored values were computed or recorded otherwise, and the store would mix the two); choose another "
+                "--out, or collect it again"
             )
 
 

@@ -39,6 +39,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import mujoco
+import numpy as np
 
 from dynsparse import envs, errors
 from dynsparse.jacobians import solve
@@ -145,8 +146,10 @@ def control_fn(spec: envs.EnvSpec) -> Callable[[jax.Array], jax.Array]:
 
 #: Added to the ``converged`` description of a model whose own solver is PGS (``native_model``).
 PGS_CONVERGED = (
-    " This model's own solver is PGS (native MuJoCo only), whose cost-improvement test stops it ~1e-7 from the "
-    "optimum whatever its iteration cap: its converged solves use Newton (the same convex problem, solved to round-off)."
+    " This model's own solver is PGS (native MuJoCo only), which stops short of the optimum at these settings, by its "
+    "cost-improvement test or its cap (Humanoid-v5: median residual 1.8e-7 at 100 to 10000 iterations; small test "
+    "models: capped with residuals up to 1e-3): its converged solves use Newton (the same convex problem, solved to "
+    "round-off)."
 )
 
 
@@ -163,12 +166,30 @@ def native_model(model: mujoco.MjModel, definition: str) -> mujoco.MjModel:
     own solver settings for ``as-run``, the ``CONVERGED`` ones for ``converged``.
 
     A PGS model's ``converged`` copy solves with Newton: PGS (which MJX lacks, so only native
-    MuJoCo runs it) stops by its cost-improvement test with the primal residual still ~1e-7
-    whatever its iteration cap (measured on Humanoid-v5 over 300 random steps: median 1.8e-7 at
-    100, 1000 and 10000 iterations, tolerance 1e-14; next states 2.5e-9 (median) to 2e-8 from
-    Newton's), while Newton solves the same convex problem (MuJoCo's solvers share it: PGS its
-    dual) to round-off (residual <= 1.3e-13 there) in fewer seconds."""
+    MuJoCo runs it) stops short of the optimum, by its cost-improvement test or its cap
+    (Humanoid-v5 over 300 random steps: median residual 1.8e-7 at 100, 1000 and 10000
+    iterations, tolerance 1e-14, next states 2.5e-9 (median) to 2e-8 from Newton's; the legged
+    and resting-box test models hit the cap of 100 at most steps, residuals up to 1e-3), while
+    Newton solves the same convex problem (MuJoCo's solvers share it: PGS its dual) to round-off
+    (residual <= 1.3e-13 there) in fewer seconds.
+
+    Raises:
+      UserError: the model enables sleep, or delays its actuators: then the next state depends on
+        MuJoCo state outside ``s = [qpos, qvel]`` (sleep timers, past controls), so the step has
+        no Jacobian in ``s`` (and a reused ``mjData`` would carry that state from one perturbed
+        step into the next).
+    """
     check_definition(definition)
+    if model.opt.enableflags & int(mujoco.mjtEnableBit.mjENBL_SLEEP):
+        raise errors.UserError(
+            "the model enables sleep (<flag sleep=\"enable\"/>): a sleeping body's next state depends on MuJoCo's "
+            "sleep timers, which are not in s = [qpos, qvel], so the step has no Jacobian in s; disable sleep to measure it"
+        )
+    if model.nu and (np.asarray(model.actuator_historyadr) >= 0).any():
+        raise errors.UserError(
+            "the model delays its actuators (actuator nsample/delay): the next state depends on past controls, which "
+            "are not in s = [qpos, qvel], so the step has no Jacobian in s; remove the delay to measure it"
+        )
     m = copy.deepcopy(model)
     if definition == "converged":
         m.opt.iterations = CONVERGED.iterations

@@ -128,6 +128,9 @@ class NativeStep:
         """``[qpos, qvel]`` ``(nq + nv,)`` after the control step from ``x`` perturbed by the
         tangent displacement ``dq`` ``(nv,)``, velocity ``dv`` ``(nv,)`` and action ``du`` ``(nu,)``."""
         m, d = self.model, self.data
+        # from scratch, as BatchedFD's rollout: nothing outside StepInputs (actuator history,
+        # sleep state, plugin state) carries over from the last step simulated in ``d``
+        mujoco.mj_resetData(m, d)
         set_inputs(m, d, x)
         if dq is not None:
             mujoco.mj_integratePos(m, d.qpos, dq, 1.0)

@@ -4,14 +4,15 @@ The autodiff backend records how each of its own constraint solves went (``defin
 from MJX's iterations). The finite-difference backend's function is native MuJoCo's step with the
 definition's solver settings (``definitions.native_model``); this module replays the nominal
 control step of each stored step once (the same ``mj_step`` sequence as ``BatchedFD``'s nominal
-trajectory, from the same state, warm start, ``ctrl``, activations and mocap: its next state is
-checked bit for bit in ``tests/test_native_solver.py``) and reads, after every substep's forward
-pass:
+trajectory: from a reset ``mjData`` with the same state, warm start, ``ctrl``, activations and
+mocap, stopping at a MuJoCo warning as ``mujoco.rollout`` does; its next state is checked bit for
+bit in ``tests/test_native_solver.py``) and reads, after every substep's forward pass:
 
 - ``niter``: ``max(d.solver_niter[:max(1, nisland)])``, the iterations of the slowest island
   (islands are on by default in the pinned MuJoCo 4.0.0; each island is solved on its own and
   counts its own iterations; 0 means the solver returned its start point, the warm start or
-  ``qacc_smooth``);
+  ``qacc_smooth``; MuJoCo keeps counts for ``mjNISLAND`` = 20 islands: beyond that a residual
+  above the tolerance counts as truncated and no start point as returned);
 - ``residual``: ``|r| / trace(M)`` with ``r = M qacc - qfrc_smooth -
   qfrc_constraint(qacc)`` the gradient of the primal constraint cost at the returned ``qacc``:
   Newton and CG leave the primal forces at that ``qacc`` in ``mjData``; for PGS (which solves the
@@ -25,7 +26,10 @@ pass:
 Per control step: ``solver_residual`` = the largest residual over the substeps,
 ``solver_truncated`` = substeps with ``niter >= opt.iterations`` and ``residual >= opt.tolerance``
 (MJX's rule, ``definitions.diagnostics``), ``solver_start_returned`` = substeps with ``niter == 0``
-while a constraint row was active. With RK4 the ``mjData`` left by ``mj_step`` mixes the stages
+while a constraint row was active. With noslip, MuJoCo adds noslip's iterations to
+``solver_niter`` and noslip changes the forces: the main solve is read instead, from an
+``mj_forward`` of the model with noslip off at the substep's start (``mj_step`` then recomputes
+the substep itself). With RK4 the ``mjData`` left by ``mj_step`` mixes the stages
 (the residual recomputed from it is not any stage's: measured 27 at a converged step); there the first stage (the forward pass at the substep's start,
 run once more by ``mj_forward`` before ``mj_step``, which recomputes it identically) is read: one
 of the four solves per substep (the autodiff backend counts all four).
@@ -34,6 +38,7 @@ of the four solves per substep (the autodiff backend counts all four).
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import dataclasses
 from typing import Mapping
 
@@ -49,10 +54,11 @@ DEFINITION_TEXT = (
     "definition's solver settings, one solve per substep; with RK4 only the first of each substep's four stage solves, "
     "MuJoCo keeps no other): solver_residual = max over the substeps of |r| / trace(M) with r = "
     "M qacc - qfrc_smooth - qfrc_constraint the primal constraint cost's gradient at the returned qacc (the primal "
-    "forces there: Newton's and CG's own, recomputed by mj_constraintUpdate for PGS and noslip); solver_truncated = substeps whose slowest island "
-    "(max of solver_niter over the islands) ran opt.iterations iterations and whose residual is >= opt.tolerance; "
+    "forces there: Newton's and CG's own, recomputed by mj_constraintUpdate for PGS); solver_truncated = substeps "
+    "whose slowest island (max of solver_niter over the islands) ran opt.iterations iterations and whose residual is "
+    ">= opt.tolerance (beyond the 20 islands MuJoCo keeps counts for: residual >= opt.tolerance); "
     "solver_start_returned = substeps where every island returned its start point (solver_niter 0) while a "
-    "constraint row was active"
+    "constraint row was active; with noslip, the main solve's (read from mj_forward with noslip off)"
 )
 
 
@@ -63,6 +69,9 @@ class SubstepSolve:
     niter: int
     residual: float
     active: bool
+    #: more islands than MuJoCo records iteration counts for (``mjNISLAND``): ``niter`` is the
+    #: largest recorded one
+    unrecorded: bool = False
 
 
 class SolveReader:
@@ -88,9 +97,10 @@ class SolveReader:
         m = self.model
         nisland, counts = int(d.nisland), d.solver_niter
         niter = int(counts[0]) if nisland <= 1 else int(counts[:nisland].max())
+        unrecorded = nisland > len(counts)
         nefc = int(d.nefc)
         if nefc == 0:
-            return SubstepSolve(niter, 0.0, False)
+            return SubstepSolve(niter, 0.0, False, unrecorded)
         if self._recompute:
             jar = np.empty(nefc)
             mujoco.mj_mulJacVec(m, d, jar, d.qacc)
@@ -103,7 +113,7 @@ class SolveReader:
         trace = float(d.M[self._diag].sum()) if m.nv else 0.0
         residual = float(np.dot(ma, ma)) ** 0.5 / max(mujoco.mjMINVAL, trace)
         active = bool((d.efc_state[:nefc] != self._satisfied).any())
-        return SubstepSolve(niter, residual, active)
+        return SubstepSolve(niter, residual, active, unrecorded)
 
 
 def read_solve(m: mujoco.MjModel, d: mujoco.MjData) -> SubstepSolve:
@@ -126,9 +136,21 @@ class NativeSolverDiagnostics:
         self.model = definitions.native_model(model, definition)
         self.n_substeps = int(n_substeps)
         self.threads = default_threads() if threads is None else int(threads)
-        self.rk4 = int(self.model.opt.integrator) == int(mujoco.mjtIntegrator.mjINT_RK4)
-        self._datas = [mujoco.MjData(self.model) for _ in range(max(1, self.threads))]
-        self._readers = [SolveReader(self.model) for _ in self._datas]
+        m = self.model
+        rk4 = int(m.opt.integrator) == int(mujoco.mjtIntegrator.mjINT_RK4)
+        noslip = m.opt.noslip_iterations > 0
+        # where mj_step's mjData is not the solve's (RK4 mixes its stages; noslip adds its own
+        # iterations to solver_niter and changes the forces), the solve is read from an
+        # mj_forward at the substep's start, with noslip off (the main solve); mj_step then
+        # recomputes the same forward pass itself (sleep, where a forward pass could change the
+        # state, is refused by definitions.native_model)
+        self.forward_first = rk4 or noslip
+        self._solve_model = m
+        if noslip:
+            self._solve_model = copy.deepcopy(m)
+            self._solve_model.opt.noslip_iterations = 0
+        self._datas = [mujoco.MjData(m) for _ in range(max(1, self.threads))]
+        self._readers = [SolveReader(self._solve_model) for _ in self._datas]
 
     def step(self, d: mujoco.MjData, x: StepInputs, reader: SolveReader | None = None) -> tuple[np.ndarray, float, int, int]:
         """Replay one control step from ``x`` in ``d`` (``reader``: ``SolveReader`` of this model).
@@ -140,19 +162,26 @@ class NativeSolverDiagnostics:
         m = self.model
         read = reader or self._readers[0]
         cap, tol = int(m.opt.iterations), float(m.opt.tolerance)
+        # from scratch, as BatchedFD's rollout starts each trajectory: nothing outside StepInputs
+        # (actuator history, sleep state, plugin state, warnings) carries over from the last step
+        mujoco.mj_resetData(m, d)
         set_inputs(m, d, x)
         residual, truncated, returned = 0.0, 0, 0
         for _ in range(self.n_substeps):
-            if self.rk4:
-                mujoco.mj_forward(m, d)
+            if any(w.number for w in d.warning):  # mujoco.rollout stops stepping at a warning
+                break
+            if self.forward_first:
+                mujoco.mj_forward(self._solve_model, d)
                 solve = read(d)
                 mujoco.mj_step(m, d)
             else:
                 mujoco.mj_step(m, d)
                 solve = read(d)
             residual = max(residual, solve.residual)
-            truncated += int(solve.niter >= cap and solve.residual >= tol)
-            returned += int(solve.niter == 0 and solve.active)
+            # beyond mjNISLAND islands some counts are not recorded: a residual above the
+            # tolerance then counts as truncated, and no start point as returned
+            truncated += int((solve.niter >= cap or solve.unrecorded) and solve.residual >= tol)
+            returned += int(solve.niter == 0 and solve.active and not solve.unrecorded)
         return np.concatenate([d.qpos, d.qvel]), residual, truncated, returned
 
     def batch(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
