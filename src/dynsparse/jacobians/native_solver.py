@@ -168,7 +168,7 @@ class NativeSolverDiagnostics:
         set_inputs(m, d, x)
         residual, truncated, returned = 0.0, 0, 0
         for _ in range(self.n_substeps):
-            if any(w.number for w in d.warning):  # mujoco.rollout stops stepping at a warning
+            if d.warning.number.any():  # mujoco.rollout stops stepping at a warning
                 break
             if self.forward_first:
                 mujoco.mj_forward(self._solve_model, d)
