@@ -170,9 +170,9 @@ def test_residual_is_the_primal_cost_gradient(solver: str, iterations: int) -> N
 def test_truncation_follows_the_iteration_cap_and_the_residual() -> None:
     """CG capped at 2 iterations truncates the resting box's solves (as-run); each count equals
     the rule applied to the substeps one by one. The converged definition (the model's solver
-    with 100 iterations, tolerance 1e-14) never reaches the cap, but CG's improvement test
-    (cost change < 1e-14) stops it with gradients up to ~5e-7: not truncated, and the residual
-    shows it. Newton at the converged settings lands at round-off."""
+    with 100 iterations, tolerance 1e-14) solves with Newton, not CG, whose improvement test
+    (cost change < 1e-14) would stop it with gradients up to ~5e-7: it lands at round-off, as the
+    Newton model's own converged solves do."""
     model = mujoco.MjModel.from_xml_string(_with_option(RESTING_BOX, 'solver="CG" iterations="2"'))
     arrays = _visited(model, RESTING_BOX_SUBSTEPS, 30, seed=4)
     as_run = native_solver.NativeSolverDiagnostics(model, RESTING_BOX_SUBSTEPS, "as-run", threads=0)
@@ -191,10 +191,24 @@ def test_truncation_follows_the_iteration_cap_and_the_residual() -> None:
             worst = max(worst, solve.residual)
         assert out["solver_truncated"][k] == count and out["solver_residual"][k] == worst
     conv = native_solver.NativeSolverDiagnostics(model, RESTING_BOX_SUBSTEPS, "converged", threads=0).batch(arrays)
-    assert conv["solver_truncated"].sum() == 0 and 1e-8 < conv["solver_residual"].max() < 1e-5
-    newton = mujoco.MjModel.from_xml_string(RESTING_BOX)
-    conv = native_solver.NativeSolverDiagnostics(newton, RESTING_BOX_SUBSTEPS, "converged", threads=0).batch(arrays)
     assert conv["solver_truncated"].sum() == 0 and conv["solver_residual"].max() < 1e-10
+    # CG itself at the converged settings: its improvement test stops it far above round-off
+    # (what the converged definition solved before it switched CG models to Newton)
+    cg = definitions.native_model(model, "converged")
+    cg.opt.solver = mujoco.mjtSolver.mjSOL_CG
+    residuals = []
+    for k in range(30):
+        d = mujoco.MjData(cg)
+        finite_diff.set_inputs(cg, d, finite_diff.StepInputs.from_arrays(arrays, (k,)))
+        for _ in range(RESTING_BOX_SUBSTEPS):
+            mujoco.mj_step(cg, d)
+            assert int(d.solver_niter[:max(1, d.nisland)].max()) < cg.opt.iterations  # stopped by its own test
+            residuals.append(native_solver.read_solve(cg, d).residual)
+    assert 1e-8 < max(residuals) < 1e-5
+    newton = mujoco.MjModel.from_xml_string(RESTING_BOX)
+    same = native_solver.NativeSolverDiagnostics(newton, RESTING_BOX_SUBSTEPS, "converged", threads=0).batch(arrays)
+    assert same["solver_truncated"].sum() == 0 and same["solver_residual"].max() < 1e-10
+    np.testing.assert_array_equal(conv["next_state"], same["next_state"])
 
 
 def test_start_returned_when_the_warm_start_is_the_solution() -> None:
@@ -247,7 +261,7 @@ def test_finite_diff_datasets_record_the_diagnostics(tmp_path) -> None:
     np.testing.assert_array_equal(again["solver_residual"], ds["solver_residual"].values.ravel())
 
 
-def test_a_pgs_models_converged_definition_solves_with_newton() -> None:
+def test_a_pgs_or_cg_models_converged_definition_solves_with_newton() -> None:
     """PGS's improvement test stops it short of the optimum whatever its cap, so a PGS model's
     converged copy solves with Newton (to round-off: no truncation, residual ~1e-13), bit for bit
     the step of the same model with Newton at the converged settings; as-run keeps PGS, and the
@@ -263,7 +277,11 @@ def test_a_pgs_models_converged_definition_solves_with_newton() -> None:
     np.testing.assert_array_equal(conv["next_state"], same["next_state"])
     as_run = native_solver.NativeSolverDiagnostics(pgs, LEGGED_SUBSTEPS, "as-run", threads=0).batch(arrays)
     assert np.median(as_run["solver_residual"]) > 1e-8  # PGS itself stops far from the optimum
-    assert definitions.description("converged", pgs).endswith(definitions.PGS_CONVERGED)
+    assert definitions.description("converged", pgs).endswith(definitions.NEWTON_CONVERGED["PGS"])
+    cg = mujoco.MjModel.from_xml_string(_with_option(LEGGED, 'solver="CG"'))
+    assert definitions.native_model(cg, "converged").opt.solver == mujoco.mjtSolver.mjSOL_NEWTON
+    assert definitions.native_model(cg, "as-run").opt.solver == mujoco.mjtSolver.mjSOL_CG
+    assert definitions.description("converged", cg).endswith(definitions.NEWTON_CONVERGED["CG"])
     assert definitions.description("converged", newton) == definitions.DESCRIPTIONS["converged"]
     assert definitions.description("as-run", pgs) == definitions.DESCRIPTIONS["as-run"]
 

@@ -157,3 +157,30 @@ def test_converged_settings_apply_to_both_simulators(cartpole):
     own = definitions.native_model(cartpole.mj_model, "as-run")
     assert own.opt.iterations == cartpole.mj_model.opt.iterations == 1 and own.opt.tolerance == cartpole.mj_model.opt.tolerance
     assert int(m.opt.disableflags) & int(mujoco.mjtDisableBit.mjDSBL_SENSOR)
+
+
+def test_a_cg_models_converged_solves_use_newton_in_mjx_too():
+    """A CG model's ``converged`` MJX model solves with Newton (as its native copy does): along a
+    falling and sliding box's first 30 steps, the converged substeps' residuals are at round-off,
+    where CG at the same settings stops by its improvement test far above it; as-run keeps CG."""
+    from test_finite_diff import _visited
+
+    xml = RESTING_BOX.replace("<option", '<option solver="CG" iterations="2"', 1)
+    assert xml != RESTING_BOX
+    spec = envs.from_mjcf(xml, name="BoxCG", n_substeps=RESTING_BOX_SUBSTEPS, init_noise=0.0)
+    m = definitions.mjx_model(spec, "converged")
+    assert int(m.opt.solver) == int(mujoco.mjtSolver.mjSOL_NEWTON)
+    assert int(definitions.mjx_model(spec, "as-run").opt.solver) == int(mujoco.mjtSolver.mjSOL_CG)
+    cg = m.replace(opt=m.opt.replace(solver=type(m.opt.solver)(int(mujoco.mjtSolver.mjSOL_CG))))
+    x = _visited(spec.mj_model, RESTING_BOX_SUBSTEPS, 30, seed=4)
+    base = mjx.make_data(spec.mjx_model)
+
+    def residuals(model):  # (30, substeps): each control step's substeps, warm start carried
+        def one(qpos, qvel, warm, ctrl):
+            d = base.replace(qpos=qpos, qvel=qvel, qacc_warmstart=warm, ctrl=ctrl)
+            sub = lambda d, _: (lambda out: (out[0], out[1].residual))(solve.step(model, d, "implicit", True))
+            return jax.lax.scan(sub, d, None, length=RESTING_BOX_SUBSTEPS)[1]
+        return np.asarray(jax.jit(jax.vmap(one))(x["qpos"], x["qvel"], x["warmstart"], x["ctrl"]))
+
+    assert residuals(m).max() < 1e-12  # 3.4e-14 measured
+    assert residuals(cg).max() > 1e-8  # 2.0e-7 measured (native MuJoCo's CG: 4.6e-7)

@@ -50,8 +50,8 @@ DEFAULT_DEFINITION = "converged"
 
 @dataclasses.dataclass(frozen=True)
 class SolverSettings:
-    """Solver settings of the ``converged`` definition (the same solver type and cone; Newton for
-    a PGS model, see ``native_model``)."""
+    """Solver settings of the ``converged`` definition (the model's cone; its solver where that is
+    Newton, Newton for a CG or PGS model, see ``native_model``)."""
 
     iterations: int = 100
     ls_iterations: int = 50
@@ -59,6 +59,10 @@ class SolverSettings:
 
 
 CONVERGED = SolverSettings()
+#: the solver of every ``converged`` solve, whatever the model's own: CG and PGS stop short of the
+#: optimum by their cost-improvement test (PGS also by its cap) at the ``CONVERGED`` settings;
+#: Newton solves the same convex problem to round-off (``NEWTON_CONVERGED``)
+CONVERGED_SOLVER = mujoco.mjtSolver.mjSOL_NEWTON
 
 #: Recorded in every dataset's attrs (``jacobian_definition``).
 DESCRIPTIONS = {
@@ -114,7 +118,8 @@ def exact_norm(definition: str) -> bool:
 def mjx_model(spec: envs.EnvSpec, definition: str) -> Any:
     """The MJX model a definition simulates: sensors disabled (they do not act on the dynamics),
     MuJoCo's own clamp of ``ctrl`` disabled (the control steps clamp with ``control_fn``, whose
-    derivative at a bound is one-sided), and for ``converged`` the ``CONVERGED`` solver settings.
+    derivative at a bound is one-sided), and for ``converged`` the ``CONVERGED`` solver settings
+    with Newton's method (``CONVERGED_SOLVER``; a CG model's own solver stops short of the optimum).
     Every step of this model must be given a clamped ``ctrl``."""
     check_definition(definition)
     m = spec.mjx_model
@@ -124,6 +129,7 @@ def mjx_model(spec: envs.EnvSpec, definition: str) -> Any:
         opt = opt.replace(
             iterations=CONVERGED.iterations, ls_iterations=CONVERGED.ls_iterations,
             tolerance=jnp.asarray(CONVERGED.tolerance, jnp.asarray(m.opt.tolerance).dtype),
+            solver=type(m.opt.solver)(int(CONVERGED_SOLVER)),
         )
     return m.replace(opt=opt)
 
@@ -144,28 +150,39 @@ def control_fn(spec: envs.EnvSpec) -> Callable[[jax.Array], jax.Array]:
     return ctrl
 
 
-#: Added to the ``converged`` description of a model whose own solver is PGS (``native_model``).
-PGS_CONVERGED = (
-    " This model's own solver is PGS (native MuJoCo only), which stops short of the optimum at these settings, by its "
-    "cost-improvement test or its cap (Humanoid-v5: median residual 1.8e-7 at 100 to 10000 iterations; small test "
-    "models: capped with residuals up to 1e-3): its converged solves use Newton (the same convex problem, solved to "
-    "round-off)."
-)
+#: Added to the ``converged`` description of a model whose own solver is PGS or CG (``native_model``).
+NEWTON_CONVERGED = {
+    "PGS": (
+        " This model's own solver is PGS (native MuJoCo only), which stops short of the optimum at these settings, by "
+        "its cost-improvement test or its cap (Humanoid-v5: median residual 1.8e-7 at 100 to 10000 iterations; small "
+        "test models: capped with residuals up to 1e-3): its converged solves use Newton (the same convex problem, "
+        "solved to round-off)."
+    ),
+    "CG": (
+        " This model's own solver is CG, whose cost-improvement test (cost change below the tolerance) stops it short of "
+        "the optimum at these settings (a box resting on a plane: gradient residuals up to 5e-7 at tolerance 1e-14, in "
+        "MJX and native MuJoCo alike): its converged solves use Newton (the same convex problem, solved to round-off)."
+    ),
+}
+#: the earlier name of ``NEWTON_CONVERGED["PGS"]``
+PGS_CONVERGED = NEWTON_CONVERGED["PGS"]
 
 
 def description(definition: str, model: mujoco.MjModel) -> str:
     """The definition's text for ``model`` (the ``jacobian_definition`` attrs): ``DESCRIPTIONS``,
-    with ``PGS_CONVERGED`` for a PGS model's ``converged`` definition."""
+    with ``NEWTON_CONVERGED`` for a CG or PGS model's ``converged`` definition."""
     check_definition(definition)
-    pgs = int(model.opt.solver) == int(mujoco.mjtSolver.mjSOL_PGS)
-    return DESCRIPTIONS[definition] + (PGS_CONVERGED if definition == "converged" and pgs else "")
+    own = mujoco.mjtSolver(int(model.opt.solver)).name.removeprefix("mjSOL_")
+    return DESCRIPTIONS[definition] + (NEWTON_CONVERGED.get(own, "") if definition == "converged" else "")
 
 
 def native_model(model: mujoco.MjModel, definition: str) -> mujoco.MjModel:
     """A native copy of ``model`` that simulates the same function as ``mjx_model``: the model's
     own solver settings for ``as-run``, the ``CONVERGED`` ones for ``converged``.
 
-    A PGS model's ``converged`` copy solves with Newton: PGS (which MJX lacks, so only native
+    A CG or PGS model's ``converged`` copy solves with Newton (``CONVERGED_SOLVER``, as
+    ``mjx_model``). CG's cost-improvement test stops it with gradient residuals up to 5e-7 at
+    tolerance 1e-14 (a box resting on a plane). PGS (which MJX lacks, so only native
     MuJoCo runs it) stops short of the optimum, by its cost-improvement test or its cap
     (Humanoid-v5 over 300 random steps: median residual 1.8e-7 at 100, 1000 and 10000
     iterations, tolerance 1e-14, next states 2.5e-9 (median) to 2e-8 from Newton's; the legged
@@ -195,8 +212,7 @@ def native_model(model: mujoco.MjModel, definition: str) -> mujoco.MjModel:
         m.opt.iterations = CONVERGED.iterations
         m.opt.ls_iterations = CONVERGED.ls_iterations
         m.opt.tolerance = CONVERGED.tolerance
-        if int(m.opt.solver) == int(mujoco.mjtSolver.mjSOL_PGS):
-            m.opt.solver = mujoco.mjtSolver.mjSOL_NEWTON
+        m.opt.solver = CONVERGED_SOLVER
     return m
 
 
