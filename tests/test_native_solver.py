@@ -60,7 +60,8 @@ def test_a_model_with_sleep_or_actuator_delays_is_refused_in_one_line(tmp_path, 
     """With sleep on, a sleeping body's next state depends on MuJoCo's sleep timers (not in the
     state), and reused mjData carry them from one perturbed step to the next (measured: batched
     and one-at-a-time FD then disagree by up to 346): no native path measures such a model. The
-    same for delayed actuators (their next state depends on past controls)."""
+    same for delayed actuators (their next state depends on past controls), and for the exact
+    (MJX) path, which would simulate them without sleep and without the delays."""
     xml = ('<mujoco><option timestep="0.005"><flag sleep="enable"/></option><worldbody><geom type="plane" size="2 2 0.1"/>'
            '<body pos="0 0 0.1"><freejoint/><geom type="box" size="0.1 0.1 0.1"/></body></worldbody>'
            '<actuator><motor joint="0" ctrlrange="-1 1"/></actuator></mujoco>').replace('joint="0"', 'joint="j"').replace("<freejoint/>", '<freejoint name="j"/>')
@@ -80,6 +81,18 @@ def test_a_model_with_sleep_or_actuator_delays_is_refused_in_one_line(tmp_path, 
                      "--out", str(tmp_path / "s.zarr")]) != 0
     assert "enables sleep" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "s.zarr").exists()
+    # MJX accepts both and simulates them without sleep and without the delays (a delayed motor's
+    # hinge moves in MJX's first step, not in MuJoCo's): the exact path refuses them too
+    delayed_xml = LEGGED.replace('<motor ctrlrange="-1 1" gear="5"/>', '<motor ctrlrange="-1 1" gear="5" nsample="4" delay="0.004"/>')
+    for bad, match in ((xml, "enables sleep"), (delayed_xml, "delays its actuators")):
+        with pytest.raises(errors.UserError, match=match):
+            envs.from_mjcf(bad)
+        with pytest.raises(errors.UserError, match=match):
+            envs.from_mjcf(bad, native=True)
+        path.write_text(bad)
+        assert cli.main(["collect", f"mjcf:{path}", "--episodes", "1", "--steps", "4", "--out", str(tmp_path / "a.zarr")]) != 0
+        assert match in one_error_line(capsys.readouterr().err)
+        assert not (tmp_path / "a.zarr").exists()
 
 
 def test_noslip_iterations_are_not_counted_as_the_solves() -> None:

@@ -352,6 +352,7 @@ def _load(name: str, dtype: str, substeps: int | None, native: bool) -> EnvSpec:
 def _spec(name: str, env: Any, dtype: str = "float64") -> EnvSpec:
     """The ``EnvSpec`` of a Playground-style environment object (``mj_model``, ``n_substeps``, ``dt``)."""
     model = env.mj_model
+    check_state_is_complete(model)  # Playground's models too (ModelEnv checked its own on construction)
     state_names, action_names = variable_names(model)
     low, high = action_bounds(model)
     return EnvSpec(
@@ -449,6 +450,27 @@ _MJX_STEP_INTEGRATORS = (mujoco.mjtIntegrator.mjINT_EULER, mujoco.mjtIntegrator.
 RESET_KINDS = ("uniform", "uniform-normal", "reacher", "pusher")
 
 
+def check_state_is_complete(model: mujoco.MjModel) -> None:
+    """Raise ``UserError`` unless ``s = [qpos, qvel]`` (with the action) determines the model's next
+    state, so that the control step has Jacobians in ``s``: a model that enables sleep (a sleeping
+    body's next state depends on MuJoCo's sleep timers) or delays its actuators (``nsample`` /
+    ``delay``: the next state depends on past controls) is refused, in every path. Native MuJoCo
+    carries that state in ``mjData`` (and a reused ``mjData`` from one perturbed step into the
+    next); MJX (mujoco-mjx 3.17) accepts such a model and simulates it without sleep and without the
+    delays, another model than the XML's (measured: a delayed motor's hinge moves in MJX's first
+    step, not in MuJoCo's)."""
+    if model.opt.enableflags & int(mujoco.mjtEnableBit.mjENBL_SLEEP):
+        raise errors.UserError(
+            "the model enables sleep (<flag sleep=\"enable\"/>): a sleeping body's next state depends on MuJoCo's "
+            "sleep timers, which are not in s = [qpos, qvel], so the step has no Jacobian in s; disable sleep to measure it"
+        )
+    if model.nu and (np.asarray(model.actuator_historyadr) >= 0).any():
+        raise errors.UserError(
+            "the model delays its actuators (actuator nsample/delay): the next state depends on past controls, which "
+            "are not in s = [qpos, qvel], so the step has no Jacobian in s; remove the delay to measure it"
+        )
+
+
 class ModelEnv:
     """A MuJoCo model with a control step and initial-state draws, without any MJX object: what
     a native rollout needs (``dynsparse.native_rollout``). ``MjcfEnv`` adds the MJX environment;
@@ -475,6 +497,7 @@ class ModelEnv:
         reset_kind: str = "uniform", init_qpos: np.ndarray | None = None, init_qvel: np.ndarray | None = None,
     ):
         self.mj_model = mujoco.MjModel.from_xml_string(model) if isinstance(model, str) else model
+        check_state_is_complete(self.mj_model)
         self.n_substeps = int(n_substeps)
         self.dt = float(self.mj_model.opt.timestep) * self.n_substeps
         self.init_noise = float(init_noise)

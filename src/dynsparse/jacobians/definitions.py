@@ -197,16 +197,7 @@ def native_model(model: mujoco.MjModel, definition: str) -> mujoco.MjModel:
         step into the next).
     """
     check_definition(definition)
-    if model.opt.enableflags & int(mujoco.mjtEnableBit.mjENBL_SLEEP):
-        raise errors.UserError(
-            "the model enables sleep (<flag sleep=\"enable\"/>): a sleeping body's next state depends on MuJoCo's "
-            "sleep timers, which are not in s = [qpos, qvel], so the step has no Jacobian in s; disable sleep to measure it"
-        )
-    if model.nu and (np.asarray(model.actuator_historyadr) >= 0).any():
-        raise errors.UserError(
-            "the model delays its actuators (actuator nsample/delay): the next state depends on past controls, which "
-            "are not in s = [qpos, qvel], so the step has no Jacobian in s; remove the delay to measure it"
-        )
+    envs.check_state_is_complete(model)
     m = copy.deepcopy(model)
     if definition == "converged":
         m.opt.iterations = CONVERGED.iterations
