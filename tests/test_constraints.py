@@ -107,3 +107,27 @@ def test_ball_joint_limit_uses_the_rotation_angle(quat, half_range, listed):
     assert bool(found) == listed
     if listed:
         assert found[0]["touches"] == names and found[0]["closest"] == pytest.approx(half_range)
+
+
+def test_a_changed_included_file_stops_the_limit_check(tmp_path):
+    """The rebuilt model must be the collected one, included files too (the compiled model's
+    digest): with the rail's actuator moved into an included file that changes after collection
+    (the main XML unchanged), limits are not checked and the note says why; unchanged, they are."""
+    part = tmp_path / "actuator.xml"
+    part.write_text('<mujoco><actuator><motor name="push" joint="x" ctrlrange="-1 1"/></actuator></mujoco>')
+    xml = tmp_path / "rail.xml"
+    main = RAIL.replace("RANGE", "5.0").replace('<actuator><motor name="push" joint="x" ctrlrange="-1 1"/></actuator>',
+                                              '<include file="actuator.xml"/>')
+    assert "include" in main
+    xml.write_text(main)
+    out = tmp_path / "rail.zarr"
+    assert cli.main(["collect", f"mjcf:{xml}", "--episodes", "1", "--steps", "5", "--out", str(out)]) == 0
+    ds = dataset.open_dataset(out)
+    model, note = constraints.model_of(ds)
+    assert model is not None and note == ""
+    assert "x" in [c["name"] for c in structure.global_structure(ds)["inactive"]["constraints"]]
+    part.write_text('<mujoco><actuator><motor name="push" joint="x" ctrlrange="-2 2"/></actuator></mujoco>')
+    model, note = constraints.model_of(ds)
+    assert model is None and "changed since collection" in note
+    inactive = structure.global_structure(ds)["inactive"]
+    assert "changed since collection" in inactive["note"] and "x" not in [c["name"] for c in inactive["constraints"]]

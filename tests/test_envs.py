@@ -95,3 +95,18 @@ def test_envs_command_lists_every_task_with_its_tangent_state_size(capsys):
     assert len(lines) == 25
     assert lines["HumanoidRun"].split()[1:5] == ["28", "27", "54", "21"] and "tangent space" in lines["HumanoidRun"]
     assert lines["CheetahRun"].split()[1:5] == ["9", "9", "18", "6"] and "tangent" not in lines["CheetahRun"]
+
+
+def test_an_edited_mjcf_file_is_loaded_again_in_the_same_process(tmp_path):
+    """``envs.load`` caches one spec per compiled model: the same file gives the same spec (its
+    compiled functions are reused), an edited one, or an edited included file, a new spec."""
+    part = tmp_path / "act.xml"
+    part.write_text('<mujoco><actuator><motor joint="x" ctrlrange="-1 1"/></actuator></mujoco>')
+    xml = tmp_path / "m.xml"
+    xml.write_text('<mujoco><worldbody><body><joint name="x" type="slide"/><geom type="box" size=".1 .1 .1"/></body>'
+                   '</worldbody><include file="act.xml"/></mujoco>')
+    first = envs.load(f"mjcf:{xml}")
+    assert envs.load(f"mjcf:{xml}") is first
+    part.write_text('<mujoco><actuator><motor joint="x" ctrlrange="-2 2"/></actuator></mujoco>')
+    second = envs.load(f"mjcf:{xml}")
+    assert second is not first and float(second.action_high[0]) == 2.0 and float(first.action_high[0]) == 1.0

@@ -307,13 +307,23 @@ def load(name: str, dtype: str = "float64", substeps: int | None = None, native:
         ``native``), or an unsupported dtype.
 
     One spec per ``(name, dtype, substeps, native)`` however the arguments are passed (compiled
-    functions are cached per spec).
+    functions are cached per spec); for ``mjcf:`` also per compiled model (``model_digest``), so
+    that a file edited (or an included file, a mesh) between two calls in one process is loaded
+    again, not served from the cache.
     """
-    return _load(name, dtype, substeps, bool(native))
+    from dynsparse import sources
+
+    version = None
+    if sources.kind(name) == "mjcf":
+        check_dtype(dtype)
+        sources.check_substeps(name, substeps)
+        version = model_digest(sources.load(name, substeps).model)
+    return _load(name, dtype, substeps, bool(native), version)
 
 
 @functools.lru_cache(maxsize=None)
-def _load(name: str, dtype: str, substeps: int | None, native: bool) -> EnvSpec:
+def _load(name: str, dtype: str, substeps: int | None, native: bool, version: str | None = None) -> EnvSpec:
+    """``load``'s spec; ``version``: the compiled digest of an ``mjcf:`` model (a cache key only)."""
     from dynsparse import sources
 
     check_dtype(dtype)

@@ -38,7 +38,9 @@ from dynsparse import dataset
 
 def model_of(ds: Any) -> tuple[mujoco.MjModel | None, str]:
     """The native model a dataset was collected with, rebuilt from its attrs (``env`` and, for
-    ``mjcf:``, ``substeps``), and a note: ``(model, "")`` or ``(None, why not)``."""
+    ``mjcf:``, ``substeps``), and a note: ``(model, "")`` or ``(None, why not)``. The rebuilt model
+    must have the recorded compiled digest (``model_compiled_sha256``: every file it reads, every
+    option; Playground models too), else for older datasets the main XML's ``model_sha256``."""
     from dynsparse import envs, errors, sources
 
     name = ds.attrs.get("env")
@@ -49,7 +51,11 @@ def model_of(ds: Any) -> tuple[mujoco.MjModel | None, str]:
         spec = envs.load(str(name), "float64", config.get("substeps"), native=True)
     except (errors.UserError, ValueError, KeyError, TypeError) as exc:
         return None, f"the model of {name!r} could not be rebuilt ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): joint and tendon limits not checked"
-    if ds.attrs.get("model_sha256") and str(ds.attrs.get("model_sha256")) != _digest(str(name), config.get("substeps")):
+    compiled = ds.attrs.get("model_compiled_sha256")
+    if compiled and str(compiled) != envs.model_digest(spec.mj_model):
+        return None, f"the model of {name!r} changed since collection (its compiled SHA-256): joint and tendon limits not checked"
+    if not compiled and ds.attrs.get("model_sha256") and str(ds.attrs.get("model_sha256")) != _digest(str(name), config.get("substeps")):
+        # a dataset from before 2026-12-03 records only its main XML's digest
         return None, f"the model file of {name!r} changed since collection: joint and tendon limits not checked"
     if spec.nq != int(ds.attrs.get("nq", spec.nq)) or spec.nv != int(ds.attrs.get("nv", spec.nv)):
         return None, f"the model of {name!r} no longer has the dataset's sizes: joint and tendon limits not checked"
