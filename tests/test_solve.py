@@ -82,20 +82,28 @@ def test_stiction_hinge_has_the_closed_form_jacobian(stiction, definition):
 @pytest.mark.parametrize("definition", definitions.DEFINITIONS)
 def test_resting_box_certified_where_unrolled_forward_mode_is_not(definition):
     """Four friction contacts at rest: both definitions agree with MJX and native finite
-    differences (native reproduces the step); forward mode through the converged solver's
-    iterations is 1e-4..1e-3 off there (its tangents lag the iterates)."""
+    differences (native reproduces the step; for as-run only where MJX's own solve did not stall,
+    see below); forward mode through the converged solver's iterations is 1e-4..1e-3 off there
+    (its tangents lag the iterates)."""
     spec = envs.from_mjcf(RESTING_BOX, name="Box", n_substeps=RESTING_BOX_SUBSTEPS, init_noise=0.0)
     u = jnp.asarray([0.0])
     data = _settle(spec, u, 3000)
     assert int(envs.count_contacts(data)) == 4
-    j_s, j_a, _, _ = jax.jit(autodiff.make_jacobian_fn(spec, "substep", definition))(data, u)
+    j_s, j_a, _, diag = jax.jit(autodiff.make_jacobian_fn(spec, "substep", definition))(data, u)
     jac = np.concatenate([np.asarray(j_s), np.asarray(j_a)], axis=1)
     refs, s_next = jax.jit(certify.make_mjx_fd(spec, definition))(data, u)
     native = finite_diff.NativeStep(spec.mj_model, spec.n_substeps, definition)
     x = finite_diff.StepInputs(np.asarray(data.qpos), np.asarray(data.qvel), np.asarray(data.qacc_warmstart),
                                np.asarray(u), np.zeros(0), np.zeros((0, 3)), np.zeros((0, 4)), float(data.time))
     cert = certify.classify(jac, np.asarray(refs), np.asarray(s_next), spec.nq, certify.native_refs(native, x))
-    assert cert.cls == "certified" and cert.native_err <= certify.RTOL and cert.native_state_err < 1e-12, cert
+    if definition == "as-run" and float(diag["solver_residual"]) > 1e-10:
+        # MJX's own line search moves only where the cost falls, and here it can stall with the
+        # gradient ~1e-7 (round-off decides; seen on one machine, not another), where native
+        # MuJoCo's Newton reaches round-off: then native MuJoCo runs another function and the
+        # certificate says so, the MJX finite differences still agreeing
+        assert cert.cls == "native-differs" and cert.err <= certify.RTOL and cert.native_state_err > certify.NATIVE_STATE_TOL, cert
+    else:
+        assert cert.cls == "certified" and cert.native_err <= certify.RTOL and cert.native_state_err < 1e-12, cert
     old = np.concatenate(_unrolled(spec, data, u), axis=1)
     scale = certify.output_scale(np.asarray(s_next), spec.nq, spec.nv)
     assert certify.scaled_error(old, np.asarray(refs)[1], scale, 1e-6) > 1e-4
@@ -162,7 +170,8 @@ def test_converged_settings_apply_to_both_simulators(cartpole):
 def test_a_cg_models_converged_solves_use_newton_in_mjx_too():
     """A CG model's ``converged`` MJX model solves with Newton (as its native copy does): along a
     falling and sliding box's first 30 steps, the converged substeps' residuals are at round-off,
-    where CG at the same settings stops by its improvement test far above it; as-run keeps CG."""
+    where CG at the same settings and MJX's stopping rule stops by its improvement test far above
+    it; as-run keeps CG."""
     from test_finite_diff import _visited
 
     xml = RESTING_BOX.replace("<option", '<option solver="CG" iterations="2"', 1)
@@ -175,12 +184,43 @@ def test_a_cg_models_converged_solves_use_newton_in_mjx_too():
     x = _visited(spec.mj_model, RESTING_BOX_SUBSTEPS, 30, seed=4)
     base = mjx.make_data(spec.mjx_model)
 
-    def residuals(model):  # (30, substeps): each control step's substeps, warm start carried
+    def residuals(model, converged=True):  # (30, substeps): each control step's substeps, warm start carried
         def one(qpos, qvel, warm, ctrl):
             d = base.replace(qpos=qpos, qvel=qvel, qacc_warmstart=warm, ctrl=ctrl)
-            sub = lambda d, _: (lambda out: (out[0], out[1].residual))(solve.step(model, d, "implicit", True))
+            sub = lambda d, _: (lambda out: (out[0], out[1].residual))(solve.step(model, d, "implicit", converged))
             return jax.lax.scan(sub, d, None, length=RESTING_BOX_SUBSTEPS)[1]
         return np.asarray(jax.jit(jax.vmap(one))(x["qpos"], x["qvel"], x["warmstart"], x["ctrl"]))
 
-    assert residuals(m).max() < 1e-12  # 3.4e-14 measured
-    assert residuals(cg).max() > 1e-8  # 2.0e-7 measured (native MuJoCo's CG: 4.6e-7)
+    assert residuals(m).max() < 1e-12  # 3.4e-14 measured before the final Newton step, less with it
+    # CG at the converged settings with MJX's own stopping rule: its improvement test stops it
+    assert residuals(cg, converged=False).max() > 1e-8  # 2.0e-7 measured (native MuJoCo's CG: 4.6e-7)
+
+
+def test_converged_solves_end_at_round_off_where_mjx_line_search_stalls():
+    """MJX's line search moves only where the cost falls; at a box resting on four friction
+    contacts the cost cannot fall measurably any more while the gradient is still ~1e-7, so MJX's
+    Newton (its own rule) stops there. The converged definition's final Newton step lands on the
+    optimum: its next state equals native MuJoCo's converged one to round-off."""
+    spec = envs.from_mjcf(RESTING_BOX, name="Box", n_substeps=RESTING_BOX_SUBSTEPS, init_noise=0.0)
+    u = jnp.asarray([0.0])
+    data = _settle(spec, u, 3000).replace(ctrl=u)
+    m = definitions.mjx_model(spec, "converged")
+
+    def control_step(d, converged):
+        residuals = []
+        for _ in range(RESTING_BOX_SUBSTEPS):
+            d, info = solve.step(m, d, "implicit", converged)
+            residuals.append(info.residual)
+        return envs.state_of(d), jnp.stack(residuals)
+
+    s_mjx_rule, r_mjx_rule = jax.jit(lambda d: control_step(d, False))(data)
+    s_conv, r_conv = jax.jit(lambda d: control_step(d, True))(data)
+    native = finite_diff.NativeStep(spec.mj_model, spec.n_substeps, "converged")
+    x = finite_diff.StepInputs(np.asarray(data.qpos), np.asarray(data.qvel), np.asarray(data.qacc_warmstart),
+                               np.asarray(u), np.zeros(0), np.zeros((0, 3)), np.zeros((0, 4)), float(data.time))
+    s_native = native.next_state(x)
+    assert float(r_conv.max()) < 1e-13
+    assert np.abs(np.asarray(s_conv) - s_native).max() < 1e-13
+    # the stall this guards against (seen on this machine; round-off decides whether it occurs)
+    if float(r_mjx_rule.max()) > 1e-10:
+        assert np.abs(np.asarray(s_mjx_rule) - s_native).max() > 1e-10

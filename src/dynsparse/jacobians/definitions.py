@@ -70,7 +70,9 @@ DESCRIPTIONS = {
         "converged: J_s = ds'/ds, J_a = ds'/da of the control step s' = f(s, a) (n_substeps MuJoCo steps, "
         "ctrl = a held) with every substep's constraint problem (each of its four stages' with RK4) solved to convergence (same solver and cone, "
         f"iterations {CONVERGED.iterations}, line-search iterations {CONVERGED.ls_iterations}, tolerance "
-        f"{CONVERGED.tolerance:g} on the Euclidean norm of the cost gradient) and differentiated at its optimum by the implicit function theorem over the "
+        f"{CONVERGED.tolerance:g} on the Euclidean norm of the cost gradient; MJX's solves stop at that tolerance, the cap, or an iteration that "
+        "changes nothing, not on a small cost change, and end with one full Newton step, kept where it lowers the gradient, "
+        "since MJX's line search stalls where the cost no longer falls measurably) and differentiated at its optimum by the implicit function theorem over the "
         "active constraint set: the physics' Jacobian, independent of the solver warm start and iteration cap. "
         "Held fixed (not differentiated): time, mocap bodies, actuator activations."
     ),
