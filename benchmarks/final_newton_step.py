@@ -1,0 +1,66 @@
+"""What the converged definition's final Newton step costs (``solve._newton_polish``).
+
+For each environment, jits the converged control-step Jacobian (``autodiff.make_jacobian_fn``)
+vmapped over a batch of reset states with random actions, in a fresh process per variant, and
+prints compile seconds, Jacobians per second (mean of 5 calls after the first) and the largest
+solver residual: ``with`` the final step (what dynsparse computes) and ``without`` it (the
+**baseline**: the same solver loop, the step skipped). One device, this machine's threads.
+
+usage: python benchmarks/final_newton_step.py [--envs CheetahRun,WalkerRun] [--batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CHILD = r'''
+import json, sys, time
+from dynsparse import upstream, xla
+upstream.mjx_without_warp()
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+from dynsparse import envs
+from dynsparse.jacobians import autodiff, solve
+env, batch, variant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if variant == "without":
+    solve._newton_polish = lambda m, d, ctx, norm: ctx
+spec = envs.load(env, "float64", None)
+states = jax.jit(jax.vmap(spec.env.reset))(jax.random.split(jax.random.PRNGKey(0), batch))
+a = jax.random.uniform(jax.random.PRNGKey(1), (batch, spec.env.action_size), minval=-1, maxval=1)
+f = jax.jit(jax.vmap(autodiff.make_jacobian_fn(spec, definition="converged")), compiler_options=xla.compiler_options())
+t = time.perf_counter(); out = jax.block_until_ready(f(states.data, a)); compile_s = time.perf_counter() - t
+t = time.perf_counter()
+for _ in range(5):
+    out = jax.block_until_ready(f(states.data, a))
+per_call = (time.perf_counter() - t) / 5
+print("RESULT " + json.dumps({"compile": compile_s, "rate": batch / per_call, "residual": float(np.max(out[3]["solver_residual"]))}))
+'''
+
+
+def run(env: str, batch: int, variant: str) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", CHILD, env, str(batch), variant], capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{env} {variant} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--envs", default="CheetahRun,WalkerRun")
+    p.add_argument("--batch", type=int, default=16)
+    args = p.parse_args()
+    print("| env | variant | compile + first call s | Jacobians/s | vs without (baseline) | max solver residual |")
+    print("|---|---|---:|---:|---:|---:|")
+    for env in args.envs.split(","):
+        base = run(env, args.batch, "without")
+        new = run(env, args.batch, "with")
+        for name, r in (("without (baseline)", base), ("with", new)):
+            print(f"| {env} | {name} | {r['compile']:.1f} | {r['rate']:.0f} | {r['rate'] / base['rate']:.2f}x | {r['residual']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
