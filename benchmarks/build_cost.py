@@ -23,11 +23,9 @@ usage: python benchmarks/build_cost.py [--env CheetahRun] [--episodes 1] [--step
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
+
+import child
 
 CHILD = r'''
 import json, os, sys, time
@@ -71,14 +69,8 @@ STAGES = ("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration", "backend_comp
 def run(variant: str, args: argparse.Namespace) -> dict[str, float]:
     """One variant's build seconds, in a fresh process on a new cache folder."""
     with tempfile.TemporaryDirectory(prefix="build-cost-") as cache:
-        proc = subprocess.run(
-            [sys.executable, "-c", CHILD, variant, args.env, str(args.episodes), str(args.steps), str(args.check_every), cache],
-            capture_output=True, text=True, env={**os.environ, "DYNSPARSE_BUILD_AHEAD": "0"},
-        )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise SystemExit(f"variant {variant} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+        return child.run(CHILD, [variant, args.env, str(args.episodes), str(args.steps), str(args.check_every), cache],
+                         f"variant {variant}")
 
 
 def main() -> None:
@@ -105,7 +97,7 @@ def main() -> None:
             cells = [f"{sec.get(f'{prog}:{s}', 0.0):.1f}" for s in STAGES]
             print(f"| {v} | {prog} | " + " | ".join(cells) + " |")
     print()
-    print("| variant | build total s | vs vmap (baseline) |")
+    print(f"| variant | build total s | vs {'vmap' if 'vmap' in results else variants[0]} (baseline) |")
     print("|---|---:|---:|")
     for v, sec in results.items():
         print(f"| {v} | {sec['total']:.1f} | {sec['total'] / baseline:.2f}x |")

@@ -12,9 +12,8 @@ usage: python benchmarks/final_newton_step.py [--envs CheetahRun,WalkerRun] [--b
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
+
+import child
 
 CHILD = r'''
 import json, sys, time
@@ -41,11 +40,8 @@ print("RESULT " + json.dumps({"compile": compile_s, "rate": batch / per_call, "r
 
 
 def run(env: str, batch: int, variant: str) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, "-c", CHILD, env, str(batch), variant], capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise SystemExit(f"{env} {variant} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    """One variant's compile seconds, rate and residual, in a fresh process."""
+    return child.run(CHILD, [env, str(batch), variant], f"{env} {variant}")
 
 
 def main() -> None:
