@@ -166,8 +166,6 @@ NEWTON_CONVERGED = {
         "MJX and native MuJoCo alike): its converged solves use Newton (the same convex problem, solved to round-off)."
     ),
 }
-#: the earlier name of ``NEWTON_CONVERGED["PGS"]``
-PGS_CONVERGED = NEWTON_CONVERGED["PGS"]
 
 
 def description(definition: str, model: mujoco.MjModel) -> str:
