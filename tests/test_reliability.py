@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +225,40 @@ def test_a_swallowed_ctrl_c_still_stops_at_the_next_safe_point():
     finally:
         interrupts._interrupted.clear()
         signal.signal(signal.SIGINT, previous)
+
+
+_INTERRUPTED_IN_EXEC = """
+import sys
+
+from dynsparse import cli
+from dynsparse.policies import ppo_train
+
+
+def interrupted(*args, **kwargs):
+    exec("raise KeyboardInterrupt", {})  # as a Ctrl-C inside a dataclass's creation would
+
+
+cli._COMMANDS["validate"] = interrupted
+ppo_train.train = interrupted
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["validate", "x.zarr"], "run the same command again to resume"),
+    (["train-policy", "CartpoleBalance", "--out", "p"], "--resume"),
+], ids=["main", "train-policy"])
+def test_ctrl_c_escaping_string_compiled_code_still_exits_130_under_python_m(tmp_path, argv, hint):
+    """A ``KeyboardInterrupt`` that escapes ``exec`` of a string (CPython records it process-wide)
+    and that the CLI catches: ``python -m`` must exit with the CLI's 130, not by SIGINT (-2, as
+    1 in ~10 interrupted pipelined sweeps did before ``interrupts.handled``)."""
+    (tmp_path / "interrupted_in_exec.py").write_text(_INTERRUPTED_IN_EXEC)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "interrupted_in_exec", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == cli.EXIT_INTERRUPTED, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("dynsparse: interrupted") and hint in last
 
 
 # ----------------------------------------------------------------------------- HTML

@@ -277,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dynsparse: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        interrupts.handled()
         print("dynsparse: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:  # the file system refused (read-only, full, permissions): the user's to fix
@@ -453,6 +454,9 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
     try:
         meta = ppo_train.train(config, args.out, on_eval=on_eval, resume=args.resume, budget=budget)
     except KeyboardInterrupt:
+        from dynsparse import interrupts
+
+        interrupts.handled()
         print(f"dynsparse: interrupted; {args.out} holds the run up to its last evaluation (\"complete\": false); "
               f"continue it with: dynsparse train-policy {args.env} --out {args.out} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
