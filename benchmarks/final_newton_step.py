@@ -3,8 +3,10 @@
 For each environment, jits the converged control-step Jacobian (``autodiff.make_jacobian_fn``)
 vmapped over a batch of reset states with random actions, in a fresh process per variant, and
 prints compile seconds, Jacobians per second (mean of 5 calls after the first) and the largest
-solver residual: ``with`` the final step (what dynsparse computes) and ``without`` it (the
-**baseline**: the same solver loop, the step skipped). One device, this machine's threads.
+solver residual: ``with`` the final step (what dynsparse computes: ``H^-1 r`` from the Newton
+context's own factor), ``jacfwd-hessian`` (the step as first built: ``H`` from ``solve.hessian``
+and ``r`` recomputed, then solved) and ``without`` it (the **baseline**: the same solver loop,
+the step skipped). One device, this machine's threads.
 
 usage: python benchmarks/final_newton_step.py [--envs CheetahRun,WalkerRun] [--batch 16]
 """
@@ -26,6 +28,15 @@ from dynsparse.jacobians import autodiff, solve
 env, batch, variant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if variant == "without":
     solve._newton_polish = lambda m, d, ctx, norm: ctx
+elif variant == "jacfwd-hessian":
+    import jax.numpy as jnp
+    def polish(m, d, ctx, norm):
+        r, _ = solve._gradient(m, d, ctx.qacc)
+        new = solve.mjx_solver.Context.create(m, d.replace(qacc=ctx.qacc - jnp.linalg.solve(solve.hessian(m, d, ctx.qacc), r)))
+        new = new.replace(solver_niter=ctx.solver_niter, prev_cost=ctx.prev_cost, search=ctx.search)
+        better = norm(new.grad) < norm(ctx.grad)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), new, ctx)
+    solve._newton_polish = polish
 spec = envs.load(env, "float64", None)
 states = jax.jit(jax.vmap(spec.env.reset))(jax.random.split(jax.random.PRNGKey(0), batch))
 a = jax.random.uniform(jax.random.PRNGKey(1), (batch, spec.env.action_size), minval=-1, maxval=1)
@@ -53,8 +64,8 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     for env in args.envs.split(","):
         base = run(env, args.batch, "without")
-        new = run(env, args.batch, "with")
-        for name, r in (("without (baseline)", base), ("with", new)):
+        rows = [("without (baseline)", base)] + [(v, run(env, args.batch, v)) for v in ("jacfwd-hessian", "with")]
+        for name, r in rows:
             print(f"| {env} | {name} | {r['compile']:.1f} | {r['rate']:.0f} | {r['rate'] / base['rate']:.2f}x | {r['residual']:.1e} |")
 
 

@@ -224,3 +224,37 @@ def test_converged_solves_end_at_round_off_where_mjx_line_search_stalls():
     # the stall this guards against (seen on this machine; round-off decides whether it occurs)
     if float(r_mjx_rule.max()) > 1e-10:
         assert np.abs(np.asarray(s_mjx_rule) - s_native).max() > 1e-10
+
+
+@pytest.mark.parametrize("cone", ["pyramidal", "elliptic"])
+def test_the_final_newton_step_is_the_same_from_newtons_factor_and_from_the_hessian(cone):
+    """The converged definition's final step ``qacc - H^-1 r`` takes ``H^-1 r`` from the context
+    of MJX's Newton (its Cholesky factor of ``M + J^T D_active J``, plus the elliptic cones'
+    blocks) and, for any other solver, from ``hessian`` (``jacfwd`` of the gradient). Both give
+    the same step, at a point where some rows are active and some not (the box's optimum with an
+    added angular acceleration, which lifts one edge) and, with elliptic cones, where the cone
+    blocks count."""
+    from mujoco.mjx._src import support
+
+    xml = RESTING_BOX if cone == "pyramidal" else RESTING_BOX.replace("<option", '<option cone="elliptic"', 1)
+    spec = envs.from_mjcf(xml, name=f"Box-{cone}", n_substeps=RESTING_BOX_SUBSTEPS, init_noise=0.0)
+    u = jnp.asarray([0.8])
+    d = solve._smooth_stages(spec.mjx_model, _settle(spec, u, 400).replace(ctrl=u))
+    newton = definitions.mjx_model(spec, "converged")
+    cg = newton.replace(opt=newton.opt.replace(solver=type(newton.opt.solver)(int(mujoco.mjtSolver.mjSOL_CG))))
+
+    def polished(m):
+        qacc = solve.run(newton, d, exact_norm=True)[0].qacc + jnp.asarray([0.0, 0.0, 20.0])
+        ctx = solve.mjx_solver.Context.create(m, d.replace(qacc=qacc))
+        without_cones = support.full_m(m, d) + (d._impl.efc_J.T * d._impl.efc_D * ctx.active) @ d._impl.efc_J
+        cone_blocks = jnp.abs(solve.hessian(m, d, qacc) - without_cones).max()
+        return qacc, ctx, solve._newton_polish(m, d, ctx, jnp.linalg.norm), cone_blocks
+
+    (qacc, ctx, with_newton, cone_blocks), (_, _, with_cg, _) = jax.jit(lambda: (polished(newton), polished(cg)))()
+    active = np.asarray(ctx.active).ravel()
+    assert 0 < active.sum() < active.size
+    assert (float(cone_blocks) > 1.0) == (cone == "elliptic")  # 13.6 measured with elliptic cones, 4e-16 without
+    step = np.abs(np.asarray(with_newton.qacc) - np.asarray(qacc)).max()
+    assert step > 1e-3 and float(jnp.linalg.norm(with_newton.grad)) < float(jnp.linalg.norm(ctx.grad))  # kept
+    np.testing.assert_allclose(np.asarray(with_newton.qacc), np.asarray(with_cg.qacc), rtol=0, atol=1e-10 * step)
+    np.testing.assert_allclose(np.asarray(with_newton.grad), np.asarray(with_cg.grad), rtol=0, atol=1e-9)

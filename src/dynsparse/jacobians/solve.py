@@ -185,8 +185,8 @@ def run(m: Any, d: Any, exact_norm: bool = False) -> tuple[Any, SolveInfo]:
 
 
 def _newton_polish(m: Any, d: Any, ctx: Any, norm: Callable[[jax.Array], jax.Array]) -> Any:
-    """The solver's result refined by one full Newton step ``qacc - H^-1 r(qacc)`` (``hessian``:
-    the cost's Hessian with the active set, cones and friction-loss zones at ``qacc``), kept only
+    """The solver's result refined by one full Newton step ``qacc - H^-1 r(qacc)`` (``H``: the
+    cost's Hessian with the active set, cones and friction-loss zones at ``qacc``), kept only
     where it lowers the gradient's norm; the ``converged`` definition's last step. No tangents flow
     (``run`` is called with stopped-gradient data there).
 
@@ -197,11 +197,19 @@ def _newton_polish(m: Any, d: Any, ctx: Any, norm: Callable[[jax.Array], jax.Arr
     1.4e-16). The cost is piecewise quadratic, so where the result already has the optimum's
     active set this one step lands on the optimum to round-off; where it does not, the step
     is discarded unless it lowers the gradient.
+
+    With Newton's method (every ``converged`` solve) the step is the context's own ``Mgrad``:
+    MJX's last ``_update_gradient`` already solved ``H Mgrad = r`` at ``qacc`` with its Cholesky
+    factor of ``M + J^T D_active J`` (plus the elliptic cones' blocks), so nothing is
+    refactorised; other solvers' contexts hold no Hessian, and ``hessian`` supplies it.
     """
-    hess = hessian(m, d, ctx.qacc)
-    r, _ = _gradient(m, d, ctx.qacc)
-    new = mjx_solver.Context.create(m, d.replace(qacc=ctx.qacc - jnp.linalg.solve(hess, r)))
-    new = new.replace(solver_niter=ctx.solver_niter, prev_cost=ctx.prev_cost, search=ctx.search)
+    if m.opt.solver == SolverType.NEWTON:
+        step = ctx.Mgrad
+    else:
+        step = jnp.linalg.solve(hessian(m, d, ctx.qacc), ctx.grad)
+    new = mjx_solver.Context.create(m, d.replace(qacc=ctx.qacc - step), grad=False)
+    new = new.replace(grad=new.Ma - d.qfrc_smooth - new.qfrc_constraint,
+                      solver_niter=ctx.solver_niter, prev_cost=ctx.prev_cost, search=ctx.search)
     better = norm(new.grad) < norm(ctx.grad)
     return jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), new, ctx)
 
