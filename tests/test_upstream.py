@@ -50,6 +50,38 @@ def test_the_persistent_cache_bypass_is_scoped():
     assert cc.is_cache_used(backend) == before
 
 
+
+def test_overlapping_cache_bypasses_restore_the_state_before_the_first():
+    """Two threads' blocks that overlap (the first leaves while the second is open): the cache
+    stays bypassed until the last one leaves, then is as before (a saved-and-restored pair per
+    block left it bypassed for good)."""
+    import threading
+
+    from jax._src import compilation_cache as cc
+    from jax._src import xla_bridge
+
+    backend = xla_bridge.get_backend()
+    before = cc.is_cache_used(backend)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    inside: list[bool] = []
+
+    def second() -> None:
+        first_in.wait()
+        with upstream.persistent_cache_bypassed():
+            second_in.set()
+            first_out.wait()
+            inside.append(cc.is_cache_used(backend))  # after the first block left
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with upstream.persistent_cache_bypassed():
+        first_in.set()
+        second_in.wait()
+    first_out.set()
+    thread.join()
+    assert inside == [False]
+    assert cc.is_cache_used(backend) == before
+
 _STEP_CODE = """
 import sys, numpy as np
 from dynsparse import upstream

@@ -119,6 +119,10 @@ def device_put_replicated(x: Any, devices: Any) -> Any:
     return jax.tree_util.tree_map(lambda a: jax.device_put(jnp.stack([jnp.asarray(a)] * len(devices)), sharding), x)
 
 
+#: ``persistent_cache_bypassed``'s open blocks (all threads) and JAX's cache state before the first.
+_bypass: dict[str, Any] = {"depth": 0, "saved": None}
+
+
 @contextlib.contextmanager
 def persistent_cache_bypassed() -> Iterator[None]:
     """Compile without JAX's persistent compilation cache (neither read nor written) in the block.
@@ -128,15 +132,23 @@ def persistent_cache_bypassed() -> Iterator[None]:
     off for one compile. ``exported`` needs that: an executable the cache handed back cannot be
     serialized again on CPU (jaxlib 0.8.2: the copy loads, then fails at run time, "Function
     wrapped_iota not found"), so the executables it keeps are compiled with the cache bypassed.
-    The previous state is restored on leaving (also when the compile raises).
+
+    The state is process-wide, so blocks open at once (nested, or in several threads) share one
+    bypass: the first saves JAX's state, the last to leave restores it (also when a compile
+    raises). A compile in another thread while a block is open bypasses the cache too (it is
+    only slower).
     """
     from jax._src import compilation_cache as cc
 
     with cc._cache_initialized_mutex:
-        saved = (cc._cache_checked, cc._cache_used)
-        cc._cache_checked, cc._cache_used = True, False
+        if _bypass["depth"] == 0:
+            _bypass["saved"] = (cc._cache_checked, cc._cache_used)
+            cc._cache_checked, cc._cache_used = True, False
+        _bypass["depth"] += 1
     try:
         yield
     finally:
         with cc._cache_initialized_mutex:
-            cc._cache_checked, cc._cache_used = saved
+            _bypass["depth"] -= 1
+            if _bypass["depth"] == 0:
+                cc._cache_checked, cc._cache_used = _bypass["saved"]
