@@ -36,3 +36,15 @@ def interrupt_after_first_unit(config, out, spec=None) -> None:
 
     with pytest.raises(Stop):
         collect.collect(config, out, on_progress=stop_after_first, spec=spec)
+
+
+def hold_lock(file: str, ready, seconds: float) -> None:
+    """Hold the lock ``file`` (``dynsparse.locks``) for ``seconds``, setting the event ``ready``
+    once held (a ``multiprocessing`` child's target: a process that builds a program)."""
+    import time
+
+    from dynsparse import locks
+
+    with locks.wait(file):
+        ready.set()
+        time.sleep(seconds)

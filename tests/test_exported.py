@@ -259,6 +259,34 @@ def test_processes_sharing_the_cache_build_a_program_once(tmp_path):
     assert "waiting for process" not in errs[builder]
 
 
+
+def test_waiting_for_the_own_build_ahead_child_is_no_warning(tmp_path, caplog):
+    """A study's builder is its own ``multiprocessing`` child: waiting for the program it is
+    building is expected (a log line, not the warning a user saw mid-progress-bar); waiting for
+    any other process stays a warning."""
+    import logging
+    import multiprocessing
+
+    import helpers
+
+    folder, stem = tmp_path / "exported", "chunk-x"
+    folder.mkdir()
+    program = exported.Cached(jax.jit(_fn), "chunk", {"id": 1})
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=helpers.hold_lock, args=(str(folder / f"{stem}.lock"), ready, 1.0))
+    child.start()
+    try:
+        assert ready.wait(60)
+        with caplog.at_level(logging.INFO, logger="dynsparse.exported"), program._lock(folder, stem) as waited:
+            assert waited
+    finally:
+        child.join(30)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "waiting for" in r.getMessage()]
+    assert said == [(logging.INFO, f"waiting for this process's build-ahead process {child.pid}, which is building "
+                                   f"the chunk program {stem}")]
+    assert exported._own_child(str(os.getpid())) is False and exported._own_child("?") is False
+
 def test_prune_deletes_the_least_recently_used_programs_beyond_the_limit(tmp_path, monkeypatch):
     folder = tmp_path / "exported"
     folder.mkdir()

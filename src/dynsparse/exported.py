@@ -290,12 +290,20 @@ class Cached:
 
     @contextlib.contextmanager
     def _lock(self, folder: Path, stem: str) -> Iterator[bool]:
-        """Hold program ``stem``'s build lock (waiting, with a warning naming the holder, while
-        another process builds it); yields whether it waited. A read-only cache: no lock."""
+        """Hold program ``stem``'s build lock (waiting while another process builds it, saying so:
+        a warning naming the holder, or only a log line where the holder is this process's own
+        build-ahead child, which a study starts to build exactly these programs); yields whether
+        it waited. A read-only cache: no lock."""
+        def on_wait(pid: str) -> None:
+            if _own_child(pid):
+                log.info("waiting for this process's build-ahead process %s, which is building the %s program %s",
+                         pid, self.name, stem)
+            else:
+                log.warning("waiting for process %s, which is building the %s program %s", pid, self.name, stem)
+
         with contextlib.ExitStack() as stack:
             try:
-                waited = stack.enter_context(locks.wait(folder / f"{stem}.lock", on_wait=lambda pid: log.warning(
-                    "waiting for process %s, which is building the %s program %s", pid, self.name, stem)))
+                waited = stack.enter_context(locks.wait(folder / f"{stem}.lock", on_wait=on_wait))
             except OSError:  # a read-only cache: build without the lock, as before
                 waited = False
             yield waited
@@ -519,6 +527,17 @@ def _prepare_targets(targets: set[str]) -> None:
 
 
 @functools.lru_cache(maxsize=1)
+def _own_child(pid: str) -> bool:
+    """Whether ``pid`` (as a lock file holds it) is a live ``multiprocessing`` child of this
+    process (the study's ``buildahead`` builder is one)."""
+    import multiprocessing
+
+    try:
+        return int(pid) in {p.pid for p in multiprocessing.active_children()}
+    except ValueError:
+        return False
+
+
 def _machine_tag() -> str:
     """A short digest of this CPU's model and instruction-set flags: an executable compiled here
     may use instructions another CPU lacks, so it is only loaded on a machine with the same tag."""
