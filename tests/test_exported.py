@@ -285,6 +285,7 @@ def test_waiting_for_the_own_build_ahead_child_is_no_warning(tmp_path, caplog):
     said = [(r.levelno, r.getMessage()) for r in caplog.records if "waiting for" in r.getMessage()]
     assert said == [(logging.INFO, f"waiting for this process's build-ahead process {child.pid}, which is building "
                                    f"the chunk program {stem}")]
+    assert exported._own_child(str(child.pid)) is False  # ended: no longer a live child (not a cached answer)
     assert exported._own_child(str(os.getpid())) is False and exported._own_child("?") is False
 
 def test_prune_deletes_the_least_recently_used_programs_beyond_the_limit(tmp_path, monkeypatch):

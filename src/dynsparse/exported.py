@@ -526,7 +526,6 @@ def _prepare_targets(targets: set[str]) -> None:
         upstream.jaxlib_lapack().prepare_lapack_call("potrf_ffi", np.dtype(np.float64))
 
 
-@functools.lru_cache(maxsize=1)
 def _own_child(pid: str) -> bool:
     """Whether ``pid`` (as a lock file holds it) is a live ``multiprocessing`` child of this
     process (the study's ``buildahead`` builder is one)."""
@@ -538,6 +537,7 @@ def _own_child(pid: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)
 def _machine_tag() -> str:
     """A short digest of this CPU's model and instruction-set flags: an executable compiled here
     may use instructions another CPU lacks, so it is only loaded on a machine with the same tag."""
