@@ -1,5 +1,7 @@
 """Small helpers shared by the tests."""
 
+from pathlib import Path
+
 
 def one_error_line(err: str) -> str:
     """The CLI's stderr must hold exactly one non-empty line (the error); return it."""
@@ -48,3 +50,24 @@ def hold_lock(file: str, ready, seconds: float) -> None:
     with locks.wait(file):
         ready.set()
         time.sleep(seconds)
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

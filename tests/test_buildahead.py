@@ -15,6 +15,7 @@ from pathlib import Path
 
 import models
 import pytest
+from helpers import alive, children
 
 from dynsparse import buildahead, collect, envs, errors, exported, jaxcache, rollout
 from dynsparse.jacobians import certify
@@ -149,27 +150,6 @@ def test_a_marker_that_cannot_be_written_fails_nothing(fresh_cache, monkeypatch)
     assert not buildahead.marked({"env": "a", "seed": 0})
 
 
-def _children(pid: int) -> set[int]:
-    """The processes whose parent is ``pid`` (from /proc)."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the builder runs only with two or more usable cores")
 def test_ctrl_c_during_a_pipelined_sweep_stops_its_builder(tmp_path):
     """SIGINT to the collecting process while its builder works: exit 130 with the resume hint,
@@ -187,10 +167,10 @@ def test_ctrl_c_during_a_pipelined_sweep_stops_its_builder(tmp_path):
     seen: set[int] = set()
     deadline = time.time() + 120
     while not (tmp_path / "out" / buildahead.LOG_FILE).exists() and time.time() < deadline:  # the builder has started
-        seen |= _children(proc.pid)
+        seen |= children(proc.pid)
         time.sleep(0.2)
     time.sleep(0.5)  # the builder is importing (its first run takes seconds more to build)
-    seen |= _children(proc.pid)
+    seen |= children(proc.pid)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -198,9 +178,9 @@ def test_ctrl_c_during_a_pipelined_sweep_stops_its_builder(tmp_path):
     assert "interrupted" in err.strip().splitlines()[-1]
     assert seen
     deadline = time.time() + 10
-    while any(_alive(pid) for pid in seen) and time.time() < deadline:
+    while any(alive(pid) for pid in seen) and time.time() < deadline:
         time.sleep(0.2)
-    assert not [pid for pid in seen if _alive(pid)]
+    assert not [pid for pid in seen if alive(pid)]
     # stopped, not waited for: the builder never finished its first run
     assert " built " not in (tmp_path / "out" / buildahead.LOG_FILE).read_text()
 
@@ -223,22 +203,22 @@ def test_a_killed_sweep_takes_its_builder_with_it(tmp_path):
                             stderr=subprocess.DEVNULL, env=env)
     def building() -> bool:
         """Whether a child of the sweep holds a program's build lock (the builder is compiling)."""
-        children = _children(proc.pid)
+        kids = children(proc.pid)
         for lock in (tmp_path / "jc" / "exported").glob("*.lock"):
             with contextlib.suppress(OSError, ValueError):
-                if int(lock.read_text().strip()) in children:
+                if int(lock.read_text().strip()) in kids:
                     return True
         return False
 
     deadline = time.time() + 120
     while not building() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
-    seen = _children(proc.pid)
+    seen = children(proc.pid)
     assert proc.poll() is None and seen, "the sweep ended before its builder was seen building"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     deadline = time.time() + 10
-    while any(_alive(pid) for pid in seen) and time.time() < deadline:
+    while any(alive(pid) for pid in seen) and time.time() < deadline:
         time.sleep(0.2)
-    assert not [pid for pid in seen if _alive(pid)]
+    assert not [pid for pid in seen if alive(pid)]
     assert " built " not in (tmp_path / "out" / buildahead.LOG_FILE).read_text()

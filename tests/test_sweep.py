@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -237,3 +238,36 @@ def test_pipeline_executor_collects_in_this_process_and_records_every_job(tmp_pa
     again = sweep.run_sweep(config, out, executor="pipeline", only=[pend_b.id], on_event=lambda s, j, p: events.append((s, j.id)))
     assert [o.state for o in again] == ["skipped", "skipped", "not run", "failed"]
     assert events == [("collecting", pend_b.id), ("failed", pend_b.id)]
+
+
+_ANALYSIS_WORKER_OF_A_KILLED_PIPELINE = """
+import os, sys, time
+from dynsparse import sweep
+with sweep._analysis_process() as pool:
+    worker = pool.submit(os.getpid).result(timeout=120)
+    pool.submit(time.sleep, 300)  # an analysis still running when this process is killed
+    print(worker, flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel ends the worker with its parent on Linux")
+def test_a_killed_pipeline_takes_its_analysis_worker_with_it():
+    """SIGKILL to the process that runs the pipeline (it cannot shut its pool down) while its
+    analysis worker is busy: the kernel ends the worker too, instead of leaving it running."""
+    import subprocess
+
+    from helpers import alive
+
+    proc = subprocess.Popen([sys.executable, "-c", _ANALYSIS_WORKER_OF_A_KILLED_PIPELINE], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(proc.stdout.readline())
+        assert worker != proc.pid and alive(worker)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        deadline = time.time() + 20
+        while alive(worker) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker), "the analysis worker outlived its killed pipeline"
+    finally:
+        proc.kill()

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dynsparse import errors
+from dynsparse import errors, interrupts
 
 log = logging.getLogger(__name__)
 
@@ -143,27 +143,11 @@ def build_runs(items: Sequence[Item], parent: int | None = None) -> list[str]:
     return lines
 
 
-def _end_with(parent: int) -> None:
-    """Have the kernel end this process when its parent dies (Linux ``PR_SET_PDEATHSIG``: a
-    collecting process killed with SIGKILL cannot stop its builder itself); exit at once if the
-    parent ``parent`` is already gone. Elsewhere the builder checks its parent between runs only."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        os._exit(0)
-
-
 def _main(items: list[Item], jax_cache: str | None, devices: int, log_file: str, parent: int) -> None:
     """The builder process: its output to ``log_file``, the devices and cache of its parent, then
     ``build_runs``. Ctrl-C is the parent's to handle (it stops this process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _end_with(parent)
+    interrupts.end_with_parent(parent)
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

@@ -10,7 +10,9 @@ Whoever catches the interrupt and exits with its own status calls ``handled`` fi
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -50,3 +52,26 @@ def handled() -> None:
     only when a ``KeyboardInterrupt`` escapes it, so evaluating an empty string clears it.
     """
     exec("pass", {})  # noqa: S102 - a constant: it clears CPython's unhandled-interrupt flag
+
+
+def end_with_parent(parent: int) -> None:
+    """Have the kernel end this process (SIGTERM) when its parent dies: Linux ``PR_SET_PDEATHSIG``,
+    for the helper processes a collection or sweep spawns (the build-ahead builder, the analysis
+    worker), which a parent killed with SIGKILL cannot stop itself. Exits at once if the parent
+    ``parent`` (its process id) is already gone. Elsewhere a no-op: the builder then checks its
+    parent between runs only. Call it first thing in the child (a ``multiprocessing`` target or
+    pool ``initializer``); the kernel ties the signal to the thread that started the child, which
+    for both helpers is the one that waits for them.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(0)

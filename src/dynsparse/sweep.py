@@ -487,11 +487,13 @@ def _record(out: Path, job: Job, result: dict[str, Any] | None, exc: BaseExcepti
 @contextlib.contextmanager
 def _analysis_process() -> Iterator[Any]:
     """One spawned worker process for the pipeline's analyses (shut down with the pipeline; on
-    an interruption its queued analyses are cancelled)."""
+    an interruption its queued analyses are cancelled; on Linux the kernel ends it if this
+    process is killed: ``interrupts.end_with_parent``)."""
     import concurrent.futures
     import multiprocessing
 
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=interrupts.end_with_parent, initargs=(os.getpid(),))
     try:
         yield pool
     except BaseException:
