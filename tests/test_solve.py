@@ -122,7 +122,11 @@ def _arm(integrator: str) -> envs.EnvSpec:
 ])
 def test_the_composed_step_is_mjx_step_bit_for_bit(integrator):
     """``solve.step`` (both tangent rules) and ``solve.primal_step`` reproduce ``mjx.step`` exactly
-    on a model with limits, friction loss and contacts."""
+    on a model with limits, friction loss and contacts: bit for bit with Euler and implicitfast.
+    With RK4 the same operations in the same order run through four stages, and XLA fuses the
+    two programs' stages differently on different hosts (one field differed by 1 ulp on one
+    machine and not on another), so there the fields agree to 4 ulp of each field's largest entry:
+    a wrong tableau weight differs by far more (checked by mutation)."""
     spec = _arm(integrator)
     model = definitions.mjx_model(spec, "as-run")
     states = jax.vmap(spec.env.reset)(jax.random.split(jax.random.PRNGKey(1), 8))
@@ -138,7 +142,11 @@ def test_the_composed_step_is_mjx_step_bit_for_bit(integrator):
     want, got = run(data)
     for g in got:
         for name in ("qpos", "qvel", "qacc", "qacc_warmstart", "qfrc_constraint"):
-            np.testing.assert_array_equal(np.asarray(getattr(g, name)), np.asarray(getattr(want, name)))
+            a, b = np.asarray(getattr(g, name)), np.asarray(getattr(want, name))
+            if integrator == "RK4":
+                np.testing.assert_allclose(a, b, rtol=0, atol=4 * np.spacing(np.abs(b).max()), err_msg=name)
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=name)
     assert int(np.asarray(jax.vmap(envs.count_contacts)(want)).max()) > 0
 
 
