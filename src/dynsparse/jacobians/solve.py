@@ -376,7 +376,8 @@ def _forward(m: Any, d: Any, tangent: str, exact_norm: bool) -> tuple[Any, Solve
 
 def step(m: Any, d: Any, tangent: str, exact_norm: bool = False) -> tuple[Any, SolveInfo]:
     """``mjx.step(m, d)`` with the constraint solve of rule ``tangent``; sensors not computed
-    (``exact_norm``: see ``run``; ``False`` is ``mjx.step`` bit for bit).
+    (``exact_norm``: see ``run``; ``False`` is ``mjx.step`` bit for bit under Euler and
+    implicitfast, and to a few ulp under RK4, whose four stages XLA may fuse differently).
 
     Returns:
       ``(d_next, info)``: the next data (``qacc_warmstart`` = this step's ``qacc``, as MJX) and
