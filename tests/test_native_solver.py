@@ -56,6 +56,96 @@ def test_replay_is_the_finite_difference_nominal_step(case: str, definition: str
         assert np.all(out["solver_residual"] >= 0) and np.all(out["solver_truncated"] <= substeps)
 
 
+RK4_CASES = {
+    "arm RK4 (activation, mocap contact)": _with_option(ARM_ACT_MOCAP, 'integrator="RK4"'),
+    "hinge chain RK4 (limit)": _with_option(HINGE_CHAIN, 'integrator="RK4"'),
+    "legged RK4 noslip (free + ball joint, contacts)": _with_option(LEGGED, 'integrator="RK4" iterations="4" noslip_iterations="3"'),
+    "legged RK4 (free + ball joint, contacts)": _with_option(LEGGED, 'integrator="RK4"'),
+}
+
+
+def _rk4_next(m: mujoco.MjModel, d: mujoco.MjData, stages: list) -> tuple[np.ndarray, np.ndarray]:
+    """``mj_RungeKutta``'s final update from the four stages: ``qpos`` by ``mj_integratePos`` with
+    the velocities weighted by ``B = (1, 2, 2, 1) / 6``, ``qvel`` plus the weighted accelerations."""
+    dv, da = np.zeros(m.nv), np.zeros(m.nv)
+    for w, st in zip(np.array([1.0, 2.0, 2.0, 1.0]) / 6.0, stages):
+        dv += st.qvel * w
+        da += st.qacc * w
+    qpos = d.qpos.copy()
+    mujoco.mj_integratePos(m, qpos, dv, m.opt.timestep)
+    return qpos, d.qvel + da * m.opt.timestep
+
+
+@pytest.mark.parametrize("case", list(RK4_CASES))
+def test_rk4_stages_are_the_ones_mj_step_takes(case: str) -> None:
+    """``rk4_stages`` repeats ``mj_RungeKutta``'s four forward passes without changing ``d``; the
+    first stage's solve is the one read after ``mj_forward`` at the substep's start.
+
+    With hinge and slide joints only, the stages combined by MuJoCo's final update give
+    ``mj_step``'s next state bit for bit (so each stage state, and the solve read there, is the
+    step's own). With free or ball joints the published ``mj_RungeKutta`` (and MJX's RK4, which
+    gives the same step to round-off) builds the later stages' orientations otherwise than the
+    pinned MuJoCo 4.0.0 (measured with a control callback: stage 3 of a spinning ball joint
+    differs by ~1e-8 rad): there the combined stages land within 1e-6 of the step's next state."""
+    model = mujoco.MjModel.from_xml_string(RK4_CASES[case])
+    diag = native_solver.NativeSolverDiagnostics(model, 1, "as-run", threads=0)
+    m = diag.model
+    rotational = bool(np.isin(m.jnt_type, [int(mujoco.mjtJoint.mjJNT_FREE), int(mujoco.mjtJoint.mjJNT_BALL)]).any())
+    euler = mujoco.MjModel.from_xml_string(RK4_CASES[case].replace('integrator="RK4"', 'integrator="Euler"'))
+    arrays = _visited(euler, 3, 40, seed=5)  # states of a stable (Euler) trajectory
+    d, scratch, ref = mujoco.MjData(m), mujoco.MjData(m), mujoco.MjData(m)
+    read = native_solver.SolveReader(diag._solve_model)
+    active = 0
+    for k in range(40):
+        x = finite_diff.StepInputs.from_arrays(arrays, (k,))
+        finite_diff.set_inputs(m, d, x)
+        before = (d.qpos.copy(), d.qvel.copy(), d.act.copy(), d.time, d.qacc_warmstart.copy())
+        stages = native_solver.rk4_stages(m, d, scratch, read, diag._solve_model)
+        for a, b in zip(before, (d.qpos, d.qvel, d.act, d.time, d.qacc_warmstart)):
+            np.testing.assert_array_equal(a, b)
+        qpos, qvel = _rk4_next(m, d, stages)
+        finite_diff.set_inputs(m, ref, x)
+        mujoco.mj_step(m, ref)
+        if rotational:
+            scale = max(1.0, float(np.abs(ref.qvel).max()))
+            np.testing.assert_allclose(qpos, ref.qpos, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(qvel, ref.qvel, rtol=0, atol=1e-6 * scale)
+        else:
+            np.testing.assert_array_equal(qpos, ref.qpos)
+            np.testing.assert_array_equal(qvel, ref.qvel)
+        finite_diff.set_inputs(m, ref, x)
+        mujoco.mj_forward(diag._solve_model, ref)
+        assert stages[0].solve == read(ref)
+        active += sum(st.solve.active for st in stages)
+    assert active > 0  # constraint rows were active at some stages: the solves read were real
+
+
+def test_rk4_counts_the_solves_of_all_four_stages() -> None:
+    """With RK4 a substep runs four solves, and all four are counted (as the autodiff backend's
+    ``definitions.diagnostics`` does): Newton capped at one iteration on the legged robot
+    truncates more solves per step than it has substeps, which reading one stage per substep
+    could never count; each step's counts and largest residual are those of its
+    ``4 x substeps`` stage solves, the MJX rule applied to each."""
+    xml = _with_option(LEGGED, 'integrator="RK4" iterations="1"')
+    model = mujoco.MjModel.from_xml_string(xml)
+    arrays = _visited(mujoco.MjModel.from_xml_string(xml.replace('integrator="RK4"', 'integrator="Euler"')), LEGGED_SUBSTEPS, 30, seed=7)
+    diag = native_solver.NativeSolverDiagnostics(model, LEGGED_SUBSTEPS, "as-run", threads=0)
+    out = diag.batch(arrays)
+    assert LEGGED_SUBSTEPS < out["solver_truncated"].max() <= 4 * LEGGED_SUBSTEPS
+    m, d, scratch = diag.model, mujoco.MjData(diag.model), mujoco.MjData(diag.model)
+    read = native_solver.SolveReader(m)
+    for k in range(30):
+        finite_diff.set_inputs(m, d, finite_diff.StepInputs.from_arrays(arrays, (k,)))
+        solves = []
+        for _ in range(LEGGED_SUBSTEPS):
+            solves += [st.solve for st in native_solver.rk4_stages(m, d, scratch, read)]
+            mujoco.mj_step(m, d)
+        assert out["solver_truncated"][k] == sum(int(s.niter >= 1 and s.residual >= m.opt.tolerance) for s in solves)
+        assert out["solver_start_returned"][k] == sum(int(s.niter == 0 and s.active) for s in solves)
+        assert out["solver_residual"][k] == max(s.residual for s in solves)
+    np.testing.assert_array_equal(out["next_state"], finite_diff.BatchedFD(model, LEGGED_SUBSTEPS, "as-run", threads=0).jacobians(arrays)[1])
+
+
 def test_a_model_with_sleep_or_actuator_delays_is_refused_in_one_line(tmp_path, capsys) -> None:
     """With sleep on, a sleeping body's next state depends on MuJoCo's sleep timers (not in the
     state), and reused mjData carry them from one perturbed step to the next (measured: batched

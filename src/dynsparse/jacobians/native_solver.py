@@ -23,16 +23,24 @@ bit in ``tests/test_native_solver.py``) and reads, after every substep's forward
 - ``active``: some constraint row is not satisfied (``efc_state != mjCNSTRSTATE_SATISFIED``) at
   the returned ``qacc``.
 
-Per control step: ``solver_residual`` = the largest residual over the substeps,
-``solver_truncated`` = substeps with ``niter >= opt.iterations`` and ``residual >= opt.tolerance``
-(MJX's rule, ``definitions.diagnostics``), ``solver_start_returned`` = substeps with ``niter == 0``
+Per control step: ``solver_residual`` = the largest residual over its solves (one per substep),
+``solver_truncated`` = solves with ``niter >= opt.iterations`` and ``residual >= opt.tolerance``
+(MJX's rule, ``definitions.diagnostics``), ``solver_start_returned`` = solves with ``niter == 0``
 while a constraint row was active. With noslip, MuJoCo adds noslip's iterations to
 ``solver_niter`` and noslip changes the forces: the main solve is read instead, from an
 ``mj_forward`` of the model with noslip off at the substep's start (``mj_step`` then recomputes
-the substep itself). With RK4 the ``mjData`` left by ``mj_step`` mixes the stages
-(the residual recomputed from it is not any stage's: measured 27 at a converged step); there the first stage (the forward pass at the substep's start,
-run once more by ``mj_forward`` before ``mj_step``, which recomputes it identically) is read: one
-of the four solves per substep (the autodiff backend counts all four).
+the substep itself). With RK4 a substep runs four forward passes, each with its own solve, and
+the ``mjData`` left by ``mj_step`` mixes them (the residual recomputed from it is not any stage's:
+measured 27 at a converged step). There all four are read, as the autodiff backend counts them:
+``rk4_stages`` repeats MuJoCo's ``mj_RungeKutta`` stage states (its tableau; positions by
+``mj_integratePos``, velocities and activations from the earlier stages' accelerations, each
+stage's time) on a copy of the substep's ``mjData`` and runs ``mj_forward`` at each (the same
+warm start for all four, as in ``mj_step``); ``mj_step`` then takes the substep itself. The
+counts and the residual then cover four solves per substep. With hinge and slide joints the
+stages are ``mj_step``'s own (combined, they give its next state bit for bit); with free or ball
+joints the pinned MuJoCo 4.0.0 builds the later stages' orientations otherwise than its published
+``mj_RungeKutta`` (which this repeats, as MJX does), so there stages 3 and 4 are solved at states
+slightly off the step's own (~1e-8 rad for a ball joint spinning at 3.7 rad/s).
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import dataclasses
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import mujoco
 import numpy as np
@@ -51,13 +59,13 @@ from dynsparse.jacobians.finite_diff import FiniteDiffBackend, StepInputs, defau
 #: Recorded in the ``solver_diagnostics`` attrs of every ``finite_diff`` dataset.
 DEFINITION_TEXT = (
     "of the definition's native constraint solves (the nominal control step replayed with native MuJoCo and the "
-    "definition's solver settings, one solve per substep; with RK4 only the first of each substep's four stage solves, "
-    "MuJoCo keeps no other): solver_residual = max over the substeps of |r| / trace(M) with r = "
+    "definition's solver settings, one solve per substep; with RK4 four, one per stage, the stage states repeated as "
+    "mj_RungeKutta computes them): solver_residual = max over the solves of |r| / trace(M) with r = "
     "M qacc - qfrc_smooth - qfrc_constraint the primal constraint cost's gradient at the returned qacc (the primal "
-    "forces there: Newton's and CG's own, recomputed by mj_constraintUpdate for PGS); solver_truncated = substeps "
+    "forces there: Newton's and CG's own, recomputed by mj_constraintUpdate for PGS); solver_truncated = solves "
     "whose slowest island (max of solver_niter over the islands) ran opt.iterations iterations and whose residual is "
     ">= opt.tolerance (beyond the 20 islands MuJoCo keeps counts for: residual >= opt.tolerance); "
-    "solver_start_returned = substeps where every island returned its start point (solver_niter 0) while a "
+    "solver_start_returned = solves where every island returned its start point (solver_niter 0) while a "
     "constraint row was active; with noslip, the main solve's (read from mj_forward with noslip off)"
 )
 
@@ -121,6 +129,67 @@ def read_solve(m: mujoco.MjModel, d: mujoco.MjData) -> SubstepSolve:
     return SolveReader(m)(d)
 
 
+#: MuJoCo's RK4 tableau ``A`` (``mj_RungeKutta``; lower triangular, stage ``i`` reads row
+#: ``i - 1``; its row sums are the stages' time offsets in timesteps)
+RK4_A = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 1.0]])
+
+
+class Stage(NamedTuple):
+    """One RK4 stage's forward pass: its solve and the rates the later stages read."""
+
+    solve: SubstepSolve
+    qvel: np.ndarray  # (nv,) the stage's velocity
+    qacc: np.ndarray  # (nv,) its acceleration (with noslip, noslip's)
+    act_dot: np.ndarray  # (na,) its activation rate
+
+
+def rk4_stages(m: mujoco.MjModel, d: mujoco.MjData, stage: mujoco.MjData, read: SolveReader,
+               solve_model: mujoco.MjModel | None = None) -> list[Stage]:
+    """The four forward passes of the RK4 substep ``mj_step(m, d)`` would take next, with their
+    constraint solves, run without changing ``d`` (``stage``: an ``mjData`` of ``m`` to work in,
+    overwritten).
+
+    Stage 1 is the forward pass at ``d``'s state; stage ``i`` = 2..4 the forward pass at
+    ``mj_RungeKutta``'s intermediate state: ``qpos`` = ``mj_integratePos(q0, dv, h)``, ``qvel`` =
+    ``v0 + h da``, ``act`` = ``act0 + h dact`` with ``dv, da, dact`` the earlier stages'
+    velocities, accelerations and activation rates weighted by row ``i - 1`` of ``RK4_A``, and
+    time ``t0 + h * sum(row)``; every stage keeps ``d``'s warm start, controls and mocap, as in
+    ``mj_step``. Each stage's solve is read after an ``mj_forward`` of ``solve_model`` (default
+    ``m``; the model with noslip off where ``m`` has noslip, whose accelerations, which the next
+    stages read, then come from a second ``mj_forward`` of ``m``).
+
+    Returns:
+      The four ``Stage`` in stage order (``tests/test_native_solver.py`` combines their rates with
+      MuJoCo's weights ``B`` and gets ``mj_step``'s next state).
+    """
+    solve_model = solve_model or m
+    mujoco.mj_copyData(stage, m, d)
+    q0, v0, act0, t0, h = d.qpos.copy(), d.qvel.copy(), d.act.copy(), float(d.time), float(m.opt.timestep)
+    stages: list[Stage] = []
+    for i in range(4):
+        if i:
+            dv, da, dact = np.zeros(m.nv), np.zeros(m.nv), np.zeros(m.na)
+            for j, earlier in enumerate(stages):
+                w = RK4_A[i - 1, j]
+                if w == 0.0:  # MuJoCo adds 0 * rate: the same sum while the rates are finite
+                    continue
+                dv += earlier.qvel * w
+                da += earlier.qacc * w
+                dact += earlier.act_dot * w
+            qpos = q0.copy()
+            mujoco.mj_integratePos(m, qpos, dv, h)
+            stage.qpos[:] = qpos
+            stage.qvel[:] = v0 + da * h
+            stage.act[:] = act0 + dact * h
+            stage.time = t0 + float(RK4_A[i - 1, :i].sum()) * h
+        mujoco.mj_forward(solve_model, stage)
+        solve = read(stage)
+        if solve_model is not m:
+            mujoco.mj_forward(m, stage)
+        stages.append(Stage(solve, stage.qvel.copy(), stage.qacc.copy(), stage.act_dot.copy()))
+    return stages
+
+
 class NativeSolverDiagnostics:
     """Per-step solver diagnostics of a definition's native control step (module docstring).
 
@@ -144,16 +213,20 @@ class NativeSolverDiagnostics:
         # mj_forward at the substep's start, with noslip off (the main solve); mj_step then
         # recomputes the same forward pass itself (sleep, where a forward pass could change the
         # state, is refused by definitions.native_model)
-        self.forward_first = rk4 or noslip
+        self.rk4 = rk4
+        self.forward_first = noslip
         self._solve_model = m
         if noslip:
             self._solve_model = copy.deepcopy(m)
             self._solve_model.opt.noslip_iterations = 0
         self._datas = [mujoco.MjData(m) for _ in range(max(1, self.threads))]
         self._readers = [SolveReader(self._solve_model) for _ in self._datas]
+        self._stages = [mujoco.MjData(m) for _ in self._datas] if rk4 else [None] * len(self._datas)
 
-    def step(self, d: mujoco.MjData, x: StepInputs, reader: SolveReader | None = None) -> tuple[np.ndarray, float, int, int]:
-        """Replay one control step from ``x`` in ``d`` (``reader``: ``SolveReader`` of this model).
+    def step(self, d: mujoco.MjData, x: StepInputs, reader: SolveReader | None = None,
+             scratch: mujoco.MjData | None = None) -> tuple[np.ndarray, float, int, int]:
+        """Replay one control step from ``x`` in ``d`` (``reader``: ``SolveReader`` of this model;
+        ``scratch``: an ``mjData`` of this model for the RK4 stages; both per thread).
 
         Returns:
           ``(s_next, residual, truncated, start_returned)``: ``s_next`` ``(nq + nv,)`` the
@@ -161,6 +234,7 @@ class NativeSolverDiagnostics:
         """
         m = self.model
         read = reader or self._readers[0]
+        stage_data = scratch or self._stages[0]
         cap, tol = int(m.opt.iterations), float(m.opt.tolerance)
         # from scratch, as BatchedFD's rollout starts each trajectory: nothing outside StepInputs
         # (actuator history, sleep state, plugin state, warnings) carries over from the last step
@@ -170,18 +244,22 @@ class NativeSolverDiagnostics:
         for _ in range(self.n_substeps):
             if d.warning.number.any():  # mujoco.rollout stops stepping at a warning
                 break
-            if self.forward_first:
+            if self.rk4:
+                solves = [st.solve for st in rk4_stages(m, d, stage_data, read, self._solve_model)]
+                mujoco.mj_step(m, d)
+            elif self.forward_first:
                 mujoco.mj_forward(self._solve_model, d)
-                solve = read(d)
+                solves = [read(d)]
                 mujoco.mj_step(m, d)
             else:
                 mujoco.mj_step(m, d)
-                solve = read(d)
-            residual = max(residual, solve.residual)
-            # beyond mjNISLAND islands some counts are not recorded: a residual above the
-            # tolerance then counts as truncated, and no start point as returned
-            truncated += int((solve.niter >= cap or solve.unrecorded) and solve.residual >= tol)
-            returned += int(solve.niter == 0 and solve.active and not solve.unrecorded)
+                solves = [read(d)]
+            for solve in solves:
+                residual = max(residual, solve.residual)
+                # beyond mjNISLAND islands some counts are not recorded: a residual above the
+                # tolerance then counts as truncated, and no start point as returned
+                truncated += int((solve.niter >= cap or solve.unrecorded) and solve.residual >= tol)
+                returned += int(solve.niter == 0 and solve.active and not solve.unrecorded)
         return np.concatenate([d.qpos, d.qvel]), residual, truncated, returned
 
     def batch(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -200,9 +278,9 @@ class NativeSolverDiagnostics:
                "next_state": np.zeros((k, self.model.nq + self.model.nv))}
 
         def work(group: np.ndarray, j: int) -> None:
-            d, reader = self._datas[j], self._readers[j]
+            d, reader, scratch = self._datas[j], self._readers[j], self._stages[j]
             for i in group:
-                s, r, t, z = self.step(d, StepInputs.from_arrays(arrays, (int(i),)), reader)
+                s, r, t, z = self.step(d, StepInputs.from_arrays(arrays, (int(i),)), reader, scratch)
                 out["next_state"][i], out["solver_residual"][i] = s, r
                 out["solver_truncated"][i], out["solver_start_returned"][i] = t, z
 
