@@ -260,6 +260,7 @@ def test_a_killed_pipeline_takes_its_analysis_worker_with_it():
     from helpers import alive
 
     proc = subprocess.Popen([sys.executable, "-c", _ANALYSIS_WORKER_OF_A_KILLED_PIPELINE], stdout=subprocess.PIPE, text=True)
+    worker = None
     try:
         worker = int(proc.stdout.readline())
         assert worker != proc.pid and alive(worker)
@@ -271,3 +272,5 @@ def test_a_killed_pipeline_takes_its_analysis_worker_with_it():
         assert not alive(worker), "the analysis worker outlived its killed pipeline"
     finally:
         proc.kill()
+        if worker is not None and alive(worker):  # the failure's orphan: not left for 300 s
+            os.kill(worker, signal.SIGKILL)

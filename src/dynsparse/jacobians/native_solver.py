@@ -162,7 +162,7 @@ def rk4_stages(m: mujoco.MjModel, d: mujoco.MjData, stage: mujoco.MjData, read: 
       The four ``Stage`` in stage order (``tests/test_native_solver.py`` combines their rates with
       MuJoCo's weights ``B`` and gets ``mj_step``'s next state).
     """
-    solve_model = solve_model or m
+    solve_model = m if solve_model is None else solve_model
     mujoco.mj_copyData(stage, m, d)
     q0, v0, act0, t0, h = d.qpos.copy(), d.qvel.copy(), d.act.copy(), float(d.time), float(m.opt.timestep)
     stages: list[Stage] = []
@@ -208,11 +208,12 @@ class NativeSolverDiagnostics:
         m = self.model
         rk4 = int(m.opt.integrator) == int(mujoco.mjtIntegrator.mjINT_RK4)
         noslip = m.opt.noslip_iterations > 0
-        # where mj_step's mjData is not the solve's (RK4 mixes its stages; noslip adds its own
-        # iterations to solver_niter and changes the forces), the solve is read from an
-        # mj_forward at the substep's start, with noslip off (the main solve); mj_step then
-        # recomputes the same forward pass itself (sleep, where a forward pass could change the
-        # state, is refused by definitions.native_model)
+        # where mj_step's mjData is not the solve's, the solves are read from forward passes run
+        # before mj_step, which then recomputes them itself: with RK4 (mj_step's mjData mixes its
+        # four stages) all four, on a scratch mjData (rk4_stages); with noslip (it adds its own
+        # iterations to solver_niter and changes the forces) from an mj_forward at the substep's
+        # start with noslip off (the main solve). Sleep, where a forward pass could change the
+        # state, is refused by definitions.native_model.
         self.rk4 = rk4
         self.forward_first = noslip
         self._solve_model = m
@@ -234,7 +235,7 @@ class NativeSolverDiagnostics:
         """
         m = self.model
         read = reader or self._readers[0]
-        stage_data = scratch or self._stages[0]
+        stage_data = scratch if scratch is not None else self._stages[0]
         cap, tol = int(m.opt.iterations), float(m.opt.tolerance)
         # from scratch, as BatchedFD's rollout starts each trajectory: nothing outside StepInputs
         # (actuator history, sleep state, plugin state, warnings) carries over from the last step
