@@ -26,21 +26,9 @@ usage: python benchmarks/converged_breakdown.py [--envs CheetahRun] [--batch 64]
 
 from __future__ import annotations
 
-import argparse
-
 import child
 
-CHILD = r'''
-import json, sys, time
-from dynsparse import upstream, xla
-upstream.mjx_without_warp()
-import jax, numpy as np
-jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp
-from dynsparse import envs, tangent
-from dynsparse.jacobians import autodiff, definitions, solve
-env, batch, variant, repeat = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-
+CHILD = child.JACOBIAN_HEAD + r'''
 if variant == "explicit-hessian":
     from mujoco.mjx._src import support
     from mujoco.mjx._src.types import ConeType
@@ -101,16 +89,7 @@ if variant in ("primal-only", "q-pass", "va-pass", "fused"):
 
     autodiff._converged_chain = converged_chain
 
-spec = envs.load(env, "float64", None)
-states = jax.jit(jax.vmap(spec.env.reset))(jax.random.split(jax.random.PRNGKey(0), batch))
-a = jax.random.uniform(jax.random.PRNGKey(1), (batch, spec.env.action_size), minval=-1, maxval=1)
-f = jax.jit(jax.vmap(autodiff.make_jacobian_fn(spec, definition="converged")), compiler_options=xla.compiler_options())
-t = time.perf_counter(); out = jax.block_until_ready(f(states.data, a)); compile_s = time.perf_counter() - t
-per_call = float("inf")
-for _ in range(repeat):
-    t = time.perf_counter()
-    jax.block_until_ready(f(states.data, a))
-    per_call = min(per_call, time.perf_counter() - t)
+''' + child.JACOBIAN_TIMING + r'''
 jac = np.concatenate([np.asarray(out[0]).reshape(batch, -1), np.asarray(out[1]).reshape(batch, -1)], axis=1)
 print("RESULT " + json.dumps({"compile": compile_s, "rate": batch / per_call, "jacobians": jac.tolist()}))
 '''
@@ -121,15 +100,11 @@ SAME_JACOBIANS = ("explicit-hessian", "fused")
 
 def run(env: str, batch: int, variant: str, repeat: int) -> dict:
     """One variant's compile seconds, rate (best of ``repeat`` calls) and Jacobians, in a fresh process."""
-    return child.run(CHILD, [env, str(batch), variant, str(repeat)], f"{env} {variant}", env={"DYNSPARSE_CPU_DEVICES": "1"})
+    return child.jacobian_variant(CHILD, env, batch, variant, repeat, {"DYNSPARSE_CPU_DEVICES": "1"})
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--envs", default="CheetahRun")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--repeat", type=int, default=15, help="timed calls per variant (the best is reported)")
-    args = p.parse_args()
+    args = child.jacobian_args(__doc__.splitlines()[0], "CheetahRun", 64)
     import numpy as np
 
     print("| env | variant | compile + first call s | Jacobians/s | us per Jacobian | vs full (baseline) | max diff / max entry, zero-pattern mismatches vs full |")

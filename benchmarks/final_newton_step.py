@@ -14,19 +14,9 @@ usage: python benchmarks/final_newton_step.py [--envs CheetahRun,WalkerRun] [--b
 
 from __future__ import annotations
 
-import argparse
-
 import child
 
-CHILD = r'''
-import json, sys, time
-from dynsparse import upstream, xla
-upstream.mjx_without_warp()
-import jax, numpy as np
-jax.config.update("jax_enable_x64", True)
-from dynsparse import envs
-from dynsparse.jacobians import autodiff, solve
-env, batch, variant, repeat = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+CHILD = child.JACOBIAN_HEAD + r'''
 if variant == "without":
     solve._newton_polish = lambda m, d, ctx, norm: ctx
 elif variant == "jacfwd-hessian":
@@ -38,31 +28,18 @@ elif variant == "jacfwd-hessian":
         better = norm(new.grad) < norm(ctx.grad)
         return jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), new, ctx)
     solve._newton_polish = polish
-spec = envs.load(env, "float64", None)
-states = jax.jit(jax.vmap(spec.env.reset))(jax.random.split(jax.random.PRNGKey(0), batch))
-a = jax.random.uniform(jax.random.PRNGKey(1), (batch, spec.env.action_size), minval=-1, maxval=1)
-f = jax.jit(jax.vmap(autodiff.make_jacobian_fn(spec, definition="converged")), compiler_options=xla.compiler_options())
-t = time.perf_counter(); out = jax.block_until_ready(f(states.data, a)); compile_s = time.perf_counter() - t
-per_call = float("inf")
-for _ in range(repeat):
-    t = time.perf_counter()
-    out = jax.block_until_ready(f(states.data, a))
-    per_call = min(per_call, time.perf_counter() - t)
+''' + child.JACOBIAN_TIMING + r'''
 print("RESULT " + json.dumps({"compile": compile_s, "rate": batch / per_call, "residual": float(np.max(out[3]["solver_residual"]))}))
 '''
 
 
 def run(env: str, batch: int, variant: str, repeat: int) -> dict[str, float]:
     """One variant's compile seconds, rate (best of ``repeat`` calls) and residual, in a fresh process."""
-    return child.run(CHILD, [env, str(batch), variant, str(repeat)], f"{env} {variant}")
+    return child.jacobian_variant(CHILD, env, batch, variant, repeat)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--envs", default="CheetahRun,WalkerRun")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--repeat", type=int, default=15, help="timed calls per variant (the best is reported)")
-    args = p.parse_args()
+    args = child.jacobian_args(__doc__.splitlines()[0], "CheetahRun,WalkerRun", 16)
     print("| env | variant | compile + first call s | Jacobians/s | vs without (baseline) | max solver residual |")
     print("|---|---|---:|---:|---:|---:|")
     for env in args.envs.split(","):
