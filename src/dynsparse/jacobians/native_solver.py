@@ -40,7 +40,7 @@ counts and the residual then cover four solves per substep. With hinge and slide
 stages are ``mj_step``'s own (combined, they give its next state bit for bit); with free or ball
 joints the pinned MuJoCo 4.0.0 builds the later stages' orientations otherwise than its published
 ``mj_RungeKutta`` (which this repeats, as MJX does), so there stages 3 and 4 are solved at states
-slightly off the step's own (~1e-8 rad for a ball joint spinning at 3.7 rad/s).
+slightly off the step's own (~4e-8 rad for a ball joint spinning at 3.7 rad/s).
 """
 
 from __future__ import annotations
