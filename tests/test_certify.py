@@ -135,3 +135,44 @@ def test_fd_round_off_is_no_pattern_mismatch():
     j2 = j.copy()
     j2[1, 3] = 4e-7  # J clearly nonzero, FD exactly 0
     assert certify.pattern_mismatch(j2, r, scale, 1e-7) == 2
+
+
+def test_a_group_of_steps_gets_each_steps_own_references(cartpole):
+    """The MJX finite differences of a group of steps, run as one flat batch of every step's
+    perturbed states, give each step the references it gets alone: per-step stencils included
+    (the last step's action sits at its upper bound, so its action column is one-sided)."""
+    import jax
+    from mujoco import mjx
+
+    spec = cartpole
+    rng = np.random.default_rng(3)
+    g = 3
+    base = mjx.make_data(spec.mjx_model)
+    qpos = spec.mj_model.qpos0[None] + rng.uniform(-0.5, 0.5, (g, spec.nq))
+    qvel = rng.normal(0.0, 1.0, (g, spec.nv))
+    a = rng.uniform(-0.5, 0.5, (g, spec.nu))
+    a[-1] = spec.action_high
+    data = jax.tree_util.tree_map(lambda x: np.broadcast_to(x, (g,) + x.shape), base).replace(qpos=qpos, qvel=qvel)
+    refs, s_next = jax.jit(certify.make_batched_mjx_fd(spec, "converged"))(data, a)
+    assert refs.shape == (g, len(EPS), 2 * spec.nv, 2 * spec.nv + spec.nu) and s_next.shape == (g, spec.nq + spec.nv)
+    one = jax.jit(certify.make_mjx_fd(spec, "converged"))
+    for i in range(g):
+        r_i, s_i = one(jax.tree_util.tree_map(lambda x: x[i], data), a[i])
+        np.testing.assert_allclose(np.asarray(s_next[i]), np.asarray(s_i), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(refs[i]), np.asarray(r_i), rtol=0, atol=1e-6 * float(np.abs(r_i).max()))
+    # the steps differ, so a mix-up between them could not pass
+    assert float(np.abs(np.asarray(refs[0]) - np.asarray(refs[1])).max()) > 1e-3
+    # the action at its bound is differenced backward from inside the range, second order:
+    # (3 f(a) - 4 f(a - eps) + f(a - 2 eps)) / (2 eps), by hand from the primal control step
+    from dynsparse.jacobians import definitions
+
+    f = definitions.make_primal_control_step(spec, "converged")
+    model = definitions.mjx_model(spec, "converged")
+    d2 = certify.match_step_dtypes(model, jax.tree_util.tree_map(lambda x: x[2], data))
+    s2 = np.concatenate([qpos[2], qvel[2]])
+    step = jax.jit(lambda u: f(d2, s2, u)[0])
+    e = EPS[0]
+    by_hand = (3 * np.asarray(step(a[2])) - 4 * np.asarray(step(a[2] - e)) + np.asarray(step(a[2] - 2 * e))) / (2 * e)
+    column = np.asarray(refs[2])[0, :, -1]  # eps EPS[0], the action column (cartpole: no quaternions)
+    assert np.abs(by_hand).max() > 1e-3
+    np.testing.assert_allclose(column, by_hand, rtol=0, atol=1e-9 * np.abs(by_hand).max() + 1e-9)
