@@ -72,3 +72,27 @@ def test_strong_like_makes_only_the_leaves_weak_where_the_reference_is_not_stron
     assert weak_of(fixed["w"])  # weak in the reference too: left as it is
     for k in raw:
         assert np.array_equal(np.asarray(raw[k]), np.asarray(fixed[k]))
+
+
+def test_per_episode_returns_what_vmap_returns_for_one_episode_too():
+    """A batch of one episode is traced unbatched; its results have vmap's structure, shapes,
+    dtypes and weak types, Python scalars among them (CheetahRun's reset returns some: a batch
+    of one crashed on them before)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dynsparse import rollout
+
+    def one(x):
+        return {"x": 2.0 * x, "py_float": 0.5, "py_int": 3, "py_bool": True, "sum": jnp.sum(x)}
+
+    for batch in (1, 2):
+        x = jnp.arange(3.0 * batch).reshape(batch, 3)
+        got = jax.jit(rollout.per_episode(one))(x)
+        want = jax.jit(jax.vmap(one))(x)
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+        for name in want:
+            assert got[name].shape == want[name].shape == (batch,) + np.shape(one(x[0])[name]), name
+            assert got[name].dtype == want[name].dtype and got[name].weak_type == want[name].weak_type, name
+            np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))

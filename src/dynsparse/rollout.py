@@ -73,7 +73,8 @@ def batch_sharding(batch: int) -> Any:
 def per_episode(one: Callable[..., Any]) -> Callable[..., Any]:
     """``one`` (a function of one episode's arrays) mapped over the leading (episode) axis of all
     its arguments and results: ``jax.vmap(one)``, except for a batch of one episode, where ``one``
-    is traced unbatched (a leading axis of 1 added to its results), skipping vmap's batching rules.
+    is traced unbatched (a leading axis of 1 added to its results, Python scalars among them made
+    arrays, with the dtypes and weak types vmap gives them), skipping vmap's batching rules.
 
     Measured (CheetahRun's chunk with Jacobians, 1 episode, 1 CPU device, 2-core CPU, jaxlib
     0.8.2): tracing 9.8 s against 17.0 s vmapped, compiling 23.2 s against 25.6 s, 39.3 s against
@@ -87,7 +88,8 @@ def per_episode(one: Callable[..., Any]) -> Callable[..., Any]:
         if int(jax.tree_util.tree_leaves(args)[0].shape[0]) != 1:
             return jax.vmap(one)(*args)
         out = one(*jax.tree_util.tree_map(lambda x: x[0], args))
-        return jax.tree_util.tree_map(lambda y: y[None], out)
+        # a Python scalar leaf (CheetahRun's reset returns some) becomes an array, as vmap makes it
+        return jax.tree_util.tree_map(lambda y: jnp.asarray(y)[None], out)
 
     return call
 
