@@ -122,11 +122,27 @@ def _chain(spec: envs.EnvSpec, sub: Callable[[Any, jax.Array], tuple[Any, jax.Ar
             return (d_next, a_k @ a_tot, a_k @ b_tot + b_k), info
 
         dtype = data.qpos.dtype
-        init = (data.replace(ctrl=control(a)), jnp.eye(rows, n, dtype=dtype), jnp.zeros((rows, a.shape[0]), dtype))
+        start = batched_like((jnp.eye(rows, n, dtype=dtype), jnp.zeros((rows, a.shape[0]), dtype)), data, a)
+        init = (data.replace(ctrl=control(a)), *start)
         (d_next, j_s, j_a), infos = jax.lax.scan(body, init, None, length=spec.n_substeps)
         return j_s[:n], j_a[:n], envs.state_of(d_next), definitions.diagnostics(m, infos)
 
     return jac
+
+
+def batched_like(tree: Any, data: Any, a: jax.Array) -> Any:
+    """``tree`` with the same values, each leaf made to depend on ``data.time`` and ``a``, so that
+    under ``vmap`` it is batched wherever they are (``where(p, x, x)`` with ``p`` true or false: the
+    value is ``x`` either way, and XLA removes the select).
+
+    A scan whose carry starts unbatched (the chain's identity and zero matrices) and comes out
+    batched is batched twice while tracing: JAX's batching rule finds which carries are batched by
+    a fixpoint, one pass of the whole body per change. Starting batched, one pass suffices:
+    tracing CheetahRun's chunk with Jacobians for 2 episodes, the chain's body (19,943 equations)
+    was batched in 3.7 s and then again in 2.9 s.
+    """
+    keep = (data.time == data.time) | jnp.any(a == a)
+    return jax.tree_util.tree_map(lambda x: jnp.where(keep, x, x), tree)
 
 
 def _converged_chain(spec: envs.EnvSpec) -> JacobianFn:
