@@ -141,3 +141,31 @@ def test_substep_equals_reference_on_the_target_envs(env, definition):
     ref, new = both_methods(spec, data, actions[idx], definition)
     assert_guard(ref, new, definition)
     assert int(np.asarray(jax.vmap(envs.count_contacts)(data)).max()) > 0
+
+
+def test_batched_like_keeps_every_value_and_makes_the_start_batched_under_vmap():
+    """``autodiff.batched_like`` (the chain's start matrices): the same values bit for bit, also
+    when the data's time is NaN or the model has no actuator; under ``vmap`` the result is computed
+    per episode (a select on a batched predicate), not broadcast from one unbatched value at the
+    end, which is what lets the chain's scan start with a batched carry."""
+    import types
+
+    import jax.numpy as jnp
+
+    tree = (jnp.eye(3, 2), jnp.zeros((3, 0)), jnp.arange(4, dtype=jnp.int32))
+    for time, a in ((0.5, jnp.ones(2)), (np.nan, jnp.ones(2)), (0.5, jnp.zeros(0)), (np.nan, jnp.full(1, np.nan))):
+        out = autodiff.batched_like(tree, types.SimpleNamespace(time=jnp.asarray(time)), a)
+        for x, y in zip(out, tree):
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    def start(t, a):
+        return autodiff.batched_like(jnp.eye(2), types.SimpleNamespace(time=t), a)
+
+    batched = jax.make_jaxpr(jax.vmap(start))(jnp.zeros(4), jnp.ones((4, 1))).jaxpr
+    last = batched.eqns[-1]  # jnp.where: a select_n, wrapped in a jit named after it
+    assert (last.primitive.name, last.params.get("name")) in {("select_n", None), ("jit", "_where")}, last
+    assert batched.outvars[0].aval.shape == (4, 2, 2)
+    # without it, vmap would make the (unbatched) start and broadcast it to the batch
+    plain = jax.make_jaxpr(jax.vmap(lambda t, a: jnp.eye(2)))(jnp.zeros(4), jnp.ones((4, 1))).jaxpr
+    assert plain.eqns[-1].primitive.name == "broadcast_in_dim"
