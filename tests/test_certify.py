@@ -176,3 +176,46 @@ def test_a_group_of_steps_gets_each_steps_own_references(cartpole):
     column = np.asarray(refs[2])[0, :, -1]  # eps EPS[0], the action column (cartpole: no quaternions)
     assert np.abs(by_hand).max() > 1e-3
     np.testing.assert_allclose(column, by_hand, rtol=0, atol=1e-9 * np.abs(by_hand).max() + 1e-9)
+
+
+def test_column_weights_are_one_centred_and_four_one_sided():
+    """``w_j``: half the stencil's absolute weights. State columns and actions inside the range are
+    centred (1); an action at its bound, or closer to it than eps, is one-sided (4) at that eps."""
+    low, high = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    w = certify.column_weights(np.array([0.0, 0.3]), low, high, n_state=4)
+    np.testing.assert_array_equal(w, np.ones((len(EPS), 6)))
+    w = certify.column_weights(np.array([1.0, -1.0]), low, high, n_state=4)
+    np.testing.assert_array_equal(w[:, :4], 1.0)
+    np.testing.assert_array_equal(w[:, 4:], 4.0)
+    near = 1.0 - 2.5e-6  # within eps 1e-5 of the bound, not within 1e-6 or 1e-7
+    w = certify.column_weights(np.array([near, 0.0]), low, high, n_state=4)
+    np.testing.assert_array_equal(w[:, 4], [4.0, 1.0, 1.0])
+
+
+def test_a_one_sided_column_is_allowed_its_own_round_off():
+    """An action column differenced one-sided sums four times a centred difference's round-off.
+    References off by three centred round-offs in that column (at every eps, as round-off is):
+    within the one-sided allowance, so the step is certified and no zero is contradicted; with
+    every column allowed only the centred round-off (as before), the same step was a kink and
+    an exact zero of ``J`` was counted as contradicted."""
+    j = np.array([
+        [1.0, 0.0, 0.01, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.01, 0.0],
+        [-2.0, 0.0, 0.9, 0.0, 0.05],
+        [0.0, -1e-4, 0.0, 0.0, 0.0],  # a row of small scale: its action entry is an exact zero
+    ])
+    dev = [np.zeros_like(j) for _ in EPS]
+    for k, e in enumerate(EPS):
+        dev[k][3, 4] = 3 * certify.NOISE * 1.0 / e  # output scale 1 (S_NEXT)
+    refs = _refs(j, dev)
+    one_sided = np.ones((len(EPS), 5))
+    one_sided[:, 4] = 4.0
+    cert = certify.classify(j, refs, S_NEXT, nq=2, weights=one_sided)
+    assert cert.cls == "certified" and cert.err == 0.0 and cert.pattern_mismatch == 0
+    before = certify.classify(j, refs, S_NEXT, nq=2)
+    assert before.cls == "kink" and before.err > certify.RTOL
+    assert certify.pattern_mismatch(j, refs[2], np.ones(4), EPS[2]) == 1
+    assert certify.pattern_mismatch(j, refs[2], np.ones(4), EPS[2], one_sided[2]) == 0
+    # beyond the one-sided allowance it counts again
+    dev5 = [d * 5 / 3 for d in dev]
+    assert certify.classify(j, _refs(j, dev5), S_NEXT, nq=2, weights=one_sided).err > 0

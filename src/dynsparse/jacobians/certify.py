@@ -11,11 +11,14 @@ incoming warm start, same substeps):
 
 Error of a Jacobian ``J`` against a reference ``R`` taken at step ``eps`` (rows ``i`` = outputs)::
 
-    err = max_ij  max(0, |J_ij - R_ij| - noise_i(eps)) / max(|J_ij|, |R_ij|, FLOOR * m_i)
+    err = max_ij  max(0, |J_ij - R_ij| - noise_ij(eps)) / max(|J_ij|, |R_ij|, FLOOR * m_i)
 
 with ``m_i = max_j |J_ij|`` (the row's scale; entries far below it are compared absolutely
-against ``FLOOR * m_i``) and ``noise_i(eps) = NOISE * max(|s'_i|, 1) / eps`` the round-off of a
-centred difference of an output of magnitude ``|s'_i|`` computed to ``NOISE`` relative accuracy.
+against ``FLOOR * m_i``) and ``noise_ij(eps) = NOISE * max(|s'_i|, 1) * w_j / eps`` the round-off
+of column ``j``'s difference of an output of magnitude ``|s'_i|`` computed to ``NOISE`` relative
+accuracy: ``w_j = 1`` for a centred difference ``(f(x + eps) - f(x - eps)) / (2 eps)``, ``w_j = 4``
+for the one-sided second-order one of an action at its control bound, ``(3 f(x) - 4 f(x - eps) +
+f(x - 2 eps)) / (2 eps)`` (half the sum of the stencil's absolute weights: ``column_weights``).
 
 Classes (``CLASSES``; stored as their index, -1 = not checked):
 
@@ -67,14 +70,16 @@ NOT_CHECKED = -1
 DEFINITION_TEXT = (
     f"checked steps: centred finite differences of the same control step (same definition, solver settings, "
     f"incoming warm start and substeps) in MJX (float64) and in native MuJoCo at eps {', '.join(f'{e:g}' for e in EPS)} "
-    f"(tangent coordinates and action units). err = max_ij max(0, |J - R| - noise_i) / max(|J|, |R|, {FLOOR:g} m_i), "
-    f"m_i = max_j |J_ij|, noise_i = {NOISE:g} max(|s'_i|, 1) / eps; class certified: err <= {RTOL:g} vs MJX FD at some "
+    f"(tangent coordinates and action units). err = max_ij max(0, |J - R| - noise_ij) / max(|J|, |R|, {FLOOR:g} m_i), "
+    f"m_i = max_j |J_ij|, noise_ij = {NOISE:g} max(|s'_i|, 1) w_j / eps, w_j = 1 for a centred column and 4 for the "
+    f"one-sided second-order column of an action at its control bound (half its stencil's absolute weights); class "
+    f"certified: err <= {RTOL:g} vs MJX FD at some "
     f"eps (native confirms, or its FD is not stable); spread: the scaled difference between the two consecutive eps whose "
     f"FD agree best; wrong: err > {RTOL:g} and err > {STABLE_RATIO:g} spread (FD settled on another value); kink: "
     f"neither (FD not stable at the scale of the disagreement: a switch within eps); native-differs: MJX FD certifies "
     f"but native MuJoCo does not reproduce MJX's next state (max |diff| / max(|s'|, 1) > {NATIVE_STATE_TOL:g}) or its "
-    f"FD settles on another value. check_pattern_mismatch: entries with |J| < {ZERO_THRESHOLD:g} and |R| > c_i, or "
-    f"|J| > c_i and |R| <= noise_i, c_i = {CLEAR:g} m_i + noise_i, at the best eps"
+    f"FD settles on another value. check_pattern_mismatch: entries with |J| < {ZERO_THRESHOLD:g} and |R| > c_ij, or "
+    f"|J| > c_ij and |R| <= noise_ij, c_ij = {CLEAR:g} m_i + noise_ij, at the best eps"
 )
 
 
@@ -112,8 +117,20 @@ DATASET_FIELDS = {
 }
 
 
-def _noise(s_next_tangent_scale: np.ndarray, eps: float) -> np.ndarray:
-    return NOISE * s_next_tangent_scale / eps
+def _noise(s_next_tangent_scale: np.ndarray, eps: float, weights: np.ndarray | None = None) -> np.ndarray:
+    """``(rows, 1)`` (centred columns only: ``weights`` None) or ``(rows, cols)`` ``noise_ij(eps)``
+    of the module docstring; ``weights`` ``(cols,)`` the columns' ``w_j`` at this eps."""
+    noise = NOISE * s_next_tangent_scale[:, None] / eps
+    return noise if weights is None else noise * np.asarray(weights, np.float64)[None, :]
+
+
+def column_weights(a: np.ndarray, low: np.ndarray, high: np.ndarray, n_state: int, eps: tuple[float, ...] = EPS) -> np.ndarray:
+    """``(len(eps), n_state + nu)`` each column's round-off weight ``w_j`` at each eps: half the sum
+    of its stencil's absolute weights (``finite_diff.stencil``: the nominal's weight is ``-(w_plus +
+    w_minus)``), 1 for a centred column, 4 for a one-sided one (an action less than eps from a
+    bound, or beyond it)."""
+    _, _, w_plus, w_minus = finite_diff.stencil(np.asarray(a)[None, :], low, high, np.asarray(eps)[:, None], n_state)
+    return (np.abs(w_plus) + np.abs(w_minus) + np.abs(w_plus + w_minus)) / 2
 
 
 def output_scale(s_next: np.ndarray, nq: int, nv: int) -> np.ndarray:
@@ -125,9 +142,10 @@ def output_scale(s_next: np.ndarray, nq: int, nv: int) -> np.ndarray:
 
 
 def _scaled_max(a: np.ndarray, b: np.ndarray, m: np.ndarray, noise: np.ndarray) -> float:
-    """``max_ij max(0, |a - b| - noise_i) / max(|a|, |b|, FLOOR m_i)`` (``m``, ``noise``: per row)."""
+    """``max_ij max(0, |a - b| - noise_ij) / max(|a|, |b|, FLOOR m_i)`` (``m`` per row, ``noise``
+    per row ``(rows, 1)`` or per entry)."""
     denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), FLOOR * m)
-    excess = np.maximum(np.abs(a - b) - noise[:, None], 0.0)
+    excess = np.maximum(np.abs(a - b) - noise, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         e = np.where(excess > 0, excess / np.where(denom > 0, denom, 1.0), 0.0)
     e = np.where((excess > 0) & (denom == 0), np.inf, e)
@@ -138,17 +156,25 @@ def _row_scale(j: np.ndarray) -> np.ndarray:
     return np.abs(j).max(axis=1, keepdims=True)
 
 
-def scaled_error(j: np.ndarray, r: np.ndarray, scale: np.ndarray, eps: float) -> float:
-    """``err`` of the module docstring for ``(2nv, k)`` ``j``, ``r`` and output scales ``scale``."""
-    return _scaled_max(j, r, _row_scale(j), _noise(scale, eps))
+def scaled_error(j: np.ndarray, r: np.ndarray, scale: np.ndarray, eps: float, weights: np.ndarray | None = None) -> float:
+    """``err`` of the module docstring for ``(2nv, k)`` ``j``, ``r`` and output scales ``scale``
+    (``weights``: the columns' ``w_j`` at this eps; None: all centred)."""
+    return _scaled_max(j, r, _row_scale(j), _noise(scale, eps, weights))
 
 
-def fd_spread(j: np.ndarray, refs: np.ndarray, scale: np.ndarray, eps: tuple[float, ...] = EPS) -> float:
+def _weights_at(weights: np.ndarray | None, k: int) -> np.ndarray | None:
+    return None if weights is None else weights[k]
+
+
+def fd_spread(j: np.ndarray, refs: np.ndarray, scale: np.ndarray, eps: tuple[float, ...] = EPS,
+              weights: np.ndarray | None = None) -> float:
     """How well the references settle: the smallest difference between references at consecutive
     eps (``err`` of one against the next, with the row scales of ``j`` and the smaller eps's
-    noise). Small: FD has converged at some scale; large: a switch lies within every eps."""
+    noise; ``weights`` ``(len(eps), cols)`` or None as in ``classify``). Small: FD has converged
+    at some scale; large: a switch lies within every eps."""
     m = _row_scale(j)
-    return min(_scaled_max(refs[k], refs[k + 1], m, _noise(scale, eps[k + 1])) for k in range(len(eps) - 1))
+    return min(_scaled_max(refs[k], refs[k + 1], m, _noise(scale, eps[k + 1], _weights_at(weights, k + 1)))
+               for k in range(len(eps) - 1))
 
 
 def _settled_elsewhere(err: float, spread: float) -> bool:
@@ -157,16 +183,16 @@ def _settled_elsewhere(err: float, spread: float) -> bool:
     return err > RTOL and err > STABLE_RATIO * spread
 
 
-def pattern_mismatch(j: np.ndarray, r: np.ndarray, scale: np.ndarray, eps: float) -> int:
+def pattern_mismatch(j: np.ndarray, r: np.ndarray, scale: np.ndarray, eps: float, weights: np.ndarray | None = None) -> int:
     """Entries exactly zero in ``j`` that FD sees clearly nonzero, or clearly nonzero in ``j``
     that FD sees as zero (within its round-off).
 
     "Clearly nonzero" means above ``CLEAR`` times the row's scale *beyond* FD's round-off
-    ``noise_i(eps)`` at this eps: an FD value within its own round-off contradicts nothing, and a
+    ``noise_ij(eps)`` at this eps: an FD value within its own round-off contradicts nothing, and a
     value of ``j`` below it cannot be seen by FD at all (the certificate allows the same noise, so
     a certified step has no exact zero of ``j`` that FD contradicts)."""
     m = _row_scale(j)
-    noise = _noise(scale, eps)[:, None]
+    noise = _noise(scale, eps, weights)
     clear = CLEAR * m + noise
     zero_j = np.abs(j) < ZERO_THRESHOLD
     clear_r = np.abs(r) > clear
@@ -175,8 +201,9 @@ def pattern_mismatch(j: np.ndarray, r: np.ndarray, scale: np.ndarray, eps: float
     return int(np.sum((zero_j & clear_r) | (clear_j & zero_r)))
 
 
-def _best(j: np.ndarray, refs: np.ndarray, scale: np.ndarray, eps: tuple[float, ...]) -> tuple[float, int]:
-    errs = [scaled_error(j, refs[k], scale, eps[k]) for k in range(len(eps))]
+def _best(j: np.ndarray, refs: np.ndarray, scale: np.ndarray, eps: tuple[float, ...],
+          weights: np.ndarray | None = None) -> tuple[float, int]:
+    errs = [scaled_error(j, refs[k], scale, eps[k], _weights_at(weights, k)) for k in range(len(eps))]
     k = int(np.argmin(errs))
     return errs[k], k
 
@@ -188,6 +215,7 @@ def classify(
     nq: int,
     native: tuple[np.ndarray, np.ndarray] | None = None,
     eps: tuple[float, ...] = EPS,
+    weights: np.ndarray | None = None,
 ) -> Certificate:
     """Certify one step.
 
@@ -197,22 +225,24 @@ def classify(
       s_next: ``(nq + nv,)`` MJX's nominal next state of that function.
       nq: the model's ``nq``.
       native: ``(native_refs (len(eps), 2nv, 2nv + nu), native s_next (nq + nv,))`` or None.
+      weights: ``(len(eps), 2nv + nu)`` the columns' round-off weights ``column_weights`` (None:
+        every column centred, ``w_j = 1``).
     """
     nv = j.shape[0] // 2
     scale = output_scale(s_next, nq, nv)
     if not (np.isfinite(j).all() and np.isfinite(mjx_refs).all()):
         return Certificate("wrong", float("nan"), float("nan"), float("nan"), int(j.size), float("nan"), float("nan"))
-    err, k = _best(j, mjx_refs, scale, eps)
-    spread = fd_spread(j, mjx_refs, scale, eps)
-    mismatch = pattern_mismatch(j, mjx_refs[k], scale, eps[k])
+    err, k = _best(j, mjx_refs, scale, eps, weights)
+    spread = fd_spread(j, mjx_refs, scale, eps, weights)
+    mismatch = pattern_mismatch(j, mjx_refs[k], scale, eps[k], _weights_at(weights, k))
     state_err = native_err = float("nan")
     native_ok = True
     if native is not None:
         native_refs, native_next = native
         state_err = float(np.max(np.abs(native_next - s_next) / np.maximum(np.abs(s_next), 1.0)))
         if state_err <= NATIVE_STATE_TOL and np.isfinite(native_refs).all():
-            native_err, _ = _best(j, native_refs, scale, eps)
-            native_ok = not _settled_elsewhere(native_err, fd_spread(j, native_refs, scale, eps))
+            native_err, _ = _best(j, native_refs, scale, eps, weights)
+            native_ok = not _settled_elsewhere(native_err, fd_spread(j, native_refs, scale, eps, weights))
         else:
             native_ok = False
     if err <= RTOL:
@@ -387,5 +417,6 @@ class StepChecker:
             refs, s_next = (np.asarray(x) for x in self.fd(*self._group_args(group)))
             for r in range(min(self.GROUP, k - g0)):
                 i = g0 + r
-                out.append(classify(jac[i], refs[r], s_next[r], self.spec.nq, (native_refs_all[i], native_next[i])))
+                weights = column_weights(inputs["ctrl"][i], self.spec.action_low, self.spec.action_high, 2 * self.spec.nv)
+                out.append(classify(jac[i], refs[r], s_next[r], self.spec.nq, (native_refs_all[i], native_next[i]), weights=weights))
         return out
