@@ -104,6 +104,34 @@ def test_prefetch_loads_the_last_used_executable_in_the_background(cache, monkey
     assert exported.Cached(jitted, "t", {"id": 1}).prefetch() is None
 
 
+def test_the_collector_is_paused_while_a_program_is_exported_and_restored_after(cache, monkeypatch):
+    import gc
+
+    seen = []
+    export = jax.export.export
+
+    def spy(*a, **k):
+        seen.append(gc.isenabled())
+        return export(*a, **k)
+
+    monkeypatch.setattr(jax.export, "export", spy)
+    assert gc.isenabled()
+    exported.Cached(jax.jit(_fn), "gc", {"case": "gc"})(*_args())
+    assert seen == [False] and gc.isenabled()
+    # left as it was, also when the block raises, and a collector the caller turned off stays off
+    with pytest.raises(RuntimeError):
+        with exported.collector_paused():
+            raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with exported.collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_every_change_gets_its_own_file(cache, monkeypatch):
     jitted = jax.jit(_fn)
     exported.Cached(jitted, "t", {"id": 1})(*_args())

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import inspect
 import io
@@ -208,6 +209,27 @@ def _layout(aval: Any) -> str:
     if 0 in aval.shape:
         return "empty"  # nothing to place (JAX may replicate or split an empty output either way)
     return str(sorted((d.id, str(idx)) for d, idx in aval.sharding.devices_indices_map(aval.shape).items()))
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused for the block (reference counting still frees
+    everything that is not in a cycle), then restored as it was.
+
+    Tracing a program allocates millions of small objects, and each few hundred allocations the
+    collector walked them all: 5-7% of a cold build's CPU samples were ``gc_collect_main`` and its
+    visitors (``perf``, CheetahRun, 2 episodes). Paused, tracing CheetahRun's chunk took 9.6-11.4 s
+    instead of 12.9 s and its reset 4.1-5.1 s instead of 5.4 s, with the same peak memory
+    (1.21-1.22 GB). ``gc`` is process-wide: a thread that leaves the block while another is in it
+    re-enables it early, which only costs the other the saving.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class Cached:
@@ -437,8 +459,9 @@ class Cached:
             return flat_out
 
         try:
-            exp = jax.export.export(jax.jit(flat))(*avals)
-            blob = exp.serialize()
+            with collector_paused():
+                exp = jax.export.export(jax.jit(flat))(*avals)
+                blob = exp.serialize()
         except Exception as e:  # noqa: BLE001 - export is an optimisation: run traced instead
             warnings.warn(f"dynsparse: could not export the {self.name} program ({type(e).__name__}: {e}); "
                           "running it traced", stacklevel=4)
