@@ -36,8 +36,12 @@ FULL = {"episodes": 10, "steps": 1000, "check_every": 50, "batch_size": 10, "chu
         "max_points": 3000}
 #: the quick study: 2 x 300, the smallest size whose Table-1 global zeros equal the paper scale's
 #: on all eight tasks (``benchmarks/quick_size.py``; at 2 x 100 CartpoleBalance's slider has not
-#: yet reached its joint limit and shows 3 spurious zeros)
-QUICK = {**FULL, "episodes": 2, "steps": 300, "check_every": 25, "batch_size": 2, "max_points": 200}
+#: yet reached its joint limit and shows 3 spurious zeros). Its episodes run one after the other
+#: (batch 1): a cold quick study is all building programs, and a batch of one episode is traced
+#: unbatched (``rollout.per_episode``), which builds CheetahRun's programs in ~58 s against ~69 s
+#: for the two episodes vmapped over two devices (``benchmarks/build_cost.py``); running them costs
+#: a second or two more.
+QUICK = {**FULL, "episodes": 2, "steps": 300, "check_every": 25, "batch_size": 1, "max_points": 200}
 
 
 def preset(scale: dict[str, Any], envs: tuple[str, ...] = STUDY_ENVS, seed: int = 0, jacobian: str | None = None,
