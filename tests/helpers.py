@@ -71,3 +71,15 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def native_threads() -> dict:
+    """In this process: the one-thread variables and the thread count of every native thread pool
+    loaded once scikit-learn's t-SNE is imported (threadpoolctl)."""
+    import os
+
+    import sklearn.manifold  # noqa: F401 - loads scikit-learn's OpenMP runtime
+    from threadpoolctl import threadpool_info
+
+    return {"env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+            "pools": sorted({(i["internal_api"], i["num_threads"]) for i in threadpool_info()})}

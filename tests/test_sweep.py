@@ -274,3 +274,18 @@ def test_a_killed_pipeline_takes_its_analysis_worker_with_it():
         proc.kill()
         if worker is not None and alive(worker):  # the failure's orphan: not left for 300 s
             os.kill(worker, signal.SIGKILL)
+
+
+def test_the_analysis_worker_runs_native_thread_pools_on_one_thread():
+    """The worker runs beside a collection that has every core: scikit-learn's OpenMP t-SNE and
+    NumPy's BLAS run on one thread there (their spinning threads slowed t-SNE 1.3x), while this
+    process keeps its own settings."""
+    from helpers import native_threads
+
+    before = native_threads()
+    with sweep._analysis_process() as pool:
+        inside = pool.submit(native_threads).result(timeout=120)
+    assert inside["env"] == {k: "1" for k in sweep.ONE_THREAD_VARS}
+    assert inside["pools"] and all(n == 1 for _, n in inside["pools"]), inside["pools"]
+    assert any(api == "openmp" for api, _ in inside["pools"]), inside["pools"]
+    assert native_threads() == before
