@@ -124,3 +124,39 @@ def test_mjx_without_warp_does_nothing_once_mjx_is_imported():
 
     had_warp = "warp" in sys.modules
     assert upstream.mjx_without_warp() is mujoco.mjx and ("warp" in sys.modules) == had_warp
+
+
+_ALARMS = r'''
+import os, sys, threading
+from dynsparse import upstream
+line = lambda f: ("E1206 06:27:48.908017   11335 cpu_aot_loader.cc:210] Loading XLA:CPU AOT result. Target machine "
+                  f"feature +{f} is not  supported on the host machine. Machine type used for XLA:CPU compilation "
+                  "doesn't match the machine type for execution. This could lead to execution errors such as SIGILL.\n")
+print("before", file=sys.stderr, flush=True)
+with upstream.aot_tuning_alarms_dropped():
+    os.write(2, line("prefer-no-gather").encode())
+    def other():  # a second thread loading at the same time, and a progress bar meanwhile
+        with upstream.aot_tuning_alarms_dropped():
+            os.write(2, line("prefer-no-scatter").encode())
+            print("progress 50%", file=sys.stderr, flush=True)
+    t = threading.Thread(target=other); t.start(); t.join()
+    os.write(2, line("avx512fp16").encode())  # a real mismatch: kept
+    print("still here", file=sys.stderr)
+print("after", file=sys.stderr, flush=True)
+'''
+
+
+def test_xla_s_false_sigill_alarm_is_dropped_and_everything_else_kept():
+    """The two tuning-flag alarms XLA logs for every executable loaded on a Zen 4 CPU go; the same
+    alarm for an ISA feature, other threads' output and output around the block stay, in order."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _ALARMS], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert not [x for x in lines if "prefer-no-" in x], r.stderr
+    assert [x for x in lines if "+avx512fp16 is not" in x], r.stderr
+    order = [x for x in lines if x in ("before", "progress 50%", "still here", "after")]
+    assert order == ["before", "progress 50%", "still here", "after"], r.stderr
+    assert len(lines) == 5, r.stderr

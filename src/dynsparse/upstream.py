@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import re
 import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -152,3 +156,63 @@ def persistent_cache_bypassed() -> Iterator[None]:
             _bypass["depth"] -= 1
             if _bypass["depth"] == 0:
                 cc._cache_checked, cc._cache_used = _bypass["saved"]
+
+
+#: XLA's false alarm on loading an executable compiled on this very CPU (see ``aot_tuning_alarms_dropped``)
+AOT_TUNING_ALARM = re.compile(
+    rb"^[^\n]*cpu_aot_loader\.cc:\d+\] Loading XLA:CPU AOT result\. Target machine feature "
+    rb"\+prefer-no-(?:gather|scatter) is not +supported on the host machine\.[^\n]*(?:\n|$)", re.M)
+
+#: ``aot_tuning_alarms_dropped``'s open blocks (all threads), the saved standard error and the capture
+_alarms: dict[str, Any] = {"depth": 0, "saved": None, "capture": None, "lock": threading.Lock()}
+
+
+@contextlib.contextmanager
+def aot_tuning_alarms_dropped() -> Iterator[None]:
+    """Load compiled executables without XLA's false "could lead to SIGILL" alarm.
+
+    jaxlib 0.8.2 records LLVM's *tuning* flags ``+prefer-no-gather`` / ``+prefer-no-scatter`` among
+    an executable's target features (set for AMD Zen 4, this project's CPU), and its loader
+    (``cpu_aot_loader.cc``) compares them with the host's ISA features, where they never appear:
+    every load of an executable compiled on this same machine logged two ERROR lines ending "This
+    could lead to execution errors such as SIGILL" (loading goes on; 18 such lines in README
+    command (a), 48 in a warm paper-scale study). Upstream: openxla/xla#44565, jax-ml/jax#38445.
+    Those two lines are dropped; anything else written to standard error meanwhile, including the
+    same alarm for any other feature (a real mismatch), is written out when the block ends.
+
+    Standard error (file descriptor 2) is process-wide, so blocks open at once (executables loading
+    in several threads) share one capture: the first redirects descriptor 2 to a temporary file,
+    the last to leave restores it and writes out what was captured (other threads' output, e.g. a
+    progress bar, appears when the load ends, ~1-2 s late). Where descriptor 2 cannot be
+    redirected the block changes nothing.
+    """
+    with _alarms["lock"]:
+        if _alarms["depth"] == 0:
+            try:
+                sys.stderr.flush()
+                capture = tempfile.TemporaryFile()
+                saved = os.dup(2)
+                os.dup2(capture.fileno(), 2)
+            except (OSError, ValueError, AttributeError):
+                capture = saved = None
+            _alarms["saved"], _alarms["capture"] = saved, capture
+        _alarms["depth"] += 1
+    try:
+        yield
+    finally:
+        with _alarms["lock"]:
+            _alarms["depth"] -= 1
+            if _alarms["depth"] == 0 and _alarms["capture"] is not None:
+                saved, capture = _alarms["saved"], _alarms["capture"]
+                _alarms["saved"] = _alarms["capture"] = None
+                try:
+                    sys.stderr.flush()
+                except (OSError, ValueError, AttributeError):
+                    pass
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                rest = AOT_TUNING_ALARM.sub(b"", capture.read())
+                capture.close()
+                while rest:
+                    rest = rest[os.write(2, rest):]
