@@ -163,6 +163,24 @@ AOT_TUNING_ALARM = re.compile(
     rb"^[^\n]*cpu_aot_loader\.cc:\d+\] Loading XLA:CPU AOT result\. Target machine feature "
     rb"\+prefer-no-(?:gather|scatter) is not +supported on the host machine\.[^\n]*(?:\n|$)", re.M)
 
+def _redirect_stderr() -> tuple[int | None, Any]:
+    """Descriptor 2 pointed at a new temporary file: ``(a duplicate of the old descriptor 2, the
+    file)``, or ``(None, None)`` (nothing changed) where that fails."""
+    capture = saved = None
+    try:
+        sys.stderr.flush()
+        capture = tempfile.TemporaryFile()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        return saved, capture
+    except (OSError, ValueError, AttributeError):
+        if saved is not None:
+            os.close(saved)
+        if capture is not None:
+            capture.close()
+        return None, None
+
+
 #: ``aot_tuning_alarms_dropped``'s open blocks (all threads), the saved standard error and the capture
 _alarms: dict[str, Any] = {"depth": 0, "saved": None, "capture": None, "lock": threading.Lock()}
 
@@ -188,14 +206,7 @@ def aot_tuning_alarms_dropped() -> Iterator[None]:
     """
     with _alarms["lock"]:
         if _alarms["depth"] == 0:
-            try:
-                sys.stderr.flush()
-                capture = tempfile.TemporaryFile()
-                saved = os.dup(2)
-                os.dup2(capture.fileno(), 2)
-            except (OSError, ValueError, AttributeError):
-                capture = saved = None
-            _alarms["saved"], _alarms["capture"] = saved, capture
+            _alarms["saved"], _alarms["capture"] = _redirect_stderr()
         _alarms["depth"] += 1
     try:
         yield
