@@ -81,5 +81,7 @@ def native_threads() -> dict:
     import sklearn.manifold  # noqa: F401 - loads scikit-learn's OpenMP runtime
     from threadpoolctl import threadpool_info
 
-    return {"env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+    from dynsparse.sweep import ONE_THREAD_VARS
+
+    return {"env": {k: os.environ.get(k) for k in ONE_THREAD_VARS},
             "pools": sorted({(i["internal_api"], i["num_threads"]) for i in threadpool_info()})}
